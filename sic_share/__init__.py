@@ -1,0 +1,7 @@
+"""sic-share: signed, pixel-free histology embedding datasets and Seeded Iterative Clustering."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+"""The ``sic-share`` command line: parse, call one library function, print.
+
+Domain errors become one red line on stderr and exit code 1 (usage errors exit
+2, as Click does); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sic_share import __version__
+from sic_share.errors import SicShareError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="sic-share",
+    help="Share signed, pixel-free histology embeddings and cluster them with SIC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Signing keys of a data holder.", no_args_is_help=True)
+trust_app = typer.Typer(help="Publisher keys this client trusts.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(trust_app, name="trust")
+
+# Not a terminal (pipes, CI logs): wide enough that tables are not cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+
+HubOption = Annotated[
+    Optional[str],
+    typer.Option("--hub", help="Hub URL (folder, file://, s3://). Default: $SIC_SHARE_HUB or a local folder."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sic-share {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _progress(description: str) -> tuple[Progress, Callable[[str, int, int], None]]:
+    bar = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task(description, total=None)
+
+    def update(_item: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+# --- keys and trust ---------------------------------------------------------------------------
+
+
+@keys_app.command("generate")
+def keys_generate(
+    publisher: Annotated[str, typer.Option("--publisher", help="Publisher name the key signs for.")],
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for the key pair. Default: the sic-share keys folder.")
+    ] = None,
+    passphrase: Annotated[
+        bool, typer.Option("--passphrase", help="Encrypt the private key; prompts (or $SIC_SHARE_KEY_PASSPHRASE).")
+    ] = False,
+) -> None:
+    """Create an Ed25519 key pair: PUBLISHER.key (mode 0600) and PUBLISHER.pub."""
+    import os
+
+    from sic_share.signing import generate_key
+
+    secret = None
+    if passphrase:
+        secret = os.environ.get("SIC_SHARE_KEY_PASSPHRASE") or typer.prompt(
+            "Passphrase", hide_input=True, confirmation_prompt=True
+        )
+    private, public, kid = generate_key(publisher, out_dir=out_dir, passphrase=secret)
+    err.print(f"private key: {private}\npublic key:  {public}  (give this file to consumers)")
+    out.print(kid)
+
+
+@trust_app.command("add")
+def trust_add(
+    public_key: Annotated[Path, typer.Argument(help="The publisher's .pub file.")],
+    publisher: Annotated[str, typer.Option("--publisher", help="The only publisher this key may sign for.")],
+) -> None:
+    """Trust a publisher's public key, bound to that publisher name."""
+    from sic_share.signing import TrustStore
+
+    entry = TrustStore().add(public_key, publisher)
+    out.print(f"trusted {entry.keyid} for publisher {entry.publisher}")
+
+
+@trust_app.command("ls")
+def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List trusted keys."""
+    from sic_share.signing import TrustStore
+
+    keys = TrustStore().keys()
+    if as_json:
+        out.print_json(json.dumps([{"keyid": k.keyid, "publisher": k.publisher, "added": k.added} for k in keys]))
+        return
+    table = Table("publisher", "key id", "added")
+    for k in keys:
+        table.add_row(k.publisher, k.keyid, k.added)
+    out.print(table)
+
+
+@trust_app.command("rm")
+def trust_rm(key: Annotated[str, typer.Argument(help="Key id (or a prefix of 4+ characters) or publisher name.")]) -> None:
+    """Stop trusting a key, or every key of a publisher."""
+    from sic_share.signing import TrustStore
+
+    for entry in TrustStore().remove(key):
+        out.print(f"removed {entry.keyid} ({entry.publisher})")
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+@app.command("sign")
+def sign(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder holding slides/*.parquet.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name, e.g. crc-resnet50.")],
+    key: Annotated[Optional[Path], typer.Option("--key", help="Private key. Default: the only key in the keys folder.")] = None,
+    publisher: Annotated[Optional[str], typer.Option("--publisher", help="Default: the key file's name.")] = None,
+    version: Annotated[Optional[int], typer.Option("--version", help="Default: previous version + 1, or 1.")] = None,
+    expires_days: Annotated[Optional[int], typer.Option("--expires-days", help="Manifest expires after N days.")] = None,
+) -> None:
+    """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519)."""
+    from sic_share.signing import sign_dataset
+
+    manifest = sign_dataset(
+        dataset, name=name, key_path=key, publisher=publisher, version=version, expires_days=expires_days
+    )
+    counts = manifest.predicate["counts"]
+    out.print(f"signed {manifest.ref}: {counts['slides']} slides, {counts['patches']} patches")
+
+
+@app.command("verify")
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder with manifest.json and manifest.dsse.json.")],
+    allow_rollback: Annotated[
+        bool, typer.Option("--allow-rollback", help="Accept a version older than one verified before.")
+    ] = False,
+) -> None:
+    """Verify signature, trust, freshness and every file, all or nothing."""
+    from sic_share.signing import verify_dataset
+
+    manifest = verify_dataset(dataset, allow_rollback=allow_rollback)
+    out.print(f"verified {manifest.ref}: {len(manifest.files)} files, signed by a key trusted for {manifest.publisher}")
+
+
+@app.command("publish")
+def publish(
+    dataset: Annotated[Path, typer.Argument(help="Signed dataset folder.")],
+    hub: HubOption = None,
+) -> None:
+    """Upload a signed dataset; data first, manifest next, envelope last (never overwrites)."""
+    from sic_share.hub import publish as publish_dataset
+
+    bar, update = _progress("publishing")
+    with bar:
+        url = publish_dataset(dataset, hub, progress=update)
+    out.print(f"published {url}")
+
+
+@app.command("pull")
+def pull(
+    ref: Annotated[str, typer.Argument(help="PUBLISHER/NAME or PUBLISHER/NAME@VERSION.")],
+    hub: HubOption = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Destination folder. Default: ./NAME-vVERSION.")] = None,
+    allow_rollback: Annotated[
+        bool, typer.Option("--allow-rollback", help="Accept a version older than one verified before.")
+    ] = False,
+) -> None:
+    """Download and verify a dataset; it appears at the destination only when verified."""
+    from sic_share.hub import pull as pull_dataset
+
+    bar, update = _progress("pulling")
+    with bar:
+        manifest, dest = pull_dataset(ref, hub, to=to, allow_rollback=allow_rollback, progress=update)
+    out.print(f"pulled and verified {manifest.ref} into {dest}")
+
+
+@app.command("ls")
+def ls(
+    hub: HubOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the datasets published on a hub."""
+    from dataclasses import asdict
+
+    from sic_share.hub import list_datasets
+
+    entries = list_datasets(hub)
+    if as_json:
+        out.print_json(json.dumps([asdict(e) for e in entries]))
+        return
+    table = Table("dataset", "model", "dim", "slides", "patches", "created", "trusted")
+    for e in entries:
+        table.add_row(
+            f"{e.publisher}/{e.name}@{e.version}", e.model, str(e.dim), str(e.slides), str(e.patches), e.created,
+            "yes" if e.trusted else "[red]no[/red]",
+        )
+    out.print(table)
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help=".npy pairs (<slide>.coords.npy, <slide>.features.npy) or .h5 files, or folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="New dataset folder.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="npy, clam or trident. Default: from the suffix.")] = None,
+    mpp: Annotated[Optional[float], typer.Option("--mpp", help="Level-0 µm/px of the source slides.")] = None,
+    patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch side in level-0 pixels.")] = None,
+    model_id: Annotated[Optional[str], typer.Option("--model-id", help="Model that made the features.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Names of label indices, comma-separated.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32.")] = "float16",
+    secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
+) -> None:
+    """Build a format-v1 dataset from embeddings made with numpy, CLAM or TRIDENT."""
+    from sic_share.interop import import_embeddings
+
+    bar, update = _progress("importing")
+    with bar:
+        report = import_embeddings(
+            list(files), out_dir, fmt=fmt, mpp=mpp, patch_size=patch_size, model_id=model_id,
+            classes=tuple(c.strip() for c in classes.split(",")) if classes else (), dtype=dtype,
+            secret_path=secret, progress=update,
+        )
+    for note in report.assumptions:
+        err.print(f"[yellow]assumed:[/yellow] {note}")
+    out.print(f"imported {report.slides} slides, {report.patches} patches into {report.out_dir}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning domain errors into one line and exit code 1.
+
+    Click's standalone mode already turns usage errors into exit code 2; domain
+    errors propagate out of it and are handled here.
+    """
+    try:
+        app()
+    except SicShareError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

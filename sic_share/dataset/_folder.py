@@ -1,0 +1,70 @@
+"""A dataset folder: ``slides/<slide_id>.parquet`` plus, once signed, the manifest."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sic_share.dataset._io import read_slide, read_slide_metadata
+from sic_share.dataset._schema import SlideMetadata, check_name
+from sic_share.errors import DatasetError
+
+__all__ = ["SLIDES_DIR", "DatasetSummary", "slide_files", "summarize"]
+
+SLIDES_DIR = "slides"
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What every slide file of a dataset agrees on, and how much there is."""
+
+    metadata: SlideMetadata
+    n_slides: int
+    n_patches: int
+    files: tuple[Path, ...]
+
+
+def slide_files(dataset_dir: str | os.PathLike[str]) -> list[Path]:
+    """Sorted slide files of a local dataset folder."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder: give the dataset folder that holds slides/")
+    files = sorted((root / SLIDES_DIR).glob("*.parquet"))
+    if not files:
+        raise DatasetError(f"{root} has no slides/*.parquet files: export or import a dataset into it first")
+    return files
+
+
+def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> DatasetSummary:
+    """Check that a dataset's slide files agree and count them.
+
+    Parameters
+    ----------
+    dataset_dir : path-like
+        Local dataset folder.
+    full : bool, default=False
+        Also read every row (catches truncation inside a row group, NaN
+        embeddings and mixed slide ids). ``sign`` uses it; it costs one full
+        read of the dataset.
+    """
+    files = slide_files(dataset_dir)
+    first: SlideMetadata | None = None
+    total = 0
+    for path in files:
+        check_name(path.stem, "slide file name")
+        meta, rows = read_slide_metadata(path)
+        if full:
+            slide = read_slide(path, dtype=meta.embedding_dtype)
+            if slide.slide_id != path.stem:
+                raise DatasetError(f"{path.name} holds slide {slide.slide_id!r}: the file name must be its slide id")
+        if first is None:
+            first = meta
+        elif meta != first:
+            raise DatasetError(
+                f"{path.name} was made with another model, grid or class list than {files[0].name}: "
+                "a dataset is one model on one grid, split it"
+            )
+        total += rows
+    assert first is not None  # slide_files never returns an empty list
+    return DatasetSummary(first, len(files), total, tuple(files))

@@ -1,0 +1,336 @@
+"""Write and read one slide's Parquet file of format v1."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sic_share._fsutil import resolve
+from sic_share.dataset._schema import SlideMetadata, arrow_schema, check_name, check_schema
+from sic_share.errors import DatasetError
+
+__all__ = ["SlideData", "SlideWriter", "write_slide", "read_slide", "read_slide_metadata"]
+
+_ROW_GROUP_BYTES = 16 << 20
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _row_group_rows(dim: int, dtype: str) -> int:
+    """Rows per row group: about 16 MiB of embeddings, between 1024 and 65536 rows."""
+    row_bytes = dim * (2 if dtype == "float16" else 4)
+    return int(min(65536, max(1024, _ROW_GROUP_BYTES // row_bytes)))
+
+
+@dataclass
+class SlideData:
+    """One slide's patches as numpy arrays.
+
+    Attributes
+    ----------
+    slide_id : str
+        Pseudonym of the slide.
+    coords : ndarray of shape (n_patches, 2), int32
+        Patch centres (x, y) in level-0 pixels of the source slide.
+    embeddings : ndarray of shape (n_patches, dim)
+        float32 unless another dtype was asked for.
+    tissue : ndarray of shape (n_patches,), float32
+        Tissue fraction of each patch.
+    labels : ndarray of shape (n_patches,), int8
+        Ground-truth class index, -1 where the patch has none.
+    metadata : SlideMetadata
+        Model, patching and class names from the file footer.
+    """
+
+    slide_id: str
+    coords: np.ndarray
+    embeddings: np.ndarray
+    tissue: np.ndarray
+    labels: np.ndarray
+    metadata: SlideMetadata
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+
+class SlideWriter:
+    """Stream one slide's rows into a Parquet file that appears only when complete.
+
+    Rows go to a hidden temporary file beside ``path``; :meth:`close` renames it
+    into place, and leaving the ``with`` block on an exception deletes it, so a
+    crash never leaves a half-written slide under its final name.
+
+    Parameters
+    ----------
+    path : path-like
+        Final local path, conventionally ``<dataset>/slides/<slide_id>.parquet``.
+    slide_id : str
+        Pseudonym written in every row.
+    metadata : SlideMetadata
+        Stored as JSON under the footer key ``sic_share``.
+
+    Notes
+    -----
+    Encoding: zstd for every column. float32 embeddings use BYTE_STREAM_SPLIT
+    (about 0.85 x raw); float16 embeddings stay PLAIN, because DuckDB cannot read
+    a FLOAT16 column written with BYTE_STREAM_SPLIT. Row groups hold about
+    16 MiB of embeddings so that a remote reader fetches little more than it
+    needs; rows are in the order given (export writes them in grid order, so the
+    ``y`` statistics let readers skip row groups).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, slide_id: str, metadata: SlideMetadata) -> None:
+        self.path = Path(path)
+        self.slide_id = check_name(slide_id, "slide id")
+        self.metadata = metadata
+        self._dim = metadata.model.dim
+        self._n_classes = len(metadata.classes)
+        self._rows_per_group = _row_group_rows(self._dim, metadata.embedding_dtype)
+        self._np_dtype = np.dtype(metadata.embedding_dtype)
+        self._schema = arrow_schema(self._dim, metadata.embedding_dtype, metadata)
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.n_rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        element = "embedding.list.element"
+        self._writer = pq.ParquetWriter(
+            self._tmp,
+            self._schema,
+            compression="zstd",
+            use_dictionary=["slide_id"],
+            use_byte_stream_split=[element] if metadata.embedding_dtype == "float32" else False,
+            write_statistics=["x", "y", "tissue", "label"],
+        )
+
+    def write(
+        self,
+        coords: np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        tissue: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        """Append patches.
+
+        Parameters
+        ----------
+        coords : array-like of shape (n, 2)
+            Level-0 patch centres, non-negative integers.
+        embeddings : array-like of shape (n, dim)
+            Finite values; cast to the dataset's embedding dtype.
+        tissue : array-like of shape (n,), optional
+            Tissue fraction in [0, 1]; 1.0 when not known.
+        labels : array-like of shape (n,), optional
+            Class index per patch, -1 for none.
+        """
+        coords = np.asarray(coords)
+        embeddings = np.asarray(embeddings)
+        n = coords.shape[0] if coords.ndim == 2 else -1
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise DatasetError(f"coords of shape {coords.shape} should be (n_patches, 2)")
+        if not np.issubdtype(coords.dtype, np.integer):
+            raise DatasetError(f"coords have dtype {coords.dtype}, they should be integer pixel positions")
+        if n and (coords.min() < 0 or coords.max() > _INT32_MAX):
+            raise DatasetError(
+                f"coords range [{coords.min()}, {coords.max()}] is outside [0, {_INT32_MAX}]: "
+                "they should be level-0 pixel centres"
+            )
+        if embeddings.shape != (n, self._dim):
+            raise DatasetError(
+                f"embeddings of shape {embeddings.shape} do not match coords of {n} patches "
+                f"and dim={self._dim}"
+            )
+        if not np.issubdtype(embeddings.dtype, np.number) or np.issubdtype(embeddings.dtype, np.complexfloating):
+            raise DatasetError(f"embeddings have dtype {embeddings.dtype}, they should be real numbers")
+        values = embeddings.astype(self._np_dtype, copy=False)
+        if not np.isfinite(values).all():
+            bad = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise DatasetError(
+                f"embedding of patch {self.n_rows + bad} at {tuple(coords[bad])} is not finite "
+                f"(NaN or out of {self._np_dtype} range): fix the encoder output or use float32"
+            )
+        tissue = np.ones(n, np.float32) if tissue is None else np.asarray(tissue, np.float32)
+        if tissue.shape != (n,) or (n and (tissue.min() < 0 or tissue.max() > 1 or not np.isfinite(tissue).all())):
+            raise DatasetError(f"tissue fractions should be n={n} values in [0, 1]")
+        if labels is None:
+            label_arr = pa.nulls(n, pa.int8())
+        else:
+            labels = np.asarray(labels)
+            if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+                raise DatasetError(f"labels should be n={n} integers, got shape {labels.shape} of {labels.dtype}")
+            if n and (labels.min() < -1 or labels.max() >= max(self._n_classes, 0)):
+                raise DatasetError(
+                    f"labels range [{labels.min()}, {labels.max()}] does not fit the "
+                    f"{self._n_classes} class names given: name every class (--classes) and use -1 for none"
+                )
+            label_arr = pa.array(labels.astype(np.int8), mask=labels < 0)
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array([self.slide_id] * n, pa.string()),
+                pa.array(coords[:, 0].astype(np.int32)),
+                pa.array(coords[:, 1].astype(np.int32)),
+                pa.array(tissue),
+                label_arr,
+                pa.FixedSizeListArray.from_arrays(flat, self._dim),
+            ],
+            schema=self._schema,
+        )
+        self._pending.append(batch)
+        self._pending_rows += n
+        self.n_rows += n
+        while self._pending_rows >= self._rows_per_group:
+            self._flush(self._rows_per_group)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.Table.from_batches(self._pending, schema=self._schema)
+        self._writer.write_table(table.slice(0, rows), row_group_size=rows)
+        rest = table.slice(rows)
+        self._pending = rest.to_batches()
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> Path:
+        """Write the last row group and move the file to its final name."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+        if self.n_rows == 0:
+            self.abort()
+            raise DatasetError(f"slide {self.slide_id} has no patches: nothing was written")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001 - closing a writer we are throwing away
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> SlideWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_slide(
+    path: str | os.PathLike[str],
+    *,
+    slide_id: str,
+    metadata: SlideMetadata,
+    coords: np.ndarray,
+    embeddings: np.ndarray,
+    tissue: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Path:
+    """Write one slide in one call; see :class:`SlideWriter`."""
+    with SlideWriter(path, slide_id=slide_id, metadata=metadata) as writer:
+        writer.write(coords, embeddings, tissue=tissue, labels=labels)
+    return writer.path
+
+
+@contextmanager
+def _open_parquet(source: str | os.PathLike[str]) -> Iterator[tuple[pq.ParquetFile, str]]:
+    fs, path = resolve(source)
+    where = os.path.basename(path) or path
+    try:
+        with fs.open(path, "rb") as handle:
+            try:
+                yield pq.ParquetFile(handle), where
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DatasetError(
+                    f"{where} is not a readable Parquet file ({exc}); it is truncated or corrupt: "
+                    "pull or export it again"
+                ) from None
+    except FileNotFoundError:
+        raise DatasetError(f"{source} does not exist") from None
+
+
+def read_slide_metadata(source: str | os.PathLike[str]) -> tuple[SlideMetadata, int]:
+    """Return a slide file's metadata and row count, reading only its footer."""
+    with _open_parquet(source) as (pf, where):
+        return check_schema(pf.schema_arrow, where), pf.metadata.num_rows
+
+
+def read_slide(
+    source: str | os.PathLike[str],
+    *,
+    dtype: np.dtype | type = np.float32,
+) -> SlideData:
+    """Read one slide's file into numpy arrays.
+
+    Parameters
+    ----------
+    source : path or URL
+        Local path, ``file://`` or ``s3://`` URL of a slide file.
+    dtype : numpy dtype, default=np.float32
+        dtype of the returned embeddings. ``np.float16`` on a float16 dataset
+        skips the cast and halves the memory.
+
+    Returns
+    -------
+    SlideData
+
+    Raises
+    ------
+    DatasetError
+        When the file is not format v1, is truncated, mixes slide ids, or holds
+        a missing or non-finite embedding.
+
+    Notes
+    -----
+    Memory: the output arrays are allocated once and filled one row group at a
+    time, so the peak is the result plus one row group (about 16 MiB), never
+    twice the slide. Cost: dominated by Parquet decoding of the embedding column;
+    ``benchmarks/format.py`` measures it against ``numpy.load``.
+    """
+    with _open_parquet(source) as (pf, where):
+        meta = check_schema(pf.schema_arrow, where)
+        n, dim = pf.metadata.num_rows, meta.model.dim
+        coords = np.empty((n, 2), np.int32)
+        tissue = np.empty(n, np.float32)
+        labels = np.empty(n, np.int8)
+        embeddings = np.empty((n, dim), dtype)
+        slide_id = None
+        start = 0
+        for i in range(pf.num_row_groups):
+            table = pf.read_row_group(i)
+            stop = start + table.num_rows
+            ids = table.column("slide_id").unique()
+            if slide_id is None and len(ids):
+                slide_id = ids[0].as_py()
+            if len(ids) > 1 or (len(ids) and ids[0].as_py() != slide_id):
+                raise DatasetError(f"{where} mixes several slide ids: one file must hold one slide")
+            coords[start:stop, 0] = table.column("x").to_numpy()
+            coords[start:stop, 1] = table.column("y").to_numpy()
+            tissue[start:stop] = table.column("tissue").to_numpy()
+            labels[start:stop] = table.column("label").fill_null(-1).to_numpy()
+            offset = start
+            for chunk in table.column("embedding").chunks:
+                if chunk.null_count:
+                    raise DatasetError(f"{where} has a missing embedding: the file is corrupt")
+                values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+                embeddings[offset : offset + len(values)] = values
+                offset += len(values)
+            if not np.isfinite(embeddings[start:stop]).all():
+                raise DatasetError(
+                    f"{where} has a non-finite (NaN or infinite) embedding: the publisher must fix "
+                    "and re-export it"
+                )
+            start = stop
+        if slide_id is None:
+            raise DatasetError(f"{where} holds no patches")
+        return SlideData(slide_id, coords, embeddings, tissue, labels, meta)

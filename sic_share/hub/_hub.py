@@ -1,0 +1,273 @@
+"""Publish, pull and list datasets on a hub: any fsspec URL (a folder, file://, s3://).
+
+Layout on a hub: ``<publisher>/<name>/<version>/{manifest.json, manifest.dsse.json,
+slides/<slide_id>.parquet}``. A version exists once its envelope exists: publish
+writes data files, then manifest.json, then the envelope with an exclusive
+create, so a version is visible only when complete and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import fsspec
+
+from sic_share._fsutil import is_local, join, resolve
+from sic_share._paths import default_hub_url
+from sic_share.dataset import check_name
+from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
+from sic_share.signing import (
+    ENVELOPE,
+    MANIFEST,
+    Manifest,
+    TrustStore,
+    VersionRecord,
+    check_unverified,
+    open_envelope,
+    parse_manifest,
+    verify_dataset,
+    verify_signature,
+)
+
+__all__ = ["DatasetRef", "HubEntry", "parse_ref", "publish", "pull", "list_datasets"]
+
+_REF = re.compile(r"^(?P<publisher>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<version>[0-9]+))?$")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """``publisher/name[@version]``; version None means the newest."""
+
+    publisher: str
+    name: str
+    version: int | None = None
+
+    def __str__(self) -> str:
+        tail = f"@{self.version}" if self.version is not None else ""
+        return f"{self.publisher}/{self.name}{tail}"
+
+
+def parse_ref(text: str) -> DatasetRef:
+    """Parse ``publisher/name[@version]``, refusing names that are not safe path segments."""
+    match = _REF.match(text.strip())
+    if not match:
+        raise HubError(f"{text!r} is not a dataset reference: write PUBLISHER/NAME or PUBLISHER/NAME@VERSION")
+    version = match["version"]
+    return DatasetRef(
+        check_name(match["publisher"], "publisher"),
+        check_name(match["name"], "dataset name"),
+        int(version) if version is not None else None,
+    )
+
+
+def _open_hub(hub: str | None) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    url = hub or default_hub_url()
+    try:
+        fs, base = resolve(url)
+    except (ValueError, ImportError) as exc:
+        raise HubError(f"hub {url!r} is not a usable URL ({exc}): give a folder or an s3:// URL") from None
+    return fs, base, url
+
+
+def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` only if it does not exist (FileExistsError otherwise)."""
+    if is_local(fs):
+        # Write under a temporary name, then hard-link: the link fails if the
+        # target exists, and readers never see a half-written file.
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    else:
+        fs.pipe_file(path, data, mode="create")
+
+
+def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, progress: Progress | None = None) -> str:
+    """Upload a signed dataset folder to a hub; returns the version's hub URL.
+
+    Raises
+    ------
+    AlreadyPublishedError
+        When that version's envelope already exists on the hub.
+
+    Notes
+    -----
+    The holder's files are checked against the manifest first (sizes and
+    digests), so a dataset modified after signing is never uploaded. Re-running
+    an interrupted publish uploads the files again and completes it.
+    """
+    root = Path(dataset_dir)
+    manifest = check_unverified(root)
+    fs, base, url = _open_hub(hub)
+    dest = join(base, manifest.publisher, manifest.name, str(manifest.version))
+    envelope_path = join(dest, ENVELOPE)
+    already = AlreadyPublishedError(
+        f"version {manifest.version} of {manifest.publisher}/{manifest.name} is already published on {url}: "
+        f"versions are immutable, sign a new one with 'sic-share sign --version {manifest.version + 1}'"
+    )
+    if fs.exists(envelope_path):
+        raise already
+    names = sorted(manifest.files)
+    for i, fname in enumerate(names):
+        target = join(dest, fname)
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(root / fname), target)
+        if progress:
+            progress(fname, i + 1, len(names))
+    fs.pipe_file(join(dest, MANIFEST), (root / MANIFEST).read_bytes())
+    try:
+        _create_exclusive(fs, envelope_path, (root / ENVELOPE).read_bytes())
+    except FileExistsError:
+        raise already from None
+    return f"{url.rstrip('/')}/{manifest.publisher}/{manifest.name}/{manifest.version}"
+
+
+def _versions(fs: fsspec.AbstractFileSystem, base: str, ref: DatasetRef) -> list[int]:
+    """Published (envelope present) versions of a dataset, ascending."""
+    pattern = join(base, ref.publisher, ref.name, "*", ENVELOPE)
+    found = []
+    for path in fs.glob(pattern):
+        segment = path.rstrip("/").split("/")[-2]
+        if segment.isdigit():
+            found.append(int(segment))
+    return sorted(found)
+
+
+def pull(
+    ref: str | DatasetRef,
+    hub: str | None = None,
+    *,
+    to: str | os.PathLike[str] | None = None,
+    allow_rollback: bool = False,
+    trust: TrustStore | None = None,
+    record: VersionRecord | None = None,
+    progress: Progress | None = None,
+) -> tuple[Manifest, Path]:
+    """Download a dataset version, verify it, and only then move it into place.
+
+    Parameters
+    ----------
+    ref : str or DatasetRef
+        ``publisher/name`` (newest version) or ``publisher/name@version``.
+    hub : str, optional
+        Hub URL; defaults to ``$SIC_SHARE_HUB`` or the local default hub.
+    to : path-like, optional
+        Destination folder, which must not exist; defaults to ``./<name>-v<version>``.
+
+    Notes
+    -----
+    The envelope is fetched and its signature, publisher binding, expiry and
+    freshness checked before any data file is downloaded. Only files the signed
+    manifest lists are fetched. Everything lands in a hidden temporary folder
+    beside the destination, which is renamed only after full verification and
+    deleted on any failure.
+    """
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    fs, base, url = _open_hub(hub)
+    versions = _versions(fs, base, ref)
+    if not versions:
+        raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
+    version = ref.version if ref.version is not None else versions[-1]
+    if version not in versions:
+        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
+    src = join(base, ref.publisher, ref.name, str(version))
+    dest = Path(to) if to is not None else Path.cwd() / f"{ref.name}-v{version}"
+    if dest.exists():
+        raise SicShareError(f"{dest} already exists: choose another --to or remove it")
+    trust = trust or TrustStore()
+    record = record or VersionRecord()
+    envelope = fs.cat_file(join(src, ENVELOPE))
+    manifest, body = verify_signature(
+        envelope, f"{ref.publisher}/{ref.name}@{version}", trust=trust, record=record, allow_rollback=allow_rollback
+    )
+    if (manifest.publisher, manifest.name, manifest.version) != (ref.publisher, ref.name, version):
+        raise VerificationError(
+            f"the envelope at {ref.publisher}/{ref.name}@{version} is signed for {manifest.ref}: "
+            "the hub holds a misplaced or replayed manifest, do not use it"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+    try:
+        (tmp / "slides").mkdir(parents=True)
+        (tmp / ENVELOPE).write_bytes(envelope)
+        (tmp / MANIFEST).write_bytes(body)
+        names = sorted(manifest.files)
+        for i, fname in enumerate(names):
+            try:
+                fs.get_file(join(src, fname), str(tmp / fname))
+            except FileNotFoundError:
+                raise VerificationError(f"{fname} of {manifest.ref} is missing on the hub: the publish is incomplete") from None
+            if progress:
+                progress(fname, i + 1, len(names))
+        verified = verify_dataset(tmp, trust=trust, record=record, allow_rollback=allow_rollback)
+        os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return verified, dest
+
+
+@dataclass(frozen=True)
+class HubEntry:
+    """One published version, as its manifest describes it."""
+
+    publisher: str
+    name: str
+    version: int
+    model: str
+    dim: int
+    slides: int
+    patches: int
+    created: str
+    trusted: bool
+
+
+def list_datasets(hub: str | None = None, *, trust: TrustStore | None = None) -> list[HubEntry]:
+    """Every published version on a hub, read from the signed envelopes alone.
+
+    ``trusted`` says whether the envelope is signed by a key trusted for the
+    manifest's publisher, unexpired, and stored under its own
+    publisher/name/version; file digests are not checked here (``pull`` does).
+    """
+    fs, base, _ = _open_hub(hub)
+    trust = trust or TrustStore()
+    entries = []
+    for envelope_path in sorted(fs.glob(join(base, "*", "*", "*", ENVELOPE))):
+        publisher, name, version = envelope_path.split("/")[-4:-1]
+        raw = fs.cat_file(envelope_path)
+        try:
+            manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
+            trusted = True
+        except VerificationError:
+            try:
+                manifest = parse_manifest(open_envelope(raw, envelope_path)[1], envelope_path)
+            except VerificationError:
+                continue
+            trusted = False
+        trusted = trusted and (manifest.publisher, manifest.name, str(manifest.version)) == (publisher, name, version)
+        predicate = manifest.predicate
+        entries.append(
+            HubEntry(
+                manifest.publisher,
+                manifest.name,
+                manifest.version,
+                str(predicate.get("model", {}).get("id", "?")),
+                int(predicate.get("model", {}).get("dim", 0)),
+                int(predicate.get("counts", {}).get("slides", 0)),
+                int(predicate.get("counts", {}).get("patches", 0)),
+                str(predicate.get("created", "")),
+                trusted,
+            )
+        )
+    return entries

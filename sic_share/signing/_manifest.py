@@ -1,0 +1,342 @@
+"""manifest.json (an in-toto Statement v1) and its DSSE envelope: sign and verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sic_share._jsonstore import atomic_write_bytes
+from sic_share.dataset import SLIDES_DIR, check_name, summarize
+from sic_share.errors import SicShareError, TrustError, VerificationError
+from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, sign_envelope, signature_verifies
+from sic_share.signing._keys import default_private_key, key_id, load_private_key
+from sic_share.signing._trust import TrustStore, VersionRecord
+
+__all__ = [
+    "MANIFEST",
+    "ENVELOPE",
+    "STATEMENT_TYPE",
+    "PREDICATE_TYPE",
+    "Manifest",
+    "sha256_file",
+    "sign_dataset",
+    "parse_manifest",
+    "verify_signature",
+    "verify_files",
+    "verify_dataset",
+    "check_unverified",
+]
+
+MANIFEST = "manifest.json"
+ENVELOPE = "manifest.dsse.json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://sic-share.dev/embedding-dataset/v1"
+_FILE_NAME = re.compile(r"^slides/[a-z0-9][a-z0-9._-]{0,63}\.parquet$")
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks into one reused buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parts of a verified manifest that callers use."""
+
+    publisher: str
+    name: str
+    version: int
+    files: dict[str, tuple[int, str]]  # name -> (size, sha256)
+    predicate: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.publisher}/{self.name}@{self.version}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sign_dataset(
+    dataset_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    key_path: str | os.PathLike[str] | None = None,
+    publisher: str | None = None,
+    version: int | None = None,
+    expires_days: int | None = None,
+    passphrase: str | None = None,
+) -> Manifest:
+    """Write ``manifest.json`` and ``manifest.dsse.json`` for a dataset folder.
+
+    Parameters
+    ----------
+    dataset_dir : path-like
+        Folder holding ``slides/*.parquet``.
+    name : str
+        Dataset name (a path segment on the hub).
+    key_path : path-like, optional
+        Ed25519 private key; defaults to the only key in the keys folder.
+    publisher : str, optional
+        Defaults to the key file's stem (``keys generate`` names it so).
+    version : int, optional
+        Defaults to 1, or to the folder's previous manifest version + 1.
+    expires_days : int, optional
+        Manifest expiry, in days from now; none by default.
+
+    Notes
+    -----
+    Every slide file is read in full first (schema, metadata agreement, finite
+    embeddings), so nothing malformed gets signed. The two files are written
+    atomically, the envelope last.
+    """
+    root = Path(dataset_dir)
+    check_name(name, "dataset name")
+    key_path = Path(key_path) if key_path is not None else default_private_key()
+    publisher = check_name(publisher or key_path.stem, "publisher")
+    key = load_private_key(key_path, passphrase)
+    summary = summarize(root, full=True)
+    previous = _previous_version(root, publisher, name)
+    if version is None:
+        version = previous + 1
+    if not isinstance(version, int) or version < 1:
+        raise SicShareError(f"version={version!r} should be a positive integer")
+    if expires_days is not None and expires_days < 1:
+        raise SicShareError(f"expires_days={expires_days} should be at least 1")
+    files = []
+    for path in summary.files:
+        files.append({"name": f"{SLIDES_DIR}/{path.name}", "size": path.stat().st_size, "sha256": sha256_file(path)})
+    created = _now()
+    meta = summary.metadata
+    predicate: dict[str, Any] = {
+        "publisher": publisher,
+        "name": name,
+        "version": version,
+        "created": created.isoformat(timespec="seconds"),
+        "format_version": meta.format_version,
+        "model": asdict(meta.model),
+        "patching": asdict(meta.patching),
+        "classes": list(meta.classes),
+        "embedding_dtype": meta.embedding_dtype,
+        "counts": {"slides": summary.n_slides, "patches": summary.n_patches},
+        "privacy": {
+            "slide_id": "keyed HMAC-SHA256 of the source slide name; the key stays with the publisher",
+            "pixels": False,
+            "slide_metadata": "none: only level-0 µm/px and patch geometry",
+        },
+        "signer": key_id(key.public_key()),
+        "files": files,
+    }
+    if expires_days is not None:
+        predicate["expires"] = (created + timedelta(days=expires_days)).isoformat(timespec="seconds")
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": f["name"], "digest": {"sha256": f["sha256"]}} for f in files],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+    body = (json.dumps(statement, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    atomic_write_bytes(root / MANIFEST, body)
+    atomic_write_bytes(root / ENVELOPE, sign_envelope(body, key))
+    return parse_manifest(body, str(root / MANIFEST))
+
+
+def _previous_version(root: Path, publisher: str, name: str) -> int:
+    try:
+        old = json.loads((root / MANIFEST).read_bytes())["predicate"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
+    if old.get("publisher") == publisher and old.get("name") == name and isinstance(old.get("version"), int):
+        return old["version"]
+    return 0
+
+
+def parse_manifest(body: bytes, where: str) -> Manifest:
+    """Check a statement's shape and return what verification needs."""
+    try:
+        statement = json.loads(body)
+        if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != PREDICATE_TYPE:
+            raise ValueError(f"statement type {statement['_type']!r}/{statement['predicateType']!r} is not ours")
+        predicate = statement["predicate"]
+        publisher, name, version = predicate["publisher"], predicate["name"], predicate["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"version {version!r} is not a positive integer")
+        files: dict[str, tuple[int, str]] = {}
+        for entry in predicate["files"]:
+            fname, size, digest = entry["name"], entry["size"], entry["sha256"]
+            if not isinstance(fname, str) or not _FILE_NAME.match(fname) or ".." in fname:
+                raise ValueError(f"file name {fname!r} is not slides/<slide_id>.parquet")
+            if not isinstance(size, int) or not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+                raise ValueError(f"file {fname} has no valid size and sha256")
+            files[fname] = (size, digest)
+        subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+        if subjects != {k: v[1] for k, v in files.items()}:
+            raise ValueError("subjects and file list disagree")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(f"{where} is not a valid sic-share manifest ({exc})") from None
+    check_name(publisher, "publisher")
+    check_name(name, "dataset name")
+    return Manifest(publisher, name, version, files, predicate)
+
+
+def verify_signature(
+    envelope: bytes,
+    where: str,
+    *,
+    trust: TrustStore | None = None,
+    record: VersionRecord | None = None,
+    allow_rollback: bool = False,
+) -> tuple[Manifest, bytes]:
+    """Verify an envelope's signature, key binding, expiry and freshness.
+
+    Returns the manifest and the exact signed bytes; the caller checks the files
+    against it (see :func:`verify_files`).
+    """
+    trust = trust or TrustStore()
+    record = record or VersionRecord()
+    payload_type, body, signatures = open_envelope(envelope, where)
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise VerificationError(f"{where} has payload type {payload_type!r}, expected {IN_TOTO_PAYLOAD_TYPE!r}")
+    trusted = trust.keys()
+    signer = None
+    # keyid is only a hint: a signature counts when a trusted key verifies it.
+    for _hint, sig in signatures:
+        signer = next((k for k in trusted if signature_verifies(k.public_key, payload_type, body, sig)), None)
+        if signer is not None:
+            break
+    if signer is None:
+        hints = ", ".join(h[:12] for h, _ in signatures if h) or "none given"
+        raise TrustError(
+            f"{where} is not signed by any key you trust (key id {hints}): get the publisher's public key "
+            "and run 'sic-share trust add KEY.pub --publisher NAME'"
+        )
+    manifest = parse_manifest(body, where)
+    if manifest.publisher != signer.publisher:
+        raise TrustError(
+            f"{manifest.ref} claims publisher {manifest.publisher!r} but is signed by key {signer.keyid[:12]}, "
+            f"which you trust for {signer.publisher!r} only: do not use it"
+        )
+    expires = manifest.predicate.get("expires")
+    if expires is not None:
+        try:
+            expired = datetime.fromisoformat(expires) <= _now()
+        except (TypeError, ValueError):
+            raise VerificationError(f"{manifest.ref} has an unreadable expiry {expires!r}") from None
+        if expired:
+            raise VerificationError(
+                f"{manifest.ref} expired on {expires}: ask the publisher for a fresh version"
+            )
+    highest = record.highest(manifest.publisher, manifest.name)
+    if manifest.version < highest and not allow_rollback:
+        raise VerificationError(
+            f"{manifest.ref} is older than version {highest}, which you verified before (possible rollback): "
+            "pull the newest version, or pass --allow-rollback if you want the old one"
+        )
+    return manifest, body
+
+
+def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None) -> None:
+    """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; nothing unlisted."""
+    wanted = manifest.files if only is None else {k: v for k, v in manifest.files.items() if k in only}
+    slides = root / SLIDES_DIR
+    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.iterdir()} if slides.is_dir() else set()
+    unlisted = sorted(present - set(wanted))
+    if unlisted:
+        raise VerificationError(
+            f"{unlisted[0]} is not listed in the signed manifest of {manifest.ref}: remove it, it must not be used"
+        )
+    for fname, (size, digest) in wanted.items():
+        path = root / fname
+        try:
+            actual_size = path.stat().st_size
+        except FileNotFoundError:
+            raise VerificationError(f"{fname} of {manifest.ref} is missing: pull the dataset again") from None
+        if actual_size != size:
+            raise VerificationError(
+                f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
+                "it was truncated or replaced, pull it again"
+            )
+        if sha256_file(path) != digest:
+            raise VerificationError(
+                f"{fname} of {manifest.ref} does not match its signed sha256: it was modified, pull it again"
+            )
+
+
+def verify_dataset(
+    dataset_dir: str | os.PathLike[str],
+    *,
+    trust: TrustStore | None = None,
+    record: VersionRecord | None = None,
+    allow_rollback: bool = False,
+    remember: bool = True,
+) -> Manifest:
+    """Verify a local dataset folder all-or-nothing.
+
+    Checks, in order: the envelope is signed by a trusted key; the manifest's
+    publisher is the one that key is trusted for; manifest.json is byte for byte
+    the signed payload; the manifest has not expired; its version is not older
+    than one verified before (unless ``allow_rollback``); every listed file is
+    present with its size and sha256; no unlisted file sits in ``slides/``.
+    On success the version is remembered (unless ``remember=False``).
+
+    Raises
+    ------
+    VerificationError, TrustError
+        Naming the first check that failed.
+    """
+    root = Path(dataset_dir)
+    try:
+        envelope = (root / ENVELOPE).read_bytes()
+    except FileNotFoundError:
+        raise VerificationError(f"{root} has no {ENVELOPE}: it is not signed, run 'sic-share sign' first") from None
+    record = record or VersionRecord()
+    manifest, body = verify_signature(
+        envelope, str(root / ENVELOPE), trust=trust, record=record, allow_rollback=allow_rollback
+    )
+    try:
+        on_disk = (root / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        on_disk = None
+    if on_disk != body:
+        raise VerificationError(
+            f"{root / MANIFEST} is {'missing' if on_disk is None else 'not the signed manifest'} "
+            "(edited after signing): pull the dataset again"
+        )
+    verify_files(root, manifest)
+    if remember:
+        record.record(manifest.publisher, manifest.name, manifest.version)
+    return manifest
+
+
+def check_unverified(dataset_dir: str | os.PathLike[str]) -> Manifest:
+    """Integrity without trust: manifest.json is the envelope's payload and every file matches it.
+
+    Used by ``publish``, which uploads what the holder signed even when the
+    holder has not trusted their own key; consumers verify the signature on pull.
+    """
+    root = Path(dataset_dir)
+    try:
+        envelope = (root / ENVELOPE).read_bytes()
+        body = (root / MANIFEST).read_bytes()
+    except FileNotFoundError as exc:
+        raise VerificationError(f"{root} is not signed ({Path(exc.filename).name} missing): run 'sic-share sign' first") from None
+    _, payload, _ = open_envelope(envelope, str(root / ENVELOPE))
+    if payload != body:
+        raise VerificationError(f"{root / MANIFEST} was edited after signing: sign the dataset again")
+    manifest = parse_manifest(body, str(root / MANIFEST))
+    verify_files(root, manifest)
+    return manifest

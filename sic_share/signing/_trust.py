@@ -1,0 +1,105 @@
+"""The consumer's trust store and its record of verified versions.
+
+``trust.json`` binds each trusted key id to one publisher name. ``verified.json``
+holds the highest version of each dataset this client has verified, so that an
+older (rolled-back) version is refused later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sic_share._jsonstore import load_json, save_json
+from sic_share._paths import config_dir
+from sic_share.dataset import check_name
+from sic_share.errors import TrustError
+from sic_share.signing._keys import key_id, load_public_key
+
+__all__ = ["TrustedKey", "TrustStore", "VersionRecord"]
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    keyid: str
+    publisher: str
+    public_pem: str
+    added: str
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return load_public_key(self.public_pem.encode(), f"trusted key {self.keyid[:12]}")
+
+
+class TrustStore:
+    """Trusted publisher keys, stored in ``<config>/trust.json``.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        Defaults to ``trust.json`` under the config folder (``$SIC_SHARE_HOME/config``
+        or ``$XDG_CONFIG_HOME/sic-share``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else config_dir() / "trust.json"
+
+    def keys(self) -> list[TrustedKey]:
+        return [TrustedKey(**entry) for entry in load_json(self.path, {"keys": []})["keys"]]
+
+    def add(self, public_key_file: str | os.PathLike[str], publisher: str) -> TrustedKey:
+        """Trust the key in ``public_key_file`` for ``publisher`` only."""
+        check_name(publisher, "publisher")
+        path = Path(public_key_file)
+        try:
+            pem = path.read_bytes()
+        except FileNotFoundError:
+            raise TrustError(f"{path} does not exist: give the publisher's .pub file") from None
+        kid = key_id(load_public_key(pem, str(path)))
+        keys = self.keys()
+        for entry in keys:
+            if entry.keyid == kid:
+                if entry.publisher == publisher:
+                    return entry
+                raise TrustError(
+                    f"key {kid[:12]} is already trusted for publisher {entry.publisher!r}: "
+                    f"one key signs for one publisher; 'trust rm {kid[:12]}' first"
+                )
+        added = TrustedKey(kid, publisher, pem.decode(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self._save([*keys, added])
+        return added
+
+    def remove(self, prefix_or_publisher: str) -> list[TrustedKey]:
+        """Forget keys whose id starts with the argument, or all keys of that publisher."""
+        keys = self.keys()
+        gone = [k for k in keys if k.publisher == prefix_or_publisher or k.keyid.startswith(prefix_or_publisher)]
+        if not gone or len(prefix_or_publisher) < 4 and not any(k.publisher == prefix_or_publisher for k in gone):
+            raise TrustError(
+                f"no trusted key or publisher matches {prefix_or_publisher!r}: see 'sic-share trust ls'"
+            )
+        self._save([k for k in keys if k not in gone])
+        return gone
+
+    def _save(self, keys: list[TrustedKey]) -> None:
+        save_json(self.path, {"keys": [k.__dict__ for k in keys]})
+
+
+class VersionRecord:
+    """Highest verified version per ``publisher/name``, in ``<config>/verified.json``."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else config_dir() / "verified.json"
+
+    def highest(self, publisher: str, name: str) -> int:
+        return int(load_json(self.path, {}).get(f"{publisher}/{name}", 0))
+
+    def record(self, publisher: str, name: str, version: int) -> None:
+        seen = load_json(self.path, {})
+        key = f"{publisher}/{name}"
+        if version > int(seen.get(key, 0)):
+            seen[key] = version
+            save_json(self.path, seen)
