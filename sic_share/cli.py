@@ -153,12 +153,17 @@ def sign(
     publisher: Annotated[Optional[str], typer.Option("--publisher", help="Default: the key file's name.")] = None,
     version: Annotated[Optional[int], typer.Option("--version", help="Default: previous version + 1, or 1.")] = None,
     expires_days: Annotated[Optional[int], typer.Option("--expires-days", help="Manifest expires after N days.")] = None,
+    passphrase: Annotated[
+        bool, typer.Option("--passphrase", help="Prompt for the key's passphrase (or set $SIC_SHARE_KEY_PASSPHRASE).")
+    ] = False,
 ) -> None:
     """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519)."""
     from sic_share.signing import sign_dataset
 
+    secret = typer.prompt("Passphrase", hide_input=True) if passphrase else None
     manifest = sign_dataset(
-        dataset, name=name, key_path=key, publisher=publisher, version=version, expires_days=expires_days
+        dataset, name=name, key_path=key, publisher=publisher, version=version, expires_days=expires_days,
+        passphrase=secret,
     )
     counts = manifest.predicate["counts"]
     out.print(f"signed {manifest.ref}: {counts['slides']} slides, {counts['patches']} patches")

@@ -27,6 +27,9 @@ __all__ = ["FORMATS", "ImportReport", "import_embeddings"]
 
 FORMATS = ("npy", "clam", "trident")
 _NPY_PARTS = ("coords", "features", "labels")
+# The only .h5 attributes read; the others (slide names, paths) are never touched.
+_H5_ATTRS = ("patch_size", "patch_size_level0", "patch_level", "downsample", "level0_magnification",
+             "target_magnification", "overlap")
 
 
 @dataclass
@@ -130,7 +133,7 @@ def _h5_sources(
             for key in ("coords", "features"):
                 if key not in handle:
                     raise ImportDataError(f"{path.name} has no '{key}' dataset: is it a {fmt.upper()} features file?")
-            attrs = handle["coords"].attrs
+            attrs = {key: handle["coords"].attrs[key] for key in _H5_ATTRS if key in handle["coords"].attrs}
             coords = _numeric(handle["coords"][()], "coords", path.name)
             features = _numeric(handle["features"][()], "features", path.name)
         if features.ndim == 3 and features.shape[0] == 1:

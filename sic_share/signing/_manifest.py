@@ -13,7 +13,7 @@ from typing import Any
 
 from sic_share._jsonstore import atomic_write_bytes
 from sic_share.dataset import SLIDES_DIR, check_name, summarize
-from sic_share.errors import SicShareError, TrustError, VerificationError
+from sic_share.errors import DatasetError, SicShareError, TrustError, VerificationError
 from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, sign_envelope, signature_verifies
 from sic_share.signing._keys import default_private_key, key_id, load_private_key
 from sic_share.signing._trust import TrustStore, VersionRecord
@@ -186,10 +186,10 @@ def parse_manifest(body: bytes, where: str) -> Manifest:
         subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
         if subjects != {k: v[1] for k, v in files.items()}:
             raise ValueError("subjects and file list disagree")
-    except (ValueError, KeyError, TypeError) as exc:
+        check_name(publisher, "publisher")
+        check_name(name, "dataset name")
+    except (ValueError, KeyError, TypeError, DatasetError) as exc:
         raise VerificationError(f"{where} is not a valid sic-share manifest ({exc})") from None
-    check_name(publisher, "publisher")
-    check_name(name, "dataset name")
     return Manifest(publisher, name, version, files, predicate)
 
 
@@ -250,10 +250,11 @@ def verify_signature(
 
 
 def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None) -> None:
-    """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; nothing unlisted."""
+    """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; no unlisted Parquet file."""
     wanted = manifest.files if only is None else {k: v for k, v in manifest.files.items() if k in only}
     slides = root / SLIDES_DIR
-    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.iterdir()} if slides.is_dir() else set()
+    # Only Parquet files can be read as slides; other files there are never used.
+    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.glob("*.parquet")} if slides.is_dir() else set()
     unlisted = sorted(present - set(wanted))
     if unlisted:
         raise VerificationError(

@@ -1,0 +1,125 @@
+"""Shared fixtures: an isolated sic-share home, synthetic datasets, keys, and a CLI runner."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
+from sic_share.signing import TrustStore, generate_key, sign_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own SIC_SHARE_HOME (keys, trust store, default hub)."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("SIC_SHARE_HOME", str(root))
+    monkeypatch.delenv("SIC_SHARE_HUB", raising=False)
+    monkeypatch.delenv("SIC_SHARE_KEY_PASSPHRASE", raising=False)
+    return root
+
+
+def blobs(n: int, dim: int, *, seed: int = 0, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian-blob embeddings on a square patch grid: (coords, embeddings, labels)."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n]
+    coords = (grid * 128 + 128).astype(np.int32)
+    labels = rng.integers(0, n_classes, n)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    embeddings = (centres[labels] + rng.normal(0, 1, (n, dim))).astype(np.float32)
+    return coords, embeddings, labels
+
+
+def metadata(dim: int = 16, *, dtype: str = "float16", classes: tuple[str, ...] = ("normal", "tumour"),
+             model_id: str = "test-model") -> SlideMetadata:
+    return SlideMetadata(
+        model=ModelInfo(id=model_id, dim=dim, source="test"),
+        patching=Patching(size_px=256, level0_size_px=256, level0_mpp=0.5, target_mpp=0.5, stride_px=128),
+        classes=classes,
+        embedding_dtype=dtype,
+    )
+
+
+def make_dataset(root: Path, *, slides: int = 2, n: int = 200, dim: int = 16, seed: int = 0,
+                 dtype: str = "float16") -> Path:
+    """An unsigned dataset folder with ``slides`` slide files named s0, s1, ..."""
+    meta = metadata(dim, dtype=dtype)
+    for i in range(slides):
+        coords, emb, labels = blobs(n, dim, seed=seed + i)
+        write_slide(root / "slides" / f"s{i}.parquet", slide_id=f"s{i}", metadata=meta,
+                    coords=coords, embeddings=emb, labels=labels)
+    return root
+
+
+@dataclass
+class Publisher:
+    name: str
+    private: Path
+    public: Path
+    keyid: str
+
+
+def make_publisher(name: str, key_dir: Path, *, trust: bool = True) -> Publisher:
+    private, public, kid = generate_key(name, out_dir=key_dir)
+    if trust:
+        TrustStore().add(public, name)
+    return Publisher(name, private, public, kid)
+
+
+@pytest.fixture
+def publisher(tmp_path) -> Publisher:
+    """Publisher 'lab-a' whose key the consumer (this test's home) trusts."""
+    return make_publisher("lab-a", tmp_path / "keys-lab-a")
+
+
+@pytest.fixture
+def signed(tmp_path, publisher) -> Path:
+    """A signed, trusted dataset lab-a/crc@1 with two slides."""
+    root = make_dataset(tmp_path / "crc")
+    sign_dataset(root, name="crc", key_path=publisher.private)
+    return root
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``sic-share ARGS`` in-process through the real entry point (error mapping included)."""
+    from sic_share import cli as cli_module
+
+    def run(*args: str) -> Result:
+        monkeypatch.setattr(sys, "argv", ["sic-share", *map(str, args)])
+        cli_module._state["debug"] = False
+        code = 0
+        try:
+            cli_module.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """A failed command: exit 1, exactly one line on stderr naming the problem, no traceback."""
+    assert result.code == 1, (result.code, result.out, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
