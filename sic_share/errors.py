@@ -14,6 +14,9 @@ __all__ = [
     "HubError",
     "AlreadyPublishedError",
     "ImportDataError",
+    "SlideError",
+    "EncoderError",
+    "LabelError",
 ]
 
 
@@ -43,3 +46,15 @@ class AlreadyPublishedError(HubError):
 
 class ImportDataError(SicShareError):
     """Embeddings made by another tool cannot be imported as they are."""
+
+
+class SlideError(SicShareError):
+    """A slide cannot be opened or read, or lacks what export needs (e.g. µm/px)."""
+
+
+class EncoderError(SicShareError):
+    """A model name, weights file or device cannot be used."""
+
+
+class LabelError(SicShareError):
+    """Ground-truth masks or annotations do not fit their slide."""
