@@ -484,3 +484,20 @@ def test_sign_never_makes_a_dataset_its_own_verify_refuses(cli, tmp_path, publis
     else:
         result = cli("verify", root)
         assert result.code == 0, f"sign accepted the folder but verify refuses it: {result.err.strip()}"
+
+
+def test_slides_from_different_scanners_share_one_dataset(tmp_path, publisher):
+    """Level-0 µm/px may differ per slide; the manifest then leaves those fields null."""
+    from conftest import blobs
+    from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
+    from sic_share.signing import verify_dataset
+
+    model = ModelInfo(id="m", dim=8, source="test")
+    for slide_id, mpp, size in (("a", 0.25, 512), ("b", 0.5, 256)):
+        coords, emb, _ = blobs(20, 8)
+        write_slide(tmp_path / "ds" / "slides" / f"{slide_id}.parquet", slide_id=slide_id, coords=coords,
+                    embeddings=emb, metadata=SlideMetadata(model, Patching(256, size, mpp, 0.5, 128)))
+    manifest = sign_dataset(tmp_path / "ds", name="mixed", key_path=publisher.private)
+    assert manifest.predicate["patching"] == {"size_px": 256, "stride_px": 128, "target_mpp": 0.5,
+                                              "level0_mpp": None, "level0_size_px": None}
+    assert verify_dataset(tmp_path / "ds").version == 1

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from sic_share.dataset._io import read_slide, read_slide_metadata
 from sic_share.dataset._schema import SlideMetadata, check_name
@@ -17,9 +18,14 @@ SLIDES_DIR = "slides"
 
 @dataclass(frozen=True)
 class DatasetSummary:
-    """What every slide file of a dataset agrees on, and how much there is."""
+    """What every slide file of a dataset agrees on, and how much there is.
+
+    ``metadata`` is the first slide's; ``patching`` is the dataset-level view of
+    the grid, where level-0 fields that differ between slides are None.
+    """
 
     metadata: SlideMetadata
+    patching: dict[str, Any]
     n_slides: int
     n_patches: int
     files: tuple[Path, ...]
@@ -50,6 +56,7 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
     """
     files = slide_files(dataset_dir)
     first: SlideMetadata | None = None
+    patching: dict[str, Any] = {}
     total = 0
     for path in files:
         check_name(path.stem, "slide file name")
@@ -59,12 +66,15 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
             if slide.slide_id != path.stem:
                 raise DatasetError(f"{path.name} holds slide {slide.slide_id!r}: the file name must be its slide id")
         if first is None:
-            first = meta
-        elif meta != first:
+            first, patching = meta, asdict(meta.patching)
+        elif meta.dataset_key() != first.dataset_key():
             raise DatasetError(
                 f"{path.name} was made with another model, grid or class list than {files[0].name}: "
                 "a dataset is one model on one grid, split it"
             )
+        for key, value in asdict(meta.patching).items():
+            if patching[key] != value:
+                patching[key] = None
         total += rows
     assert first is not None  # slide_files never returns an empty list
-    return DatasetSummary(first, len(files), total, tuple(files))
+    return DatasetSummary(first, patching, len(files), total, tuple(files))

@@ -169,14 +169,15 @@ class SlideMetadata:
                 "sic-share, rebuild it with 'sic-share import' or 'sic-share export'"
             ) from None
 
-    def grid_key(self) -> tuple[Any, ...]:
-        """What two datasets must share to be joined on (slide_id, x, y)."""
-        return (
-            self.patching.size_px,
-            self.patching.level0_size_px,
-            self.patching.stride_px,
-            self.patching.target_mpp,
-        )
+    def dataset_key(self) -> tuple[Any, ...]:
+        """What every slide of one dataset shares: model, classes, dtype and the target grid.
+
+        Level-0 µm/px and the level-0 patch size may differ between slides
+        (scanners differ); the grid at the target resolution may not.
+        """
+        p = self.patching
+        return (self.format_version, self.model, self.classes, self.embedding_dtype,
+                p.size_px, p.stride_px, p.target_mpp)
 
 
 def arrow_schema(dim: int, dtype: str = "float16", metadata: SlideMetadata | None = None) -> pa.Schema:

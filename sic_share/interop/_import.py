@@ -273,18 +273,13 @@ def import_embeddings(
     dims = {s.features.shape[1] for s in sources}
     if len(dims) != 1:
         raise ImportDataError(f"slides have different feature dims {sorted(dims)}: one dataset is one model")
-    grids = {s.patching for s in sources}
+    grids = {(s.patching.size_px, s.patching.stride_px, s.patching.target_mpp) for s in sources}
     if len(grids) != 1:
         raise ImportDataError("slides were patched differently (patch size or magnification): import them as separate datasets")
     if any(s.labels is not None for s in sources) and not classes:
         raise ImportDataError("labels were given without class names: pass --classes NAME,NAME,...")
     secret = holder_secret(secret_path)
-    metadata = SlideMetadata(
-        model=ModelInfo(id=model_id, dim=dims.pop(), source=f"import:{fmt}"),
-        patching=grids.pop(),
-        classes=tuple(classes),
-        embedding_dtype=dtype,
-    )
+    model = ModelInfo(id=model_id, dim=dims.pop(), source=f"import:{fmt}")
     ids = [pseudonym(s.stem, secret) for s in sources]
     if len(set(ids)) != len(ids):
         raise ImportDataError("two inputs name the same slide: import each slide once")
@@ -292,6 +287,8 @@ def import_embeddings(
     try:
         for i, (source, slide_id) in enumerate(zip(sources, ids)):
             try:
+                # level-0 µm/px and patch size may differ per slide (scanners); the target grid may not
+                metadata = SlideMetadata(model, source.patching, tuple(classes), dtype)
                 with SlideWriter(tmp / SLIDES_DIR / f"{slide_id}.parquet", slide_id=slide_id, metadata=metadata) as writer:
                     writer.write(source.coords, source.features, labels=source.labels)
             except DatasetError as exc:

@@ -129,7 +129,7 @@ def sign_dataset(
         "created": created.isoformat(timespec="seconds"),
         "format_version": meta.format_version,
         "model": asdict(meta.model),
-        "patching": asdict(meta.patching),
+        "patching": summary.patching,
         "classes": list(meta.classes),
         "embedding_dtype": meta.embedding_dtype,
         "counts": {"slides": summary.n_slides, "patches": summary.n_patches},
