@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-test
+STAMP := $(VENV)/.installed-test-export
 
 .PHONY: demo test bench clean
 
@@ -10,10 +10,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Consumer install plus test tools (pytest, moto server, hypothesis, jsonschema, h5py).
-# No torch: the core and its tests run on a laptop.
+# Consumer install, the exporter's extra (torch, timm, OpenSlide) and test tools
+# (pytest, moto server, hypothesis, jsonschema, h5py, tifffile). pip takes torch
+# 2.14.1 / torchvision 0.29.1 from the machine's local wheel store when it has one.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,export]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -24,6 +25,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/format.py
+	$(PY) benchmarks/export.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# make demo: the whole holder -> hub -> consumer loop on the embedded local hub.
-# Everything lives under build/demo (its own SIC_SHARE_HOME), so your keys and
-# trust store are untouched. No server, no GPU, no network.
+# make demo: the whole holder -> hub -> consumer loop on the embedded local hub,
+# with the real H&E slide in tests/data. Everything lives under build/demo (its own
+# SIC_SHARE_HOME), so your keys and trust store are untouched. No server, no GPU,
+# no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=build/demo
+SLIDE=tests/data/cmu_small_region.svs
 rm -rf "$D"
 mkdir -p "$D"
 export SIC_SHARE_HOME="$PWD/$D/home"
@@ -13,20 +15,19 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 echo "== data holder =="
 step sic-share keys generate --publisher demo-lab
-step python demo/make_embeddings.py "$D/input"
-step sic-share import "$D/input" --out "$D/dataset" --patch-size 256 --mpp 0.499 \
-     --model-id synthetic-lowrank-64 --classes normal,lesion
-step sic-share sign "$D/dataset" --name cmu-demo
-step sic-share publish "$D/dataset"
+step sic-share export "$SLIDE" --out "$D/cmu-handcrafted" --model handcrafted
+step sic-share audit "$D/cmu-handcrafted" --forbid cmu_small_region
+step sic-share publish "$D/cmu-handcrafted"
 
 echo; echo "== consumer =="
 step sic-share trust add "$SIC_SHARE_HOME/config/keys/demo-lab.pub" --publisher demo-lab
 step sic-share ls
-step sic-share pull demo-lab/cmu-demo --to "$D/pulled"
+step sic-share pull demo-lab/cmu-handcrafted --to "$D/pulled"
 step sic-share verify "$D/pulled"
 step python -c "import duckdb; duckdb.sql(\"\"\"
-    SELECT slide_id, count(*) AS patches, count(label) AS labelled,
-           round(avg(label), 3) AS lesion_fraction, len(any_value(embedding)) AS dim
+    SELECT slide_id, count(*) AS patches, round(avg(tissue), 3) AS mean_tissue,
+           min(x) AS x_min, max(x) AS x_max, min(y) AS y_min, max(y) AS y_max,
+           len(any_value(embedding)) AS dim
     FROM '$D/pulled/slides/*.parquet' GROUP BY slide_id\"\"\").show()"
 
 echo; echo "== a tampered copy is refused =="

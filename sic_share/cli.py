@@ -265,6 +265,102 @@ def import_(
     out.print(f"imported {report.slides} slides, {report.patches} patches into {report.out_dir}")
 
 
+@app.command("export")
+def export(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files (svs, tif, ndpi, mrxs, jpg, png, ...) or folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Dataset folder (one sub-folder per model when several).")],
+    model: Annotated[list[str], typer.Option("--model", help="Encoder: handcrafted, a timm name or hf-hub:ORG/NAME, optionally NAME=WEIGHTS_FILE. Repeat for several.")] = ["handcrafted"],
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local weights (safetensors or torch) for the single --model.")] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Intermediate layer, e.g. layer3 of resnet50 (1024-d).")] = None,
+    target_mpp: Annotated[Optional[float], typer.Option("--target-mpp", help="µm/px the network sees. Default 0.5 (20x).")] = None,
+    magnification: Annotated[Optional[float], typer.Option("--magnification", help="Convenience: 20 means 0.5 µm/px (10 / magnification).")] = None,
+    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch side in pixels at the target resolution.")] = 256,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Grid step at the target resolution. Default: patch size / 2 (50 % overlap).")] = None,
+    min_tissue: Annotated[float, typer.Option("--min-tissue", help="Minimum tissue fraction of a kept patch.")] = 0.5,
+    mpp: Annotated[Optional[float], typer.Option("--mpp", help="Level-0 µm/px for slides that lack it (or have it wrong).")] = None,
+    mpp_csv: Annotated[Optional[Path], typer.Option("--mpp-csv", help="CSV slide,mpp with per-slide level-0 µm/px.")] = None,
+    masks: Annotated[Optional[str], typer.Option("--masks", help="Ground-truth masks, e.g. 'masks/{stem}.png'.")] = None,
+    annotations: Annotated[Optional[str], typer.Option("--annotations", help="QuPath GeoJSON, e.g. 'qupath/{stem}.geojson'.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Class names of the ground truth, comma-separated.")] = None,
+    label_threshold: Annotated[float, typer.Option("--label-threshold", help="Share of a patch a class must cover.")] = 0.5,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers (0: read in the main process).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: this job's share of the slides (0 <= I < N).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Dataset name for signing. Default: the --out folder's name.")] = None,
+    key: Annotated[Optional[Path], typer.Option("--key", help="Signing key. Default: the only key in the keys folder.")] = None,
+    no_sign: Annotated[bool, typer.Option("--no-sign", help="Do not sign at the end.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad slide.")] = False,
+    secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
+) -> None:
+    """Embed every tissue patch of slides with one or more models; audit and sign the datasets."""
+    from sic_share.export import ExportOptions, export_and_sign, parse_shard
+
+    if magnification is not None and target_mpp is not None:
+        raise typer.BadParameter("give --target-mpp or --magnification, not both")
+    if magnification is not None and magnification <= 0:
+        raise typer.BadParameter(f"--magnification {magnification} should be positive")
+    options = ExportOptions(
+        models=list(model), weights=str(weights) if weights else None, layer=layer,
+        target_mpp=target_mpp if target_mpp is not None else (10.0 / magnification if magnification else 0.5),
+        size_px=patch_size, stride_px=stride, min_tissue=min_tissue, mpp=mpp,
+        mpp_csv=str(mpp_csv) if mpp_csv else None, masks=masks, annotations=annotations,
+        classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+        label_threshold=label_threshold, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
+        shard=parse_shard(shard) if shard else None, fail_fast=fail_fast,
+        secret_path=str(secret) if secret else None,
+    )
+    bar = Progress(
+        TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
+    )
+    task = bar.add_task("export", total=None, info="planning")
+
+    def update(state) -> None:
+        bar.update(task, completed=state.patches_done, total=state.patches_total,
+                   info=f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
+                        f"loader wait {state.loader_wait_fraction:.0%}")
+
+    with bar:
+        result = export_and_sign(slides, out_dir, options, name=name, key_path=key, sign=not no_sign, progress=update)
+    report = result.report
+    out.print(
+        f"exported {report.exported} slides ({report.patches} patches) in {report.seconds:.1f} s on {report.device}: "
+        f"{report.patches / max(report.seconds, 1e-9):.0f} patches/s, loader wait {report.loader_wait_fraction:.0%}; "
+        f"skipped {report.skipped} already done"
+    )
+    for model_name, folder in report.datasets.items():
+        ref = result.signed.get(model_name)
+        out.print(f"  {model_name}: {folder}" + (f"  signed {ref}" if ref else ""))
+    if result.unsigned_reason:
+        err.print(f"[yellow]not signed:[/yellow] {result.unsigned_reason}")
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning.slide}: {warning.problem}")
+    for problem in report.problems:
+        err.print(f"[red]failed:[/red] {problem.slide}: {problem.problem}", highlight=False)
+    if report.problems:
+        err.print(f"[red]error:[/red] {len(report.problems)} slide(s) failed; the others were exported")
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+def audit(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    forbidden: Annotated[Optional[str], typer.Option("--forbid", help="Comma-separated strings that must not appear (e.g. slide names).")] = None,
+) -> None:
+    """Check a dataset for anything that should not leave the hospital; exit 1 on any finding."""
+    from sic_share.privacy import audit_dataset
+
+    findings = audit_dataset(dataset, forbidden=[f for f in (forbidden or "").split(",") if f])
+    for finding in findings:
+        err.print(f"[red]finding:[/red] {finding.file}: {finding.problem}", highlight=False)
+    if findings:
+        err.print(f"[red]error:[/red] {len(findings)} finding(s) in {dataset}: remove them before publishing")
+        raise typer.Exit(1)
+    out.print(f"audit of {dataset}: nothing found")
+
+
 def main() -> None:
     """Entry point: run the app, turning domain errors into one line and exit code 1.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 
 from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
 from sic_share.signing import TrustStore, generate_key, sign_dataset
+
+# Tests never download weights; huggingface_hub reads this once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -23,6 +27,7 @@ def home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("SIC_SHARE_HOME", str(root))
     monkeypatch.delenv("SIC_SHARE_HUB", raising=False)
     monkeypatch.delenv("SIC_SHARE_KEY_PASSPHRASE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never download weights
     return root
 
 
@@ -123,3 +128,22 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def write_pyramid(path: Path, image: np.ndarray, *, levels: int = 4, mpp: float | None = None,
+                  mpp_y: float | None = None, unit: str = "CENTIMETER") -> Path:
+    """A tiled TIFF with ``levels`` 2x reductions as further pages (OpenSlide's generic TIFF)."""
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tiff:
+        level = image
+        for i in range(levels):
+            extra = {}
+            if mpp is not None:
+                per_unit = 1e4 if unit == "CENTIMETER" else 25_400.0
+                extra = {"resolution": (per_unit / (mpp * 2**i), per_unit / ((mpp_y or mpp) * 2**i)),
+                         "resolutionunit": unit}
+            tiff.write(level, tile=(256, 256), photometric="rgb",
+                       subfiletype=1 if i else 0, metadata=None, **extra)
+            level = level[::2, ::2]
+    return path
