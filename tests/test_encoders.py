@@ -373,6 +373,36 @@ def test_pretrained_weights_come_from_the_cache_or_fail_in_one_line(resnet18_sta
     }
 
 
+def _hub_resolves() -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_hub_resolves() or bool(os.environ.get("HTTPS_PROXY")), reason="needs a machine without network")
+def test_without_network_the_error_comes_at_once_not_after_retries(tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    start = time.perf_counter()
+    with pytest.raises(EncoderError) as caught:
+        create_encoder("resnet18")
+    assert time.perf_counter() - start < 15  # huggingface_hub alone retries for about 45 s
+    assert str(caught.value).startswith(
+        "weights for resnet18 are not in the local cache and cannot be downloaded (no network: huggingface.co "
+        "does not resolve): pass --weights FILE"
+    )
+    assert constants.HF_HUB_OFFLINE is False  # offline mode was switched on for the call only
+
+
 def test_cuda_without_gpu_is_refused():
     if torch.cuda.is_available():
         with pytest.raises(EncoderError, match="torch sees"):

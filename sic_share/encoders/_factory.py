@@ -73,9 +73,16 @@ def create_encoder(
     ``timm``, ``hf-hub``, or ``local`` when a weights file was given, whose sha256
     is then recorded. Weights files are checked strictly against the backbone:
     every parameter present with its shape; only head keys (``fc``, ``head``,
-    ``classifier``, ...) and modules the network lacks are dropped. Without
-    network, huggingface_hub retries for about 45 s before it gives up unless
-    ``HF_HUB_OFFLINE=1`` is set.
+    ``classifier``, ...) and modules the network lacks are dropped. A bare timm
+    name loaded with pretrained weights records the tag it resolved to in
+    ``info().id`` (``resnet18`` -> ``resnet18.a1_in1k``): timm's default weights
+    for a name change between releases.
+
+    Pretrained weights come from the Hugging Face cache (``HF_HOME``) or are
+    downloaded. When the Hub's host name does not resolve (an air-gapped node, no
+    proxy set), the cache is read in offline mode at once instead of letting
+    huggingface_hub retry each file for about 20 s; missing weights then fail
+    with one sentence naming ``--weights`` and ``HF_HOME``.
 
     Examples
     --------

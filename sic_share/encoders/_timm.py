@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
 import urllib.error
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +101,9 @@ def _short(exc: BaseException, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _network_reason(exc: BaseException) -> str:
+def _network_reason(exc: BaseException, unreachable: str | None = None) -> str:
+    if unreachable:
+        return unreachable
     chain = _chain(exc)
     if any(type(err).__name__ == "OfflineModeIsEnabled" for err in chain):
         return "HF_HUB_OFFLINE is set"
@@ -107,11 +113,12 @@ def _network_reason(exc: BaseException) -> str:
     return _short(innermost)
 
 
-def _creation_error(name: str, exc: BaseException) -> EncoderError:
+def _creation_error(name: str, exc: BaseException, unreachable: str | None = None) -> EncoderError:
     """Turn what timm or huggingface_hub raised while building ``name`` into one sentence."""
     if _is_network_error(exc):
+        reason = _network_reason(exc, unreachable)
         return EncoderError(
-            f"weights for {name} are not in the local cache and cannot be downloaded ({_network_reason(exc)}): "
+            f"weights for {name} are not in the local cache and cannot be downloaded ({reason}): "
             "pass --weights FILE or warm the cache (HF_HOME) on a machine with network"
         )
     names = {cls.__name__ for err in _chain(exc) for cls in type(err).__mro__}
@@ -129,23 +136,72 @@ def _creation_error(name: str, exc: BaseException) -> EncoderError:
     return EncoderError(f"timm cannot build {name} ({_short(exc)}): check the name and options, or upgrade timm")
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached when that is certain at once (its host name does
+    not resolve and no proxy is set); None when it may be reachable or offline mode is already on."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    if constants.HF_HUB_OFFLINE or any(
+        os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return None
+    host = urllib.parse.urlsplit(constants.ENDPOINT).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"no network: {host} does not resolve"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Switch huggingface_hub to offline mode for one call, so that it reads its cache at once.
+
+    Without network and without ``HF_HUB_OFFLINE``, huggingface_hub retries each file
+    for about 20 s before it falls back to the cache; when the Hub's host does not even
+    resolve, those retries cannot succeed.
+    """
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _needs_hub(name: str, kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("pretrained")) or source_of(name) == "hf-hub"
+
+
 def _create(name: str, **kwargs: Any) -> nn.Module:
     timm = _import_timm()
+    unreachable = _hub_unreachable() if _needs_hub(name, kwargs) else None
     try:
-        return timm.create_model(name, **kwargs)
+        with _hub_offline(unreachable is not None):
+            return timm.create_model(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - timm and the Hub raise many types; all become one sentence
-        raise _creation_error(name, exc) from exc
+        raise _creation_error(name, exc, unreachable) from exc
 
 
 def _create_meta(name: str, **kwargs: Any) -> nn.Module:
     """Build without allocating weights (meta device) when the model allows it; on the CPU otherwise."""
     timm = _import_timm()
+    unreachable = _hub_unreachable() if _needs_hub(name, kwargs) else None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _hub_offline(unreachable is not None):
             return timm.create_model(name, pretrained=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - some models compute on tensors in __init__, which meta cannot
         if _is_network_error(exc) or "Unknown model" in str(exc):
-            raise _creation_error(name, exc) from exc  # not the meta device's fault: do not try twice
+            raise _creation_error(name, exc, unreachable) from exc  # not the meta device's fault: no retry
         return _create(name, pretrained=False, **kwargs)
 
 
