@@ -106,6 +106,10 @@ class OpenSlideReader(SlideReader):
                 f"{self._source} could not be read at level {level} near {location} ({exc}): the "
                 "file is truncated or corrupt, so copy it again from its source"
             ) from None
+        if region.getchannel("A").getextrema()[0] == 255:
+            # Fully opaque, the common case inside a slide: PIL's RGBA->RGB is about 3x
+            # faster than copying a strided numpy slice (5 ms against 15 ms for 1152^2 px).
+            return np.asarray(region.convert("RGB"))
         return composite_on_white(np.asarray(region))
 
     def _close(self) -> None:
