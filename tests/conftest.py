@@ -147,3 +147,17 @@ def write_pyramid(path: Path, image: np.ndarray, *, levels: int = 4, mpp: float 
                        subfiletype=1 if i else 0, metadata=None, **extra)
             level = level[::2, ::2]
     return path
+
+
+PINK = (205, 105, 170)
+
+
+def slide_image(size: tuple[int, int], rect: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
+    """Off-white glass with a noisy pink rectangle of 'tissue'."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    image = rng.integers(236, 251, (height, width, 1), dtype=np.uint8).repeat(3, axis=2)
+    x0, y0, x1, y1 = rect
+    noise = rng.integers(-25, 26, (y1 - y0, x1 - x0, 3))
+    image[y0:y1, x0:x1] = np.clip(np.array(PINK) + noise, 0, 255).astype(np.uint8)
+    return image

@@ -15,23 +15,12 @@ import pytest
 pytest.importorskip("torch")
 openslide = pytest.importorskip("openslide")
 
-from conftest import DATA, assert_one_line_error, write_pyramid  # noqa: E402
+from conftest import DATA, assert_one_line_error, slide_image, write_pyramid  # noqa: E402
 from sic_share.dataset import read_slide, slide_files  # noqa: E402
 from sic_share.privacy import holder_secret, pseudonym  # noqa: E402
 from sic_share.slides import make_grid, open_slide  # noqa: E402
 
 CMU = DATA / "cmu_small_region.svs"
-PINK, WHITE = (215, 120, 170), (245, 245, 245)
-
-
-def tissue_image(height: int, width: int, box: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
-    """White background with one textured pink rectangle (x0, y0, x1, y1) of 'tissue'."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), WHITE, np.uint8)
-    x0, y0, x1, y1 = box
-    noise = rng.integers(-30, 31, (y1 - y0, x1 - x0, 3))
-    image[y0:y1, x0:x1] = np.clip(np.array(PINK) + noise, 0, 255).astype(np.uint8)
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def pyramids(tmp_path_factory) -> Path:
     """Three synthetic 0.25 µm/px slides with tissue in known rectangles."""
     folder = tmp_path_factory.mktemp("pyramids")
     for i in range(3):
-        image = tissue_image(2048, 3072, (512 + 256 * i, 512, 2560, 1536), seed=i)
+        image = slide_image((3072, 2048), (512 + 256 * i, 512, 2560, 1536), seed=i)
         write_pyramid(folder / f"patient-{i}.tif", image, levels=3, mpp=0.25)
     return folder
 
@@ -240,7 +229,7 @@ def test_one_bad_slide_does_not_stop_the_run(tmp_path, cli, pyramids):
     [
         (lambda d: (d / "notes.svs").write_text("hello"), (), "notes.svs"),
         (lambda d: (d / "cut.svs").write_bytes(CMU.read_bytes()[: CMU.stat().st_size // 2]), (), "cut.svs"),
-        (lambda d: write_pyramid(d / "nompp.tif", tissue_image(512, 512, (0, 0, 512, 512)), levels=1), (), "--mpp"),
+        (lambda d: write_pyramid(d / "nompp.tif", slide_image((512, 512), (0, 0, 512, 512)), levels=1), (), "--mpp"),
         (lambda d: (d / "ok.svs").symlink_to(CMU), ("--model", "no-such-net-xyz"), "no-such-net-xyz"),
         (lambda d: (d / "ok.svs").symlink_to(CMU), ("--device", "cuda"), "CUDA"),
     ],

@@ -19,7 +19,7 @@ pytest.importorskip("skimage")
 tifffile = pytest.importorskip("tifffile")
 from PIL import Image  # noqa: E402
 
-from conftest import write_pyramid  # noqa: E402
+from conftest import PINK, slide_image, write_pyramid  # noqa: E402
 from sic_share.errors import SlideError  # noqa: E402
 from sic_share.slides import (  # noqa: E402
     PatchGrid,
@@ -43,24 +43,12 @@ CMU_SIZE = (2220, 2967)
 PYRAMID_SIZE = (1536, 2048)
 PYRAMID_MPP = 0.25
 TISSUE = (384, 384, 1408, 1664)  # x0, y0, x1, y1 in level-0 px
-PINK = (205, 105, 170)
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
     rgb = rgb.astype(np.float32)
     high, low = rgb.max(-1), rgb.min(-1)
     return (high - low) / np.maximum(high, 1)
-
-
-def _slide_image(size: tuple[int, int], rect: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
-    """Off-white glass with a noisy pink rectangle of 'tissue'."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    image = rng.integers(236, 251, (height, width, 1), dtype=np.uint8).repeat(3, axis=2)
-    x0, y0, x1, y1 = rect
-    noise = rng.integers(-25, 26, (y1 - y0, x1 - x0, 3))
-    image[y0:y1, x0:x1] = np.clip(np.array(PINK) + noise, 0, 255).astype(np.uint8)
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +58,7 @@ def files(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pyramid(files) -> Path:
-    return write_pyramid(files / "pyramid.tif", _slide_image(PYRAMID_SIZE, TISSUE), mpp=PYRAMID_MPP)
+    return write_pyramid(files / "pyramid.tif", slide_image(PYRAMID_SIZE, TISSUE), mpp=PYRAMID_MPP)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +226,7 @@ def test_mpp_override(pyramid):
 
 
 def test_missing_mpp_makes_grid_refuse(files):
-    path = write_pyramid(files / "no-mpp.tif", _slide_image((1024, 1024), (256, 256, 768, 768)), levels=2)
+    path = write_pyramid(files / "no-mpp.tif", slide_image((1024, 1024), (256, 256, 768, 768)), levels=2)
     with open_slide(path) as slide:
         assert slide.mpp is None  # opening does not refuse: export decides
         with pytest.raises(SlideError, match=r"no-mpp\.tif has no µm/px: pass --mpp X or --mpp-csv FILE"):
@@ -248,7 +236,7 @@ def test_missing_mpp_makes_grid_refuse(files):
 
 
 def test_anisotropic_mpp_is_refused_with_the_reason(files):
-    image = _slide_image((512, 512), (0, 0, 256, 256))
+    image = slide_image((512, 512), (0, 0, 256, 256))
     path = write_pyramid(files / "aniso.tif", image, levels=1, mpp=0.25, mpp_y=0.5)
     with open_slide(path) as slide:
         assert slide.mpp is None
@@ -263,7 +251,7 @@ def test_anisotropic_mpp_is_refused_with_the_reason(files):
     (25_400 / 72, "INCH", None),  # 72 dpi: out of range
 ])
 def test_tiff_resolution_units(files, mpp, unit, expected):
-    image = _slide_image((512, 512), (0, 0, 256, 256))
+    image = slide_image((512, 512), (0, 0, 256, 256))
     path = write_pyramid(files / f"res-{unit}-{mpp:.3f}.tif", image, levels=1, mpp=mpp, unit=unit)
     with open_slide(path) as slide:
         assert slide.mpp == (None if expected is None else pytest.approx(expected))
@@ -284,7 +272,7 @@ def test_mpp_rules_on_properties():
 
 
 def test_jpeg_and_png(files):
-    image = _slide_image((600, 400), (100, 100, 400, 300))
+    image = slide_image((600, 400), (100, 100, 400, 300))
     jpeg, png = files / "plain.jpg", files / "plain.png"
     Image.fromarray(image).save(jpeg, quality=95, dpi=(50_800, 50_800))  # 0.5 µm/px
     Image.fromarray(image).save(png)
@@ -307,7 +295,7 @@ def test_jpeg_and_png(files):
 
 def test_jpeg_placeholder_dpi_is_ignored(files):
     path = files / "72dpi.jpg"
-    Image.fromarray(_slide_image((64, 64), (0, 0, 32, 32))).save(path, dpi=(300, 300))
+    Image.fromarray(slide_image((64, 64), (0, 0, 32, 32))).save(path, dpi=(300, 300))
     with open_slide(path) as slide:
         assert slide.mpp is None
 
@@ -324,7 +312,7 @@ def test_png_transparency_becomes_white(files):
 
 
 def test_flat_tiff_falls_back_to_pillow(files):
-    image = _slide_image((300, 200), (50, 50, 250, 150))
+    image = slide_image((300, 200), (50, 50, 250, 150))
     path = files / "flat.tif"
     tifffile.imwrite(path, image, photometric="rgb", resolution=(40_000, 40_000),
                      resolutionunit="CENTIMETER", metadata=None)
@@ -377,7 +365,7 @@ def test_corrupt_tiles_fail_at_read_time(files):
 
 def test_truncated_jpeg_fails_at_read_time(files):
     whole = files / "whole.jpg"
-    Image.fromarray(_slide_image((400, 400), (100, 100, 300, 300))).save(whole)
+    Image.fromarray(slide_image((400, 400), (100, 100, 300, 300))).save(whole)
     cut = files / "cut.jpg"
     cut.write_bytes(whole.read_bytes()[:2000])
     with pytest.raises(SlideError, match=r"cut\.jpg .*truncated or corrupt"):
@@ -387,14 +375,14 @@ def test_truncated_jpeg_fails_at_read_time(files):
 
 def test_renamed_jpeg(files):
     path = files / "renamed.svs"
-    Image.fromarray(_slide_image((64, 64), (0, 0, 32, 32))).save(path, format="JPEG")
+    Image.fromarray(slide_image((64, 64), (0, 0, 32, 32))).save(path, format="JPEG")
     with pytest.raises(SlideError, match=r"renamed\.svs is a plain JPEG image.*\.jpeg suffix"):
         open_slide(path)
 
 
 def test_large_plain_images_pass_pillows_bomb_check_up_to_our_limit(files, monkeypatch):
     path = files / "big.png"
-    Image.fromarray(_slide_image((100, 100), (0, 0, 50, 50))).save(path)
+    Image.fromarray(slide_image((100, 100), (0, 0, 50, 50))).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would refuse 10k px
     with open_slide(path) as slide:
         assert slide.read_region((0, 0), 0, (100, 100)).shape == (100, 100, 3)
@@ -455,7 +443,7 @@ def test_tissue_mask_constant_images_have_no_tissue():
 
 
 def test_tissue_mask_finds_the_rectangle():
-    image = _slide_image((400, 300), (100, 80, 300, 220), seed=3)
+    image = slide_image((400, 300), (100, 80, 300, 220), seed=3)
     mask = tissue_mask(image)
     truth = np.zeros((300, 400), bool)
     truth[80:220, 100:300] = True
@@ -464,7 +452,7 @@ def test_tissue_mask_finds_the_rectangle():
 
 def test_tissue_mask_keeps_pale_tissue_on_an_all_tissue_crop():
     # Half eosin-pink, half pale stroma: plain Otsu would drop the pale half.
-    image = _slide_image((200, 200), (0, 0, 200, 200), seed=4)
+    image = slide_image((200, 200), (0, 0, 200, 200), seed=4)
     image[:, 100:] = np.clip(image[:, 100:].astype(int) + 35, 0, 255)
     assert tissue_mask(image).mean() > 0.95
 

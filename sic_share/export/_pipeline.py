@@ -496,7 +496,18 @@ def export_slides(
         failed.add(p)
         fail(plans[p].path, SlideError(message))
 
+    def embed(p: int, idx: np.ndarray, patches: torch.Tensor) -> None:
+        plan = plans[p]
+        batch = patches.to(device, non_blocking=True)
+        labels = plan.labels[idx] if plan.labels is not None else None
+        for encoder, writer in zip(encoders, writers[p]):
+            embedding = encoder(batch).float().cpu().numpy()
+            writer.write(plan.grid.coords[idx], embedding, tissue=plan.grid.tissue[idx], labels=labels)
+        state.patches_done += len(idx)
+
     remaining = {p: len(plan.regions) for p, plan in enumerate(plans)}
+    pending: list[tuple[np.ndarray, torch.Tensor]] = []  # regions of the current slide not yet embedded
+    pending_rows = 0
     stream_start = time.perf_counter()
     iterator = iter(loader) if plans else iter(())
     try:
@@ -511,18 +522,24 @@ def export_slides(
             if p in failed:
                 continue
             if idx is None:
+                pending, pending_rows = [], 0
                 abort(p, patches)
                 continue
             if p not in writers:
                 writers[p] = open_writers(p)
-            plan = plans[p]
-            batch = patches.to(device, non_blocking=True)
-            labels = plan.labels[idx] if plan.labels is not None else None
-            for encoder, writer in zip(encoders, writers[p]):
-                embedding = encoder(batch).float().cpu().numpy()
-                writer.write(plan.grid.coords[idx], embedding, tissue=plan.grid.tissue[idx], labels=labels)
-            state.patches_done += len(idx)
-            if remaining[p] == 0:
+            pending.append((idx, patches))
+            pending_rows += len(idx)
+            last = remaining[p] == 0
+            # Forward exactly batch_size patches at a time (the remainder at the slide's end):
+            # constant shapes let torch's allocator reuse its blocks instead of fragmenting.
+            while pending_rows >= options.batch_size or (last and pending_rows):
+                take = min(options.batch_size, pending_rows)
+                all_idx = np.concatenate([i for i, _ in pending])
+                all_patches = pending[0][1] if len(pending) == 1 else torch.cat([t for _, t in pending])
+                embed(p, all_idx[:take], all_patches[:take])
+                pending = [(all_idx[take:], all_patches[take:])] if take < pending_rows else []
+                pending_rows -= take
+            if last:
                 finish(p)
                 state.slides_done = done
             state.seconds = time.perf_counter() - stream_start
