@@ -301,6 +301,25 @@ def _worker_init(_worker_id: int) -> None:
     torch.utils.data.get_worker_info().dataset.reset()
 
 
+def _fix_mmap_threshold() -> None:
+    """Serve allocations of 1 MiB and more (regions, patch batches) by mmap on glibc.
+
+    glibc raises its mmap threshold each time such a block is freed, after which
+    they come from the heap, which fragments: measured here, peak memory grew
+    from 950 to 1150 MiB between a 888- and a 3579-patch slide, and stayed at
+    887-894 MiB with the threshold fixed. Setting it once turns the dynamic
+    adjustment off. Elsewhere (musl, macOS) this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -369,6 +388,7 @@ def export_slides(
 
     options = options or ExportOptions()
     _check_options(options)
+    _fix_mmap_threshold()  # inherited by the forked loader workers
     start = time.perf_counter()
     report = ExportReport()
     device = _resolve_device(options.device)
@@ -401,6 +421,7 @@ def export_slides(
                    min(options.target_mpp * options.size_px / encoder.input_size for encoder in encoders))
 
     # -- plan: grids and labels; skip slides already complete for every model --
+    classes = tuple(options.classes) if options.classes else None
     plans: list[_Plan] = []
     mpp_of: dict[int, float | None] = {}
     for path in paths:
@@ -431,12 +452,12 @@ def export_slides(
                         raise LabelError(f"{label_path} does not exist: every slide needs its ground truth "
                                          f"({pattern!r} with {{stem}} = {stem!r})")
                     load = mask_labels if options.masks else geojson_labels
-                    raster = load(label_path, reader.dimensions, classes=options.classes)
-                    if options.classes is None:
-                        options.classes = raster.classes  # the first slide fixes the class list
-                    elif tuple(raster.classes) != tuple(options.classes):
+                    raster = load(label_path, reader.dimensions, classes=classes)
+                    if classes is None:
+                        classes = tuple(raster.classes)  # the first slide fixes the class list
+                    elif tuple(raster.classes) != classes:
                         raise LabelError(f"{label_path} has classes {raster.classes}, other slides "
-                                         f"{tuple(options.classes)}: pass --classes to fix the order")
+                                         f"{classes}: pass --classes to fix the order")
                     labels = patch_labels(raster, grid.coords, grid.level0_size, threshold=options.label_threshold)
         except (SlideError, LabelError) as exc:
             fail(path, exc)
@@ -466,7 +487,7 @@ def export_slides(
         worker_init_fn=_worker_init if workers > 0 else None,
         collate_fn=_as_is,
     )
-    classes = tuple(options.classes or ())
+    classes = classes or ()
     writers: dict[int, list[SlideWriter]] = {}
     failed: set[int] = set()
     done = 0
