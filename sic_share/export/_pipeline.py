@@ -618,7 +618,7 @@ def export_and_sign(
     report = export_slides(slides, out_dir, options, progress=progress)
     result = SignedExport(report)
     base = name or _model_slug(Path(out_dir).resolve().name)
-    for model, folder in report.datasets.items():
+    for folder in report.datasets.values():
         if not (folder / SLIDES_DIR).is_dir():
             continue
         findings = audit_dataset(folder, forbidden=report.stems)
