@@ -30,8 +30,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Signing keys of a data holder.", no_args_is_help=True)
 trust_app = typer.Typer(help="Publisher keys this client trusts.", no_args_is_help=True)
+hub_app = typer.Typer(help="Named hubs (URL, endpoint, region; never credentials).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
+app.add_typer(hub_app, name="hub")
 
 # Not a terminal (pipes, CI logs): wide enough that tables are not cut.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -40,7 +42,7 @@ _state = {"debug": False}
 
 HubOption = Annotated[
     Optional[str],
-    typer.Option("--hub", help="Hub URL (folder, file://, s3://). Default: $SIC_SHARE_HUB or a local folder."),
+    typer.Option("--hub", help="Hub name (see 'hub ls') or URL (folder, file://, s3://). Default: $SIC_SHARE_HUB or a local folder."),
 ]
 
 
@@ -140,6 +142,39 @@ def trust_rm(key: Annotated[str, typer.Argument(help="Key id (or a prefix of 4+ 
 
     for entry in TrustStore().remove(key):
         out.print(f"removed {entry.keyid} ({entry.publisher})")
+
+
+@hub_app.command("add")
+def hub_add(
+    name: Annotated[str, typer.Argument(help="Name to use with --hub.")],
+    url: Annotated[str, typer.Argument(help="s3://BUCKET[/PREFIX], file:///PATH or an absolute folder.")],
+    endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (MinIO, Ceph, Garage).")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", help="S3 region.")] = None,
+) -> None:
+    """Remember a hub under a name. Credentials stay in the AWS chain (env, profile)."""
+    from sic_share.hub import add_hub
+
+    entry = add_hub(name, url, endpoint_url=endpoint_url, region=region)
+    out.print(f"hub {entry.name}: {entry.url}" + (f" at {entry.endpoint_url}" if entry.endpoint_url else ""))
+
+
+@hub_app.command("ls")
+def hub_ls() -> None:
+    """List named hubs."""
+    from sic_share.hub import list_hubs
+
+    table = Table("name", "url", "endpoint", "region")
+    for h in list_hubs():
+        table.add_row(h.name, h.url, h.endpoint_url or "", h.region or "")
+    out.print(table)
+
+
+@hub_app.command("rm")
+def hub_rm(name: Annotated[str, typer.Argument(help="Hub name.")]) -> None:
+    """Forget a named hub."""
+    from sic_share.hub import remove_hub
+
+    out.print(f"removed hub {remove_hub(name).name}")
 
 
 # --- datasets ---------------------------------------------------------------------------------

@@ -1,7 +1,20 @@
-"""Hubs: publish, pull and list signed datasets on any fsspec URL."""
+"""Hubs: publish, pull and list signed datasets on any fsspec URL; named hubs."""
 
 from __future__ import annotations
 
+from sic_share.hub._config import HubConfig, add_hub, list_hubs, remove_hub, resolve_hub
 from sic_share.hub._hub import DatasetRef, HubEntry, list_datasets, parse_ref, publish, pull
 
-__all__ = ["DatasetRef", "HubEntry", "list_datasets", "parse_ref", "publish", "pull"]
+__all__ = [
+    "DatasetRef",
+    "HubConfig",
+    "HubEntry",
+    "add_hub",
+    "list_datasets",
+    "list_hubs",
+    "parse_ref",
+    "publish",
+    "pull",
+    "remove_hub",
+    "resolve_hub",
+]

@@ -12,15 +12,16 @@ import os
 import re
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import fsspec
 
 from sic_share._fsutil import is_local, join, resolve
-from sic_share._paths import default_hub_url
 from sic_share.dataset import check_name
+from sic_share.hub._config import resolve_hub
 from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
 from sic_share.signing import (
     ENVELOPE,
@@ -69,12 +70,55 @@ def parse_ref(text: str) -> DatasetRef:
 
 
 def _open_hub(hub: str | None) -> tuple[fsspec.AbstractFileSystem, str, str]:
-    url = hub or default_hub_url()
+    """``--hub`` (a configured name, a URL, a folder or None) to ``(filesystem, base path, URL)``."""
+    url, options = resolve_hub(hub)
     try:
-        fs, base = resolve(url)
+        fs, base = resolve(url, **options)
     except (ValueError, ImportError) as exc:
         raise HubError(f"hub {url!r} is not a usable URL ({exc}): give a folder or an s3:// URL") from None
     return fs, base, url
+
+
+# Error codes a server sends when the credentials themselves are wrong (not merely not allowed).
+_BAD_CREDENTIALS = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
+
+
+def _server_code(exc: BaseException) -> str | None:
+    """The error code of the server response behind ``exc`` (s3fs keeps the botocore error as the cause)."""
+    cause = exc.__cause__ if getattr(exc, "response", None) is None else exc
+    response = getattr(cause, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code") or "AccessDenied")
+
+
+@contextmanager
+def _refusals(fs: fsspec.AbstractFileSystem, base: str, url: str, doing: str, needs: str) -> Iterator[None]:
+    """Turn a server's 403 into one HubError line naming the reason (no botocore traceback).
+
+    A HEAD answered 403 carries no error code, so a listing of the hub tells a
+    wrong secret (SignatureDoesNotMatch) from a missing permission (AccessDenied).
+    """
+    try:
+        yield
+    except PermissionError as exc:
+        code = _server_code(exc)
+        if code is None:  # a local permission problem: not the hub's answer
+            raise
+        if code.isdigit() or code == "Forbidden":
+            try:
+                fs.invalidate_cache(base)
+                fs.ls(base, detail=False)
+                code = "AccessDenied"
+            except PermissionError as probe:
+                code = _server_code(probe) or "AccessDenied"
+            except Exception:  # noqa: BLE001 - the probe only refines the message
+                code = "AccessDenied"
+        if code.isdigit() or code == "Forbidden":
+            code = "AccessDenied"
+        hint = ("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" if code in _BAD_CREDENTIALS
+                else f"your credentials may not {needs}")
+        raise HubError(f"the hub {url} refused {doing} ({code}): {hint}") from None
 
 
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -116,20 +160,22 @@ def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, prog
         f"version {manifest.version} of {manifest.publisher}/{manifest.name} is already published on {url}: "
         f"versions are immutable, sign a new one with 'sic-share sign --version {manifest.version + 1}'"
     )
-    if fs.exists(envelope_path):
-        raise already
-    names = sorted(manifest.files)
-    for i, fname in enumerate(names):
-        target = join(dest, fname)
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(root / fname), target)
-        if progress:
-            progress(fname, i + 1, len(names))
-    fs.pipe_file(join(dest, MANIFEST), (root / MANIFEST).read_bytes())
-    try:
-        _create_exclusive(fs, envelope_path, (root / ENVELOPE).read_bytes())
-    except FileExistsError:
-        raise already from None
+    with _refusals(fs, base, url, "the upload", f"write under {manifest.publisher}/"):
+        if fs.exists(envelope_path):
+            raise already
+        names = sorted(manifest.files)
+        for i, fname in enumerate(names):
+            target = join(dest, fname)
+            if is_local(fs):  # object stores have no folders (s3fs would try to create the bucket)
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(root / fname), target)
+            if progress:
+                progress(fname, i + 1, len(names))
+        fs.pipe_file(join(dest, MANIFEST), (root / MANIFEST).read_bytes())
+        try:
+            _create_exclusive(fs, envelope_path, (root / ENVELOPE).read_bytes())
+        except FileExistsError:
+            raise already from None
     return f"{url.rstrip('/')}/{manifest.publisher}/{manifest.name}/{manifest.version}"
 
 
@@ -175,7 +221,8 @@ def pull(
     """
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     fs, base, url = _open_hub(hub)
-    versions = _versions(fs, base, ref)
+    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
+        versions = _versions(fs, base, ref)
     if not versions:
         raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
     version = ref.version if ref.version is not None else versions[-1]
@@ -187,7 +234,8 @@ def pull(
         raise SicShareError(f"{dest} already exists: choose another --to or remove it")
     trust = trust or TrustStore()
     record = record or VersionRecord()
-    envelope = fs.cat_file(join(src, ENVELOPE))
+    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
+        envelope = fs.cat_file(join(src, ENVELOPE))
     manifest, body = verify_signature(
         envelope, f"{ref.publisher}/{ref.name}@{version}", trust=trust, record=record, allow_rollback=allow_rollback
     )
@@ -205,7 +253,8 @@ def pull(
         names = sorted(manifest.files)
         for i, fname in enumerate(names):
             try:
-                fs.get_file(join(src, fname), str(tmp / fname))
+                with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
+                    fs.get_file(join(src, fname), str(tmp / fname))
             except FileNotFoundError:
                 raise VerificationError(f"{fname} of {manifest.ref} is missing on the hub: the publish is incomplete") from None
             if progress:
@@ -240,12 +289,15 @@ def list_datasets(hub: str | None = None, *, trust: TrustStore | None = None) ->
     manifest's publisher, unexpired, and stored under its own
     publisher/name/version; file digests are not checked here (``pull`` does).
     """
-    fs, base, _ = _open_hub(hub)
+    fs, base, url = _open_hub(hub)
     trust = trust or TrustStore()
     entries = []
-    for envelope_path in sorted(fs.glob(join(base, "*", "*", "*", ENVELOPE))):
+    with _refusals(fs, base, url, "the listing", "list and read the hub"):
+        found = sorted(fs.glob(join(base, "*", "*", "*", ENVELOPE)))
+    for envelope_path in found:
         publisher, name, version = envelope_path.split("/")[-4:-1]
-        raw = fs.cat_file(envelope_path)
+        with _refusals(fs, base, url, "the listing", "list and read the hub"):
+            raw = fs.cat_file(envelope_path)
         try:
             manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
             trusted = True
