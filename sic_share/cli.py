@@ -253,6 +253,8 @@ def pull(
 @app.command("ls")
 def ls(
     hub: HubOption = None,
+    publisher: Annotated[Optional[str], typer.Option("--publisher", help="Only this publisher's datasets.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Only datasets whose model id contains this.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the datasets published on a hub."""
@@ -260,7 +262,7 @@ def ls(
 
     from sic_share.hub import list_datasets
 
-    entries = list_datasets(hub)
+    entries = list_datasets(hub, publisher=publisher, model=model)
     if as_json:
         out.print_json(json.dumps([asdict(e) for e in entries]))
         return

@@ -359,3 +359,20 @@ def test_one_unreadable_envelope_does_not_hide_the_rest_of_the_hub(cli, tmp_path
         ("lab-a", "crc", 1, True)
     ]
     assert cli("pull", "lab-a/crc", "--hub", hub, "--to", tmp_path / "pulled").code == 0
+
+
+def test_ls_filters_by_publisher_and_model(tmp_path, cli, publisher):
+    from conftest import make_dataset, make_publisher
+    from sic_share.signing import sign_dataset
+
+    hub = tmp_path / "hub"
+    other = make_publisher("lab-b", tmp_path / "keys-b")
+    for who, name in ((publisher, "crc"), (other, "lung")):
+        root = make_dataset(tmp_path / name)
+        sign_dataset(root, name=name, key_path=who.private)
+        assert cli("publish", root, "--hub", hub).code == 0
+    listed = lambda *args: [e["name"] for e in json.loads(cli("ls", "--hub", hub, "--json", *args).out)]  # noqa: E731
+    assert sorted(listed()) == ["crc", "lung"]
+    assert listed("--publisher", "lab-b") == ["lung"]
+    assert sorted(listed("--model", "TEST-MOD")) == ["crc", "lung"]  # case-insensitive substring
+    assert listed("--model", "resnet") == []

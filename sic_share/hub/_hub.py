@@ -282,20 +282,34 @@ class HubEntry:
     trusted: bool
 
 
-def list_datasets(hub: str | None = None, *, trust: TrustStore | None = None) -> list[HubEntry]:
+def list_datasets(
+    hub: str | None = None,
+    *,
+    trust: TrustStore | None = None,
+    publisher: str | None = None,
+    model: str | None = None,
+) -> list[HubEntry]:
     """Every published version on a hub, read from the signed envelopes alone.
 
     ``trusted`` says whether the envelope is signed by a key trusted for the
     manifest's publisher, unexpired, and stored under its own
     publisher/name/version; file digests are not checked here (``pull`` does).
+
+    Parameters
+    ----------
+    publisher : str, optional
+        Only this publisher's datasets (only its folder is listed).
+    model : str, optional
+        Only datasets whose model id contains this text (case-insensitive).
     """
     fs, base, url = _open_hub(hub)
     trust = trust or TrustStore()
     entries = []
     with _refusals(fs, base, url, "the listing", "list and read the hub"):
-        found = sorted(fs.glob(join(base, "*", "*", "*", ENVELOPE)))
+        owner = check_name(publisher, "publisher") if publisher else "*"
+        found = sorted(fs.glob(join(base, owner, "*", "*", ENVELOPE)))
     for envelope_path in found:
-        publisher, name, version = envelope_path.split("/")[-4:-1]
+        folder = tuple(envelope_path.split("/")[-4:-1])
         with _refusals(fs, base, url, "the listing", "list and read the hub"):
             raw = fs.cat_file(envelope_path)
         try:
@@ -307,8 +321,10 @@ def list_datasets(hub: str | None = None, *, trust: TrustStore | None = None) ->
             except VerificationError:
                 continue
             trusted = False
-        trusted = trusted and (manifest.publisher, manifest.name, str(manifest.version)) == (publisher, name, version)
+        trusted = trusted and (manifest.publisher, manifest.name, str(manifest.version)) == folder
         predicate = manifest.predicate
+        if model and model.lower() not in str(predicate.get("model", {}).get("id", "")).lower():
+            continue
         entries.append(
             HubEntry(
                 manifest.publisher,
