@@ -275,6 +275,39 @@ def ls(
     out.print(table)
 
 
+@app.command("query")
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over 'datasets' and patches('publisher/name[@version]').")],
+    hub: HubOption = None,
+    verified_only: Annotated[bool, typer.Option("--verified-only", help="Only datasets signed by trusted keys.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    parquet: Annotated[Optional[Path], typer.Option("--parquet", help="Write the result to this Parquet file.")] = None,
+) -> None:
+    """Run SQL over a hub with DuckDB: the 'datasets' catalog and patches('lab-a/crc@1')."""
+    from sic_share.query import format_result, run_query
+
+    if parquet is not None and not parquet.parent.is_dir():
+        raise SicShareError(f"folder {parquet.parent} does not exist: create it or choose another --parquet path")
+    result = run_query(sql, hub, verified_only=verified_only)
+    if parquet is not None:
+        import os
+
+        import pyarrow.parquet as pq
+
+        tmp = parquet.with_name(f".{parquet.name}.tmp")
+        pq.write_table(result, tmp)
+        os.replace(tmp, parquet)
+        out.print(f"{result.num_rows} rows written to {parquet}")
+    elif as_csv or as_json:
+        sys.stdout.write(format_result(result, "csv" if as_csv else "json"))
+    else:
+        table = Table(*result.column_names)
+        for row in result.to_pylist():
+            table.add_row(*(str(value) for value in row.values()))
+        out.print(table)
+
+
 @app.command("import")
 def import_(
     files: Annotated[list[Path], typer.Argument(help=".npy pairs (<slide>.coords.npy, <slide>.features.npy) or .h5 files, or folders.")],
