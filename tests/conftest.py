@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -161,3 +162,52 @@ def slide_image(size: tuple[int, int], rect: tuple[int, int, int, int], seed: in
     noise = rng.integers(-25, 26, (y1 - y0, x1 - x0, 3))
     image[y0:y1, x0:x1] = np.clip(np.array(PINK) + noise, 0, 255).astype(np.uint8)
     return image
+
+
+# --- a real S3 server (moto, authentication enforced) for hub tests ---------------------------
+
+BUCKET = "sic-hub"
+
+
+def _load_dev_server():
+    spec = importlib.util.spec_from_file_location("sic_hub_dev_server", REPO / "hub" / "dev_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def dev_hub():
+    """(endpoint, credentials) of a running dev hub, one per session: moto's backend is process-global."""
+    pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server, endpoint, credentials = _load_dev_server().start_dev_hub(["lab-a", "lab-b"], bucket=BUCKET)
+    try:
+        yield endpoint, credentials
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def as_user(dev_hub, monkeypatch):
+    """Switch the AWS credentials sic-share sees: ``as_user("lab-a")``, or a wrong secret."""
+    import s3fs
+
+    endpoint, credentials = dev_hub
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+    def switch(user: str, *, secret: str | None = None) -> None:
+        key_id, real_secret = credentials[user]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret if secret is not None else real_secret)
+        s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches instances, and their credentials
+
+    switch("lab-a")
+    yield switch
+    s3fs.S3FileSystem.clear_instance_cache()

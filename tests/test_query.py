@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_dataset, make_publisher
+from conftest import BUCKET, make_dataset, make_publisher
 from sic_share.errors import SicShareError
 from sic_share.hub import publish
 from sic_share.query import connect, format_result, run_query
@@ -116,15 +116,7 @@ def test_format_result(hub_with_two):
 
 # --- the same over S3 (moto with authentication enforced) -------------------------------------
 
-try:  # the moto server fixtures of the S3 tests; without moto/s3fs only the S3 tests skip
-    from test_s3 import BUCKET, as_user, dev_hub  # noqa: E402,F401
-except pytest.skip.Exception as missing:
-    BUCKET = "sic-hub"
-    _reason = str(missing)
-
-    @pytest.fixture
-    def as_user():
-        pytest.skip(_reason)
+# dev_hub and as_user (conftest) skip themselves where moto or s3fs is missing.
 
 
 def test_s3_hub_gives_the_same_counts(as_user, tmp_path, publisher):

@@ -1,7 +1,7 @@
 """The hub on S3: publish, list, pull over HTTP against moto's server with authentication enforced.
 
 One dev hub (``hub/dev_server.py``: bucket ``sic-hub``, publishers lab-a and lab-b,
-a read-only ``reader``) runs for the whole module. Tests reach it through the
+a read-only ``reader``) runs for the whole test session (moto's backend is process-global). Tests reach it through the
 same code users run: the hub URL ``s3://sic-hub/``, the endpoint from
 ``AWS_ENDPOINT_URL`` and credentials from ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``. The publisher policies cover ``<publisher>/*`` of the
@@ -11,62 +11,18 @@ its own (``crc<random>``) rather than a prefix of its own.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import secrets
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, make_dataset, make_publisher
-from sic_share.signing import ENVELOPE, MANIFEST, sign_dataset
+from conftest import BUCKET, assert_one_line_error, make_dataset, make_publisher
+from sic_share.signing import ENVELOPE, sign_dataset
 
 pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
-
-BUCKET = "sic-hub"
-
-
-def _load_dev_server():
-    spec = importlib.util.spec_from_file_location("sic_hub_dev_server", REPO / "hub" / "dev_server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def dev_hub():
-    """(endpoint, credentials) of a running dev hub; stopped when the module's tests end."""
-    server, endpoint, credentials = _load_dev_server().start_dev_hub(["lab-a", "lab-b"], bucket=BUCKET)
-    try:
-        yield endpoint, credentials
-    finally:
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
-
-
-@pytest.fixture
-def as_user(dev_hub, monkeypatch):
-    """Switch the AWS credentials sic-share sees: ``as_user("lab-a")``, or a wrong secret."""
-    endpoint, credentials = dev_hub
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-
-    def switch(user: str, *, secret: str | None = None) -> None:
-        key_id, real_secret = credentials[user]
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret if secret is not None else real_secret)
-        s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches instances, and their credentials
-
-    switch("lab-a")
-    yield switch
-    s3fs.S3FileSystem.clear_instance_cache()
-
 
 @pytest.fixture
 def hub(as_user) -> str:
