@@ -36,7 +36,7 @@ from sic_share.signing import (
     verify_signature,
 )
 
-__all__ = ["DatasetRef", "HubEntry", "parse_ref", "publish", "pull", "list_datasets"]
+__all__ = ["DatasetRef", "HubEntry", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
 
 _REF = re.compile(r"^(?P<publisher>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<version>[0-9]+))?$")
 
@@ -282,6 +282,35 @@ class HubEntry:
     trusted: bool
 
 
+def iter_published(
+    fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore, *, owner: str = "*"
+) -> Iterator[tuple[Manifest, bool, str]]:
+    """Every published version under ``base``: ``(manifest, trusted, version folder path)``.
+
+    ``trusted``: the envelope is signed by a key trusted for the manifest's
+    publisher, unexpired, and sits under its own publisher/name/version.
+    Envelopes that cannot be parsed at all are skipped. Shared by ``ls`` and
+    ``query``.
+    """
+    with _refusals(fs, base, url, "the listing", "list and read the hub"):
+        found = sorted(fs.glob(join(base, owner, "*", "*", ENVELOPE)))
+    for envelope_path in found:
+        folder = envelope_path.rsplit("/", 1)[0]
+        with _refusals(fs, base, url, "the listing", "list and read the hub"):
+            raw = fs.cat_file(envelope_path)
+        try:
+            manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
+            trusted = True
+        except VerificationError:
+            try:
+                manifest = parse_manifest(open_envelope(raw, envelope_path)[1], envelope_path)
+            except VerificationError:
+                continue
+            trusted = False
+        placed = (manifest.publisher, manifest.name, str(manifest.version)) == tuple(folder.split("/")[-3:])
+        yield manifest, trusted and placed, folder
+
+
 def list_datasets(
     hub: str | None = None,
     *,
@@ -303,25 +332,9 @@ def list_datasets(
         Only datasets whose model id contains this text (case-insensitive).
     """
     fs, base, url = _open_hub(hub)
-    trust = trust or TrustStore()
+    owner = check_name(publisher, "publisher") if publisher else "*"
     entries = []
-    with _refusals(fs, base, url, "the listing", "list and read the hub"):
-        owner = check_name(publisher, "publisher") if publisher else "*"
-        found = sorted(fs.glob(join(base, owner, "*", "*", ENVELOPE)))
-    for envelope_path in found:
-        folder = tuple(envelope_path.split("/")[-4:-1])
-        with _refusals(fs, base, url, "the listing", "list and read the hub"):
-            raw = fs.cat_file(envelope_path)
-        try:
-            manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
-            trusted = True
-        except VerificationError:
-            try:
-                manifest = parse_manifest(open_envelope(raw, envelope_path)[1], envelope_path)
-            except VerificationError:
-                continue
-            trusted = False
-        trusted = trusted and (manifest.publisher, manifest.name, str(manifest.version)) == folder
+    for manifest, trusted, _folder in iter_published(fs, base, url, trust or TrustStore(), owner=owner):
         predicate = manifest.predicate
         if model and model.lower() not in str(predicate.get("model", {}).get("id", "")).lower():
             continue

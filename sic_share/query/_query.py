@@ -24,9 +24,9 @@ import fsspec
 import pyarrow as pa
 
 from sic_share._fsutil import is_local, join
-from sic_share.errors import SicShareError, VerificationError
-from sic_share.hub._hub import _open_hub, _refusals
-from sic_share.signing import ENVELOPE, Manifest, TrustStore, open_envelope, parse_manifest, verify_signature
+from sic_share.errors import SicShareError
+from sic_share.hub._hub import _open_hub, iter_published
+from sic_share.signing import Manifest, TrustStore
 
 __all__ = ["connect", "format_result", "run_query"]
 
@@ -39,27 +39,11 @@ class _Version:
 
 def _catalog(fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore) -> list[_Version]:
     """Every published version with its manifest, trusted as ``list_datasets`` decides it."""
-    with _refusals(fs, base, url, "the listing", "list and read the hub"):
-        found = sorted(fs.glob(join(base, "*", "*", "*", ENVELOPE)))
-    versions = []
-    for envelope_path in found:
-        publisher, name, version = envelope_path.split("/")[-4:-1]
-        with _refusals(fs, base, url, "the listing", "list and read the hub"):
-            raw = fs.cat_file(envelope_path)
-        try:
-            manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
-            trusted = True
-        except VerificationError:
-            try:
-                manifest = parse_manifest(open_envelope(raw, envelope_path)[1], envelope_path)
-            except VerificationError:
-                continue
-            trusted = False
-        trusted = trusted and (manifest.publisher, manifest.name, str(manifest.version)) == (publisher, name, version)
-        folder = envelope_path.rsplit("/", 1)[0]
-        # Local files are read by DuckDB itself; remote ones through the registered fsspec filesystem.
-        versions.append(_Version(manifest, trusted, folder if is_local(fs) else fs.unstrip_protocol(folder)))
-    return versions
+    # Local files are read by DuckDB itself; remote ones through the registered fsspec filesystem.
+    return [
+        _Version(manifest, trusted, folder if is_local(fs) else fs.unstrip_protocol(folder))
+        for manifest, trusted, folder in iter_published(fs, base, url, trust)
+    ]
 
 
 def _sql_string(text: str) -> str:
