@@ -38,9 +38,6 @@ __all__ = [
     "parse_shard",
 ]
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
-                  ".dcm", ".jpg", ".jpeg", ".png")
-
 
 @dataclass
 class ExportOptions:
@@ -162,18 +159,24 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def find_slides(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders into slide files, sorted by file stem (then path)."""
+    """Expand files and folders into slide files, sorted by file stem (then path).
+
+    A folder contributes its files with a suffix some registered slide reader handles.
+    """
+    from sic_share.slides import supported_suffixes
+
+    suffixes = set(supported_suffixes())
     found: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir() and path.suffix.lower() != ".dcm":
-            found.extend(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+            found.extend(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
         elif path.exists():
             found.append(path)
         else:
             raise SlideError(f"{path} does not exist: give slide files or folders holding them")
     if not found:
-        raise SlideError("no slide files were found in what was given: supported suffixes are " + " ".join(SLIDE_SUFFIXES))
+        raise SlideError("no slide files were found in what was given: supported suffixes are " + " ".join(sorted(suffixes)))
     return sorted(set(found), key=lambda p: (source_stem(p.name), str(p)))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from sic_share.errors import SlideError
 from sic_share.slides._base import SlideReader
 from sic_share.slides._grid import PatchGrid, make_grid
-from sic_share.slides._registry import list_readers, open_slide, register_reader
+from sic_share.slides._registry import list_readers, open_slide, register_reader, supported_suffixes
 from sic_share.slides._tissue import tissue_mask
 
 # Registration order is try order for shared suffixes: OpenSlide first, Pillow as fallback.
@@ -30,5 +30,6 @@ __all__ = [
     "make_grid",
     "open_slide",
     "register_reader",
+    "supported_suffixes",
     "tissue_mask",
 ]
