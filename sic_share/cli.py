@@ -63,19 +63,21 @@ def _root(
 
 
 def _progress(description: str) -> tuple[Progress, Callable[[str, int, int], None]]:
+    """A transient progress bar on stderr and its ``update(item, done, total)`` callback."""
     bar = Progress(
         TextColumn(description),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
         disable=not err.is_terminal,
     )
-    task = bar.add_task(description, total=None)
+    task = bar.add_task(description, total=None, info="")
 
-    def update(_item: str, done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
+    def update(item: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, info=item)
 
     return bar, update
 
@@ -381,16 +383,11 @@ def export(
         shard=parse_shard(shard) if shard else None, fail_fast=fail_fast,
         secret_path=str(secret) if secret else None,
     )
-    bar = Progress(
-        TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
-    )
-    task = bar.add_task("export", total=None, info="planning")
+    bar, show = _progress("exporting")
 
     def update(state) -> None:
-        bar.update(task, completed=state.patches_done, total=state.patches_total,
-                   info=f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
-                        f"loader wait {state.loader_wait_fraction:.0%}")
+        show(f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
+             f"loader wait {state.loader_wait_fraction:.0%}", state.patches_done, state.patches_total)
 
     with bar:
         result = export_and_sign(slides, out_dir, options, name=name, key_path=key, sign=not no_sign, progress=update)
