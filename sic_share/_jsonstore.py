@@ -1,16 +1,19 @@
-"""Small JSON state files written atomically (temporary name, then rename)."""
+"""Atomic writes: small JSON state files and whole folders (temporary name, then rename)."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sic_share.errors import SicShareError
 
-__all__ = ["load_json", "save_json", "atomic_write_bytes"]
+__all__ = ["load_json", "save_json", "atomic_write_bytes", "staged_folder"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -36,3 +39,20 @@ def load_json(path: Path, default: Any) -> Any:
 
 def save_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextmanager
+def staged_folder(dest: Path) -> Iterator[Path]:
+    """Yield a hidden folder beside ``dest``; rename it to ``dest`` when the block succeeds.
+
+    On any exception the folder is deleted, so nothing partial is ever visible
+    under ``dest`` (the rename is atomic on one file system).
+    """
+    tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Callable, Iterator
 import fsspec
 
 from sic_share._fsutil import is_local, join, resolve
+from sic_share._jsonstore import staged_folder
 from sic_share.dataset import check_name
-from sic_share.hub._config import resolve_hub
 from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
+from sic_share.hub._config import resolve_hub
 from sic_share.signing import (
     ENVELOPE,
     MANIFEST,
@@ -245,9 +245,8 @@ def pull(
             "the hub holds a misplaced or replayed manifest, do not use it"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
-    try:
-        (tmp / "slides").mkdir(parents=True)
+    with staged_folder(dest) as tmp:
+        (tmp / "slides").mkdir()
         (tmp / ENVELOPE).write_bytes(envelope)
         (tmp / MANIFEST).write_bytes(body)
         names = sorted(manifest.files)
@@ -260,10 +259,6 @@ def pull(
             if progress:
                 progress(fname, i + 1, len(names))
         verified = verify_dataset(tmp, trust=trust, record=record, allow_rollback=allow_rollback)
-        os.rename(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return verified, dest
 
 

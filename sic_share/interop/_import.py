@@ -10,8 +10,6 @@ names and absolute paths) is copied.
 from __future__ import annotations
 
 import os
-import shutil
-import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sic_share._jsonstore import staged_folder
 from sic_share.dataset import SLIDES_DIR, ModelInfo, Patching, SlideMetadata, SlideWriter
 from sic_share.errors import DatasetError, ImportDataError
 from sic_share.privacy import holder_secret, pseudonym, source_stem
@@ -283,8 +282,7 @@ def import_embeddings(
     ids = [pseudonym(s.stem, secret) for s in sources]
     if len(set(ids)) != len(ids):
         raise ImportDataError("two inputs name the same slide: import each slide once")
-    tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
-    try:
+    with staged_folder(out) as tmp:
         for i, (source, slide_id) in enumerate(zip(sources, ids)):
             try:
                 # level-0 µm/px and patch size may differ per slide (scanners); the target grid may not
@@ -297,8 +295,4 @@ def import_embeddings(
             report.patches += len(source.coords)
             if progress:
                 progress(slide_id, i + 1, len(sources))
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return report
