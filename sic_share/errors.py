@@ -17,6 +17,7 @@ __all__ = [
     "SlideError",
     "EncoderError",
     "LabelError",
+    "SeedError",
 ]
 
 
@@ -58,3 +59,7 @@ class EncoderError(SicShareError):
 
 class LabelError(SicShareError):
     """Ground-truth masks or annotations do not fit their slide."""
+
+
+class SeedError(SicShareError, ValueError):
+    """Seeds for SIC are unusable: unreadable, off the slide, of unknown or too few classes."""
