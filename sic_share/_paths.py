@@ -2,8 +2,8 @@
 
 ``SIC_SHARE_HOME`` puts everything under one folder (tests, containers). Without it
 the XDG base directories are used: config (keys, trust) under
-``$XDG_CONFIG_HOME/sic-share`` and data (default hub, cache) under
-``$XDG_DATA_HOME/sic-share``.
+``$XDG_CONFIG_HOME/sic-share``, data (default hub) under
+``$XDG_DATA_HOME/sic-share`` and downloaded files under ``$XDG_CACHE_HOME/sic-share``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "data_dir", "keys_dir", "default_hub_url"]
+__all__ = ["cache_dir", "config_dir", "data_dir", "keys_dir", "default_hub_url"]
 
 
 def _home_override() -> Path | None:
@@ -29,11 +29,20 @@ def config_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Folder of the default hub and of caches."""
+    """Folder of the default hub."""
     home = _home_override()
     if home is not None:
         return home / "data"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sic-share"
+
+
+def cache_dir() -> Path:
+    """Folder of downloaded dataset files, keyed by sha256 (``sic-share cache ls|clear``)."""
+    home = _home_override()
+    if home is not None:
+        return home / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sic-share"
 
 

@@ -33,7 +33,10 @@ trust_app = typer.Typer(help="Publisher keys this client trusts.", no_args_is_he
 hub_app = typer.Typer(help="Named hubs (URL, endpoint, region; never credentials).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
+cache_app = typer.Typer(help="Downloaded dataset files, kept by sha256 so nothing is fetched twice.",
+                        no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
+app.add_typer(cache_app, name="cache")
 
 # Not a terminal (pipes, CI logs): wide enough that tables are not cut.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -179,6 +182,33 @@ def hub_rm(name: Annotated[str, typer.Argument(help="Hub name.")]) -> None:
     out.print(f"removed hub {remove_hub(name).name}")
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """List cached files: sha256, size, and the dataset file each was fetched as."""
+    from sic_share.hub import BlobCache
+
+    cache = BlobCache()
+    entries = cache.entries()
+    table = Table("sha256", "size", "fetched as")
+    for e in entries:
+        table.add_row(e.digest[:16], _mib(e.size), e.source)
+    out.print(table)
+    out.print(f"{len(entries)} files, {_mib(sum(e.size for e in entries))} in {cache.root}")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete every cached file (pulled dataset folders keep their own links to them)."""
+    from sic_share.hub import BlobCache
+
+    files, size = BlobCache().clear()
+    out.print(f"removed {files} cached files, {_mib(size)}")
+
+
 # --- datasets ---------------------------------------------------------------------------------
 
 
@@ -212,12 +242,17 @@ def verify(
     allow_rollback: Annotated[
         bool, typer.Option("--allow-rollback", help="Accept a version older than one verified before.")
     ] = False,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="A copy made by 'pull --slides': verify the files it holds.")
+    ] = False,
 ) -> None:
     """Verify signature, trust, freshness and every file, all or nothing."""
     from sic_share.signing import verify_dataset
 
-    manifest = verify_dataset(dataset, allow_rollback=allow_rollback)
-    out.print(f"verified {manifest.ref}: {len(manifest.files)} files, signed by a key trusted for {manifest.publisher}")
+    manifest = verify_dataset(dataset, allow_rollback=allow_rollback, partial=partial)
+    held = sum((dataset / name).exists() for name in manifest.files) if partial else len(manifest.files)
+    out.print(f"verified {manifest.ref}: {held} of {len(manifest.files)} files, "
+              f"signed by a key trusted for {manifest.publisher}")
 
 
 @app.command("publish")
@@ -239,17 +274,25 @@ def pull(
     ref: Annotated[str, typer.Argument(help="PUBLISHER/NAME or PUBLISHER/NAME@VERSION.")],
     hub: HubOption = None,
     to: Annotated[Optional[Path], typer.Option("--to", help="Destination folder. Default: ./NAME-vVERSION.")] = None,
+    slides: Annotated[
+        Optional[str], typer.Option("--slides", help="Only these slide ids, separated by commas (a partial copy).")
+    ] = None,
     allow_rollback: Annotated[
         bool, typer.Option("--allow-rollback", help="Accept a version older than one verified before.")
     ] = False,
 ) -> None:
-    """Download and verify a dataset; it appears at the destination only when verified."""
+    """Download and verify a dataset; it appears at the destination only when verified.
+
+    Files already in the local cache (same sha256) are not downloaded again.
+    """
     from sic_share.hub import pull as pull_dataset
 
+    wanted = slides.split(",") if slides is not None else None
     bar, update = _progress("pulling")
     with bar:
-        manifest, dest = pull_dataset(ref, hub, to=to, allow_rollback=allow_rollback, progress=update)
-    out.print(f"pulled and verified {manifest.ref} into {dest}")
+        manifest, dest = pull_dataset(ref, hub, to=to, slides=wanted, allow_rollback=allow_rollback, progress=update)
+    what = f"{len(list((dest / 'slides').glob('*.parquet')))} of {len(manifest.files)} slides of " if wanted else ""
+    out.print(f"pulled and verified {what}{manifest.ref} into {dest}")
 
 
 @app.command("ls")

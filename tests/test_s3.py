@@ -302,3 +302,22 @@ def test_references_with_path_tricks_are_refused(cli, tmp_path, as_user, hub, re
     as_user("reader")
     assert_one_line_error(cli("pull", ref, "--hub", hub, "--to", tmp_path / "out"), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_pull_of_one_slide_over_s3_fetches_only_that_slide_and_caches_it(cli, tmp_path, dev_hub, as_user, hub, name,
+                                                                          signed):
+    from sic_share.hub import BlobCache
+
+    assert cli("publish", signed, "--hub", hub).code == 0
+    as_user("reader")
+    dest = tmp_path / "one"
+    result = cli("pull", f"lab-a/{name}", "--hub", hub, "--to", dest, "--slides", "s0")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (dest / "slides").iterdir()) == ["s0.parquet"]
+    assert cli("verify", dest, "--partial").code == 0
+    assert [e.source for e in BlobCache().entries()] == [f"slides/s0.parquet of lab-a/{name}@1"]
+
+    # The second pull of that slide downloads nothing: the server lost it and the pull still works.
+    raw_fs(dev_hub, "lab-a").rm(f"{BUCKET}/{version_key(name)}/slides/s0.parquet")
+    result = cli("pull", f"lab-a/{name}", "--hub", hub, "--to", tmp_path / "again", "--slides", "s0")
+    assert result.code == 0, result.err

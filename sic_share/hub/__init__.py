@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from sic_share.hub._cache import BlobCache, CacheEntry
 from sic_share.hub._config import HubConfig, add_hub, list_hubs, remove_hub, resolve_hub
-from sic_share.hub._hub import DatasetRef, HubEntry, list_datasets, parse_ref, publish, pull
+from sic_share.hub._hub import DatasetRef, HubEntry, fetch_slides, list_datasets, parse_ref, publish, pull
 
 __all__ = [
+    "BlobCache",
+    "CacheEntry",
     "DatasetRef",
     "HubConfig",
     "HubEntry",
     "add_hub",
+    "fetch_slides",
     "list_datasets",
     "list_hubs",
     "parse_ref",

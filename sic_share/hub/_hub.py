@@ -8,13 +8,15 @@ create, so a version is visible only when complete and is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
 import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import fsspec
 
@@ -22,6 +24,7 @@ from sic_share._fsutil import is_local, join, resolve
 from sic_share._jsonstore import staged_folder
 from sic_share.dataset import check_name
 from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
+from sic_share.hub._cache import BlobCache
 from sic_share.hub._config import resolve_hub
 from sic_share.signing import (
     ENVELOPE,
@@ -32,11 +35,10 @@ from sic_share.signing import (
     check_unverified,
     open_envelope,
     parse_manifest,
-    verify_dataset,
     verify_signature,
 )
 
-__all__ = ["DatasetRef", "HubEntry", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
+__all__ = ["DatasetRef", "HubEntry", "fetch_slides", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
 
 _REF = re.compile(r"^(?P<publisher>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<version>[0-9]+))?$")
 
@@ -190,14 +192,121 @@ def _versions(fs: fsspec.AbstractFileSystem, base: str, ref: DatasetRef) -> list
     return sorted(found)
 
 
+def _open_version(
+    ref: DatasetRef, hub: str | None, *, trust: TrustStore, record: VersionRecord, allow_rollback: bool
+) -> tuple[Manifest, bytes, bytes, _Remote]:
+    """Find the asked (or newest) version and verify its envelope before anything else is read.
+
+    Returns the manifest, the envelope and manifest bytes, and where its files are.
+    """
+    fs, base, url = _open_hub(hub)
+    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
+        versions = _versions(fs, base, ref)
+    if not versions:
+        raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
+    version = ref.version if ref.version is not None else versions[-1]
+    if version not in versions:
+        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
+    remote = _Remote(fs, base, url, join(base, ref.publisher, ref.name, str(version)))
+    with remote.refusals(ref):
+        envelope = fs.cat_file(join(remote.folder, ENVELOPE))
+    manifest, body = verify_signature(
+        envelope, f"{ref.publisher}/{ref.name}@{version}", trust=trust, record=record, allow_rollback=allow_rollback
+    )
+    if (manifest.publisher, manifest.name, manifest.version) != (ref.publisher, ref.name, version):
+        raise VerificationError(
+            f"the envelope at {ref.publisher}/{ref.name}@{version} is signed for {manifest.ref}: "
+            "the hub holds a misplaced or replayed manifest, do not use it"
+        )
+    return manifest, envelope, body, remote
+
+
+@dataclass(frozen=True)
+class _Remote:
+    fs: fsspec.AbstractFileSystem
+    base: str
+    url: str
+    folder: str
+
+    def refusals(self, ref: DatasetRef) -> contextlib.AbstractContextManager[None]:
+        return _refusals(self.fs, self.base, self.url, "the download", f"read {ref.publisher}/{ref.name}")
+
+
+def _select(manifest: Manifest, slides: Sequence[str] | None) -> list[str]:
+    """The manifest's file names for the asked slide ids (all files when ``slides`` is None)."""
+    if slides is None:
+        return sorted(manifest.files)
+    known = {Path(name).stem: name for name in manifest.files}
+    wanted = []
+    for slide_id in dict.fromkeys(s.strip() for s in slides if s.strip()):
+        if slide_id not in known:
+            near = difflib.get_close_matches(slide_id, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(near)}?" if near else f"it has {len(known)} slides: see 'sic-share query'"
+            raise HubError(f"{manifest.ref} has no slide {slide_id!r}: {hint}")
+        wanted.append(known[slide_id])
+    if not wanted:
+        raise HubError("--slides names no slide: give slide ids separated by commas")
+    return sorted(wanted)
+
+
+def _fetch(
+    manifest: Manifest, remote: _Remote, names: list[str], cache: BlobCache, progress: Progress | None
+) -> dict[str, Path]:
+    """Each named file as a verified cache path: a cache hit, or a download checked on arrival."""
+    ref = DatasetRef(manifest.publisher, manifest.name, manifest.version)
+    found = {}
+    for i, fname in enumerate(names):
+        size, digest = manifest.files[fname]
+        blob = cache.get(digest, size)
+        if blob is None:
+            source = f"{fname} of {manifest.ref}"
+            with cache.incoming(digest, size, source) as tmp:
+                try:
+                    with remote.refusals(ref):
+                        remote.fs.get_file(join(remote.folder, fname), str(tmp))
+                except FileNotFoundError:
+                    raise VerificationError(f"{source} is missing on the hub: the publish is incomplete") from None
+            blob = cache.path(digest)
+        found[fname] = blob
+        if progress:
+            progress(fname, i + 1, len(names))
+    return found
+
+
+def fetch_slides(
+    ref: str | DatasetRef,
+    slides: Sequence[str] | None = None,
+    hub: str | None = None,
+    *,
+    allow_rollback: bool = False,
+    trust: TrustStore | None = None,
+    record: VersionRecord | None = None,
+    cache: BlobCache | None = None,
+    progress: Progress | None = None,
+) -> tuple[Manifest, dict[str, Path]]:
+    """Verified local copies of some slides of a hub dataset, in the cache, without a dataset folder.
+
+    Returns the manifest and ``{slide_id: path}``; what ``sic`` uses to read one
+    slide of a remote dataset. Checks are those of :func:`pull`.
+    """
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    trust, record, cache = trust or TrustStore(), record or VersionRecord(), cache or BlobCache()
+    manifest, _, _, remote = _open_version(ref, hub, trust=trust, record=record, allow_rollback=allow_rollback)
+    names = _select(manifest, slides)
+    paths = _fetch(manifest, remote, names, cache, progress)
+    return manifest, {Path(name).stem: path for name, path in paths.items()}
+
+
 def pull(
     ref: str | DatasetRef,
     hub: str | None = None,
     *,
     to: str | os.PathLike[str] | None = None,
+    slides: Sequence[str] | None = None,
     allow_rollback: bool = False,
     trust: TrustStore | None = None,
     record: VersionRecord | None = None,
+    cache: BlobCache | None = None,
     progress: Progress | None = None,
 ) -> tuple[Manifest, Path]:
     """Download a dataset version, verify it, and only then move it into place.
@@ -210,56 +319,42 @@ def pull(
         Hub URL; defaults to ``$SIC_SHARE_HUB`` or the local default hub.
     to : path-like, optional
         Destination folder, which must not exist; defaults to ``./<name>-v<version>``.
+    slides : sequence of str, optional
+        Only these slide ids (a partial copy: check it with ``verify --partial``).
+    cache : BlobCache, optional
+        Where downloaded files are kept by sha256; defaults to the user's cache.
 
     Notes
     -----
     The envelope is fetched and its signature, publisher binding, expiry and
     freshness checked before any data file is downloaded. Only files the signed
-    manifest lists are fetched. Everything lands in a hidden temporary folder
-    beside the destination, which is renamed only after full verification and
-    deleted on any failure.
+    manifest lists are fetched, and each is checked against its signed size and
+    sha256 as it arrives; a file already in the cache (same sha256, from any
+    dataset) is hashed again and not downloaded. Everything lands in a hidden
+    temporary folder beside the destination, which is renamed only when every
+    file has verified and deleted on any failure. The destination's files are
+    hard links to the cache where the file system allows (read-only, no second
+    copy on disk).
     """
     ref = parse_ref(ref) if isinstance(ref, str) else ref
-    fs, base, url = _open_hub(hub)
-    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
-        versions = _versions(fs, base, ref)
-    if not versions:
-        raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
-    version = ref.version if ref.version is not None else versions[-1]
-    if version not in versions:
-        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
-    src = join(base, ref.publisher, ref.name, str(version))
-    dest = Path(to) if to is not None else Path.cwd() / f"{ref.name}-v{version}"
+    trust, record, cache = trust or TrustStore(), record or VersionRecord(), cache or BlobCache()
+    manifest, envelope, body, remote = _open_version(
+        ref, hub, trust=trust, record=record, allow_rollback=allow_rollback
+    )
+    dest = Path(to) if to is not None else Path.cwd() / f"{ref.name}-v{manifest.version}"
     if dest.exists():
         raise SicShareError(f"{dest} already exists: choose another --to or remove it")
-    trust = trust or TrustStore()
-    record = record or VersionRecord()
-    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
-        envelope = fs.cat_file(join(src, ENVELOPE))
-    manifest, body = verify_signature(
-        envelope, f"{ref.publisher}/{ref.name}@{version}", trust=trust, record=record, allow_rollback=allow_rollback
-    )
-    if (manifest.publisher, manifest.name, manifest.version) != (ref.publisher, ref.name, version):
-        raise VerificationError(
-            f"the envelope at {ref.publisher}/{ref.name}@{version} is signed for {manifest.ref}: "
-            "the hub holds a misplaced or replayed manifest, do not use it"
-        )
+    names = _select(manifest, slides)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(dest) as tmp:
         (tmp / "slides").mkdir()
         (tmp / ENVELOPE).write_bytes(envelope)
         (tmp / MANIFEST).write_bytes(body)
-        names = sorted(manifest.files)
-        for i, fname in enumerate(names):
-            try:
-                with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
-                    fs.get_file(join(src, fname), str(tmp / fname))
-            except FileNotFoundError:
-                raise VerificationError(f"{fname} of {manifest.ref} is missing on the hub: the publish is incomplete") from None
-            if progress:
-                progress(fname, i + 1, len(names))
-        verified = verify_dataset(tmp, trust=trust, record=record, allow_rollback=allow_rollback)
-    return verified, dest
+        for fname, blob in _fetch(manifest, remote, names, cache, progress).items():
+            cache.place(blob, tmp / fname)
+    if slides is None:
+        record.record(manifest.publisher, manifest.name, manifest.version)
+    return manifest, dest
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,7 @@ def verify_dataset(
     record: VersionRecord | None = None,
     allow_rollback: bool = False,
     remember: bool = True,
+    partial: bool = False,
 ) -> Manifest:
     """Verify a local dataset folder all-or-nothing.
 
@@ -293,6 +294,10 @@ def verify_dataset(
     than one verified before (unless ``allow_rollback``); every listed file is
     present with its size and sha256; no unlisted file sits in ``slides/``.
     On success the version is remembered (unless ``remember=False``).
+
+    ``partial=True`` accepts a copy made by ``pull --slides``: listed files may
+    be absent (at least one must be there), every present one must verify, and
+    the version is not remembered.
 
     Raises
     ------
@@ -317,6 +322,12 @@ def verify_dataset(
             f"{root / MANIFEST} is {'missing' if on_disk is None else 'not the signed manifest'} "
             "(edited after signing): pull the dataset again"
         )
+    if partial:
+        present = {name for name in manifest.files if (root / name).exists()}
+        if not present:
+            raise VerificationError(f"{root} holds none of the files of {manifest.ref}: pull them again")
+        verify_files(root, manifest, only=present)
+        return manifest
     verify_files(root, manifest)
     if remember:
         record.record(manifest.publisher, manifest.name, manifest.version)

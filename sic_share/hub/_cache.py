@@ -1,0 +1,133 @@
+"""A local cache of dataset files, keyed by their signed sha256, so nothing is downloaded twice.
+
+Layout: ``<cache>/sha256/<first two hex>/<digest>`` holds the bytes (read-only)
+and ``<digest>.json`` beside it says where they came from. A file enters the
+cache only after its size and sha256 matched a signed manifest; a hit is hashed
+again before use, so a cache damaged on disk costs a download, never a wrong file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sic_share._paths import cache_dir
+from sic_share.errors import VerificationError
+from sic_share.signing import sha256_file
+
+__all__ = ["BlobCache", "CacheEntry"]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached file: its digest, size and the dataset file it was fetched as."""
+
+    digest: str
+    size: int
+    source: str
+    path: Path
+
+
+class BlobCache:
+    """Content-addressed store of verified dataset files.
+
+    Parameters
+    ----------
+    root : path-like, optional
+        Cache folder; defaults to ``$SIC_SHARE_HOME/cache`` or ``$XDG_CACHE_HOME/sic-share``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_dir()
+
+    def path(self, digest: str) -> Path:
+        """Where the file with this sha256 is kept (whether or not it is there)."""
+        return self.root / "sha256" / digest[:2] / digest
+
+    def get(self, digest: str, size: int) -> Path | None:
+        """The cached file with this sha256 and size, or None (a damaged copy is dropped)."""
+        path = self.path(digest)
+        try:
+            if path.stat().st_size == size and sha256_file(path) == digest:
+                return path
+        except FileNotFoundError:
+            return None
+        self._drop(path)
+        return None
+
+    @contextmanager
+    def incoming(self, digest: str, size: int, source: str) -> Iterator[Path]:
+        """Yield a temporary path to download into; it enters the cache only if it matches.
+
+        Raises
+        ------
+        VerificationError
+            When the downloaded bytes do not have the signed size or sha256
+            (nothing enters the cache).
+        """
+        path = self.path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{digest}.{secrets.token_hex(4)}.partial")
+        try:
+            yield tmp
+            actual = tmp.stat().st_size
+            if actual != size:
+                raise VerificationError(
+                    f"{source} has {actual} bytes on the hub, the signed manifest says {size}: "
+                    "it was truncated or replaced on the hub, tell its publisher"
+                )
+            if sha256_file(tmp) != digest:
+                raise VerificationError(
+                    f"{source} on the hub does not match its signed sha256: it was modified on the hub, "
+                    "tell its publisher"
+                )
+            tmp.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            info = {"size": size, "source": source}
+            path.with_name(f"{digest}.json").write_text(json.dumps(info, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def place(self, blob: Path, dest: Path) -> None:
+        """Put a cached file at ``dest``: a hard link (no copy) where the file system allows."""
+        try:
+            os.link(blob, dest)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(blob, dest)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every cached file, largest first."""
+        found = []
+        for path in self.root.glob("sha256/*/*"):
+            if path.name.startswith(".") or path.suffix == ".json":
+                continue
+            try:
+                info = json.loads(path.with_name(f"{path.name}.json").read_text())
+            except (FileNotFoundError, ValueError):
+                info = {}
+            found.append(CacheEntry(path.name, path.stat().st_size, str(info.get("source", "?")), path))
+        return sorted(found, key=lambda e: (-e.size, e.digest))
+
+    def clear(self, keep: Callable[[CacheEntry], bool] | None = None) -> tuple[int, int]:
+        """Remove cached files (all, or those ``keep`` rejects); returns ``(files, bytes)`` removed."""
+        files = size = 0
+        for entry in self.entries():
+            if keep is not None and keep(entry):
+                continue
+            self._drop(entry.path)
+            files, size = files + 1, size + entry.size
+        for partial in self.root.glob("sha256/*/.*.partial"):  # left by a killed download
+            partial.unlink(missing_ok=True)
+        return files, size
+
+    @staticmethod
+    def _drop(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        path.with_name(f"{path.name}.json").unlink(missing_ok=True)
