@@ -26,6 +26,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/format.py
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/hub.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -8,13 +8,13 @@ again before use, so a cache damaged on disk costs a download, never a wrong fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,38 +62,44 @@ class BlobCache:
         self._drop(path)
         return None
 
-    @contextmanager
-    def incoming(self, digest: str, size: int, source: str) -> Iterator[Path]:
-        """Yield a temporary path to download into; it enters the cache only if it matches.
+    def store(self, chunks: Iterable[bytes], digest: str, size: int, name: str) -> Path:
+        """Write ``chunks`` into the cache, hashing as they stream; keep the file only if it matches.
+
+        ``name`` says in messages what the bytes are (e.g. ``slides/x.parquet of lab-a/crc@1``).
 
         Raises
         ------
         VerificationError
-            When the downloaded bytes do not have the signed size or sha256
-            (nothing enters the cache).
+            When the bytes do not have the signed size or sha256 (nothing enters the cache).
         """
         path = self.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{digest}.{secrets.token_hex(4)}.partial")
+        hasher, seen = hashlib.sha256(), 0
         try:
-            yield tmp
-            actual = tmp.stat().st_size
-            if actual != size:
+            with open(tmp, "wb") as sink:
+                for chunk in chunks:
+                    seen += len(chunk)
+                    if seen > size:
+                        break
+                    hasher.update(chunk)
+                    sink.write(chunk)
+            if seen != size:
                 raise VerificationError(
-                    f"{source} has {actual} bytes on the hub, the signed manifest says {size}: "
-                    "it was truncated or replaced on the hub, tell its publisher"
+                    f"{name} has {'more than ' if seen > size else ''}{seen} bytes on the hub, the signed manifest "
+                    f"says {size}: it was truncated or replaced on the hub, tell its publisher"
                 )
-            if sha256_file(tmp) != digest:
+            if hasher.hexdigest() != digest:
                 raise VerificationError(
-                    f"{source} on the hub does not match its signed sha256: it was modified on the hub, "
+                    f"{name} on the hub does not match its signed sha256: it was modified on the hub, "
                     "tell its publisher"
                 )
             tmp.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            info = {"size": size, "source": source}
-            path.with_name(f"{digest}.json").write_text(json.dumps(info, sort_keys=True) + "\n")
+            path.with_name(f"{digest}.json").write_text(json.dumps({"size": size, "source": name}) + "\n")
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return path
 
     def place(self, blob: Path, dest: Path) -> None:
         """Put a cached file at ``dest``: a hard link (no copy) where the file system allows."""

@@ -1,0 +1,246 @@
+"""The S3 hub against the bytes it stores and against a plain s3fs download, in one run.
+
+Starts the dev hub (moto in server mode, authentication enforced) on loopback
+behind a byte-counting TCP proxy, publishes ``--datasets`` signed datasets, then
+counts every byte that crosses the proxy (both directions, HTTP headers
+included) for:
+
+(a) ``sic-share ls`` (the catalog from the signed envelopes);
+(b) ``SELECT slide_id, count(*) ... GROUP BY slide_id`` over every dataset with
+    ``sic-share query`` (DuckDB over the hub's fsspec filesystem);
+(c) ``pull --slides`` of one slide of one dataset;
+
+against the total bytes stored, and (d) the throughput (without the proxy) of a full ``pull`` (cold
+cache, verified) against a plain ``s3fs`` ``get`` of the same files, best of
+``--repeat``.
+
+Targets (issue 4): (a) and (b) under 2 % of stored bytes; (c) under 1.1 x that
+slide's file size; pull throughput >= 0.8 x plain get.
+
+Usage: python benchmarks/hub.py [--datasets 20] [--slides 4] [--patches 8000] [--dim 384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 that forwards to ``upstream`` and counts the bytes both ways."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> int:
+        with self._lock:
+            seen, self.bytes = self.bytes, 0
+        return seen
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._sock.accept()
+            server = socket.create_connection(self.upstream)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 20):
+                with self._lock:
+                    self.bytes += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def embeddings(n: int, dim: int, rng: np.random.Generator, rank: int = 32) -> np.ndarray:
+    basis = rng.standard_normal((rank, dim), dtype=np.float32) * 0.3
+    block = rng.standard_normal((n, rank), dtype=np.float32) @ basis
+    block += rng.standard_normal(block.shape, dtype=np.float32) * 0.5
+    return np.maximum(block, 0).astype(np.float16)
+
+
+def make_datasets(root: Path, count: int, slides: int, patches: int, dim: int, key: Path,
+                  prefix: str = "ds") -> list[Path]:
+    from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
+    from sic_share.signing import sign_dataset
+
+    meta = SlideMetadata(
+        model=ModelInfo(id="bench-model", dim=dim, source="benchmark"),
+        patching=Patching(size_px=256, level0_size_px=256, level0_mpp=0.5, target_mpp=0.5, stride_px=128),
+    )
+    side = int(np.ceil(np.sqrt(patches)))
+    xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:patches]
+    coords = (xy * 128 + 128).astype(np.int32)
+    rng = np.random.default_rng(0)
+    folders = []
+    for d in range(count):
+        folder = root / f"{prefix}{d:02d}"
+        for s in range(slides):
+            write_slide(folder / "slides" / f"{prefix[0]}{d:02d}s{s}.parquet", slide_id=f"{prefix[0]}{d:02d}s{s}", metadata=meta,
+                        coords=coords, embeddings=embeddings(patches, dim, rng))
+        sign_dataset(folder, name=f"{prefix}{d:02d}", key_path=key)
+        folders.append(folder)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--datasets", type=int, default=20)
+    parser.add_argument("--slides", type=int, default=4, help="slides per dataset")
+    parser.add_argument("--patches", type=int, default=8000, help="patches per slide")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--pull-patches", type=int, default=50000,
+                        help="patches per slide of the extra dataset whose full pull is timed in (d)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="sic-hub-bench-"))
+    os.environ["SIC_SHARE_HOME"] = str(work / "home")
+    # The server runs in a process of its own, as a real one would: in this process it would
+    # compete with the client for the GIL.
+    server = subprocess.Popen([sys.executable, str(REPO / "hub" / "dev_server.py"), "--publisher", "lab-a", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        while not lines or lines[-1] != "}":
+            line = server.stdout.readline()
+            if not line:
+                raise SystemExit("the dev hub did not start: run hub/dev_server.py by hand to see why")
+            lines.append(line.rstrip("\n"))
+        info = json.loads("\n".join(lines))
+        credentials = {u: (c["access_key_id"], c["secret_access_key"]) for u, c in info["credentials"].items()}
+        import s3fs
+
+        from sic_share.hub import BlobCache, list_datasets, publish, pull
+        from sic_share.query import run_query
+        from sic_share.signing import TrustStore, generate_key
+
+        host, port = info["endpoint"].removeprefix("http://").split(":")
+        proxy = CountingProxy((host, int(port)))
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", AWS_DEFAULT_REGION="us-east-1")
+
+        def as_user(user: str) -> None:
+            os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = credentials[user]
+            s3fs.S3FileSystem.clear_instance_cache()
+
+        hub = "s3://sic-hub/"
+        private, public, _ = generate_key("lab-a", out_dir=work / "keys")
+        TrustStore().add(public, "lab-a")
+        folders = make_datasets(work / "data", args.datasets, args.slides, args.patches, args.dim, private)
+        (big,) = make_datasets(work / "big", 1, args.slides, args.pull_patches, args.dim, private, prefix="big")
+        as_user("lab-a")
+        start = time.perf_counter()
+        for folder in folders:
+            publish(folder, hub)
+        upload = time.perf_counter() - start
+
+        as_user("reader")
+        plain = s3fs.S3FileSystem(key=credentials["reader"][0], secret=credentials["reader"][1],
+                                  endpoint_url=os.environ["AWS_ENDPOINT_URL"], skip_instance_cache=True,
+                                  client_kwargs={"region_name": "us-east-1"})
+        stored = sum(plain.du("sic-hub/", total=False).values())
+
+        print(f"hub: {args.datasets} datasets x {args.slides} slides x {args.patches} patches x {args.dim} "
+              f"float16, {stored / 2**20:.1f} MiB stored (published in {upload:.1f} s)")
+
+        proxy.reset()
+        entries = list_datasets(hub)
+        ls_bytes = proxy.reset()
+        assert len(entries) == args.datasets, entries
+
+        sql = " UNION ALL ".join(
+            f"SELECT slide_id, count(*) AS n FROM patches('lab-a/ds{d:02d}@1') GROUP BY slide_id"
+            for d in range(args.datasets)
+        )
+        proxy.reset()
+        table = run_query(sql, hub)
+        query_bytes = proxy.reset()
+        assert table.num_rows == args.datasets * args.slides
+        assert set(table.column("n").to_pylist()) == {args.patches}
+
+        one = "d07s2"
+        one_size = plain.size(f"sic-hub/lab-a/ds07/1/slides/{one}.parquet")
+        proxy.reset()
+        pull("lab-a/ds07", hub, to=work / "one", slides=[one])
+        slide_bytes = proxy.reset()
+
+        # (d) pull of a whole dataset (cold cache) against a plain s3fs get of the same files, straight
+        # to the server: the proxy's threads would compete with the client for this process's GIL.
+        os.environ["AWS_ENDPOINT_URL"] = info["endpoint"]
+        plain = s3fs.S3FileSystem(key=credentials["reader"][0], secret=credentials["reader"][1],
+                                  endpoint_url=info["endpoint"], skip_instance_cache=True,
+                                  client_kwargs={"region_name": "us-east-1"})
+        as_user("lab-a")
+        publish(big, hub)  # only now, so (a)-(c) see the hub of --datasets datasets
+        as_user("reader")
+        files = sorted(plain.find("sic-hub/lab-a/big00/1/"))
+        total = sum(plain.size(f) for f in files)
+        pull_times, get_times = [], []
+        for i in range(args.repeat):
+            BlobCache().clear()
+            dest = work / f"full{i}"
+            start = time.perf_counter()
+            pull("lab-a/big00", hub, to=dest)
+            pull_times.append(time.perf_counter() - start)
+            plain_dest = work / f"plain{i}"
+            plain_dest.mkdir()
+            start = time.perf_counter()
+            plain.get(files, [str(plain_dest / f.rsplit("/", 1)[1]) for f in files])  # s3fs: concurrent
+            get_times.append(time.perf_counter() - start)
+            shutil.rmtree(dest)
+            shutil.rmtree(plain_dest)
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        mib = total / 2**20
+        rows = [
+            ("(a) ls", ls_bytes, stored, 0.02, "of stored"),
+            ("(b) count(*) GROUP BY slide_id, all datasets", query_bytes, stored, 0.02, "of stored"),
+            ("(c) pull --slides (one slide)", slide_bytes, one_size, 1.1, "x the slide's file"),
+        ]
+        for label, seen, base, target, unit in rows:
+            ratio = seen / base
+            shown = f"{ratio:.2%}" if unit == "of stored" else f"{ratio:.3f} x"
+            goal = f"{target:.0%}" if unit == "of stored" else f"{target} x"
+            print(f"{label:48s} {seen / 1024:9.1f} KiB = {shown:>8s} {unit} (target < {goal}: "
+                  f"{verdict(ratio < target)})")
+        pull_rate, get_rate = mib / min(pull_times), mib / min(get_times)
+        ratio = pull_rate / get_rate
+        print(f"(d) pull of {len(files)} files, {mib:.1f} MiB, verified: {pull_rate:6.1f} MiB/s; plain s3fs get: "
+              f"{get_rate:6.1f} MiB/s, unverified; ratio {ratio:.2f} x (target >= 0.8: {verdict(ratio >= 0.8)})")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
