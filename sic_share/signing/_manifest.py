@@ -265,7 +265,10 @@ def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None
         try:
             actual_size = path.stat().st_size
         except FileNotFoundError:
-            raise VerificationError(f"{fname} of {manifest.ref} is missing: pull the dataset again") from None
+            raise VerificationError(
+                f"{fname} of {manifest.ref} is missing: pull the dataset again "
+                "(a copy made with 'pull --slides' verifies with 'verify --partial')"
+            ) from None
         if actual_size != size:
             raise VerificationError(
                 f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
