@@ -471,6 +471,53 @@ def audit(
     out.print(f"audit of {dataset}: nothing found")
 
 
+# --- SIC ---------------------------------------------------------------------------------------
+
+
+@app.command("sic")
+def sic(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    seeds: Annotated[str, typer.Option("--seeds", help="Seed CSV (x,y,label) or QuPath GeoJSON, or indices '12:tumour,40:stroma'.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output file; its suffix picks the format unless --format.")],
+    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    classes: Annotated[
+        Optional[str], typer.Option("--classes", help="Class names in index order, e.g. 'benign,tumour' (binary: negative first).")
+    ] = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="parquet, csv, geojson, tissuumaps or png.")
+    ] = None,
+    rule: Annotated[str, typer.Option("--rule", help="'structure' (ours) or 'paper' (Algorithm 1 as published).")] = "structure",
+    score: Annotated[str, typer.Option("--score", help="Score on the seeds: f1 or accuracy.")] = "f1",
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise embeddings first (DEPICTER does).")] = False,
+    tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="random_state of the clustering.")] = 0,
+    hub: HubOption = None,
+) -> None:
+    """Seeded Iterative Clustering: label every patch of a slide from a few seeds."""
+    from sic_share.sic import run_sic
+    from sic_share.viz import format_for, write_result
+
+    if rule not in ("structure", "paper"):
+        raise SicShareError(f"--rule {rule!r} is not known: use 'structure' or 'paper'")
+    if score not in ("f1", "accuracy"):
+        raise SicShareError(f"--score {score!r} is not known: use 'f1' or 'accuracy'")
+    kind = format_for(out_path, fmt)  # a bad format or a missing folder fails before any work
+    if not out_path.parent.is_dir():
+        raise SicShareError(f"folder {out_path.parent} does not exist: create it or choose another --out path")
+    names = tuple(c.strip() for c in classes.split(",")) if classes else None
+    result = run_sic(dataset, seeds, slide_id=slide, classes=names, hub=hub, rule=rule, score=score,
+                     normalize=normalize, random_state=seed)
+    note = result.seeds.summary()
+    if note:
+        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+    write_result(out_path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
+                 classes=result.classes, patch_size=result.patch_size, tiles=tiles)
+    counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
+    out.print(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled ({counts}) "
+              f"from {int((result.seeds.labels >= 0).sum())} seeded patches in {result.estimator.n_rounds_} rounds; "
+              f"wrote {kind} {out_path}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning domain errors into one line and exit code 1.
 

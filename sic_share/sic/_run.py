@@ -1,0 +1,159 @@
+"""The ``sic`` workflow: one slide of a dataset (local folder or hub), seeds in, labels out."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sic_share.dataset import SlideData, read_slide, slide_files
+from sic_share.errors import DatasetError, SeedError
+from sic_share.sic._seeds import Seeds, read_seeds
+from sic_share.sic._sic import SeededIterativeClustering
+
+__all__ = ["SicResult", "load_slide", "run_sic"]
+
+
+@dataclass(frozen=True)
+class SicResult:
+    """What ``sic`` found on one slide.
+
+    Attributes
+    ----------
+    slide : SlideData
+        The slide as read (coordinates, embeddings, metadata).
+    seeds : Seeds
+        The seeds as mapped onto its patches, with those that missed.
+    labels : ndarray of shape (n_patches,), int8
+        Class index of every patch.
+    classes : tuple of str
+        Class names, index order.
+    estimator : SeededIterativeClustering
+        The fitted estimator (``scores_``, ``n_rounds_``).
+    source : str
+        The dataset folder, or the hub reference with its version.
+    """
+
+    slide: SlideData
+    seeds: Seeds
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    estimator: SeededIterativeClustering
+    source: str
+
+    @property
+    def counts(self) -> dict[str, int]:
+        found = np.bincount(self.labels[self.labels >= 0].astype(np.int64), minlength=len(self.classes))
+        return dict(zip(self.classes, (int(n) for n in found), strict=True))
+
+    @property
+    def patch_size(self) -> float:
+        """Patch side in level-0 pixels of this slide."""
+        return float(self.slide.metadata.patching.level0_size_px)
+
+
+def _no_such_slide(slide_id: str, known: list[str], where: str) -> DatasetError:
+    near = difflib.get_close_matches(slide_id, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(near)}?" if near else f"its slides are {', '.join(known[:5])}" + (
+        ", ..." if len(known) > 5 else "")
+    return DatasetError(f"{where} has no slide {slide_id!r}: {hint}")
+
+
+def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> tuple[SlideData, str]:
+    """Read one slide of a local dataset folder or of a hub dataset (``publisher/name[@version]``).
+
+    A path that exists is a folder; otherwise a reference is looked up on the
+    hub, and only that slide's file is fetched (verified against the signed
+    manifest, kept in the cache). ``slide_id`` may be None when the dataset has
+    exactly one slide. Returns the slide and a description of where it came from.
+    """
+    local = Path(dataset)
+    if local.exists():
+        files = {p.stem: p for p in slide_files(local)}
+        if not files:
+            raise DatasetError(f"{local} holds no slides/*.parquet: give a dataset folder or a hub reference")
+        where = str(local)
+        if slide_id is None:
+            if len(files) != 1:
+                raise DatasetError(f"{local} has {len(files)} slides: choose one with --slide (e.g. {min(files)})")
+            slide_id = next(iter(files))
+        if slide_id not in files:
+            raise _no_such_slide(slide_id, sorted(files), where)
+        return read_slide(files[slide_id]), where
+    from sic_share.hub import fetch_slides, parse_ref
+
+    ref = parse_ref(str(dataset))
+    if slide_id is None:
+        raise DatasetError(f"choose a slide of {ref} with --slide (see 'sic-share query' for its slide ids)")
+    manifest, paths = fetch_slides(ref, [slide_id], hub)
+    return read_slide(paths[slide_id]), manifest.ref
+
+
+def _map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None) -> Seeds:
+    """Seeds with the classes asked for; else the dataset's ground-truth classes when every seed
+    names one of them (so indices match the ``label`` column); else the seeds' own names, sorted."""
+    patch = slide.metadata.patching.level0_size_px
+    if classes:
+        return read_seeds(source, slide.coords, patch, classes)
+    found = read_seeds(source, slide.coords, patch, None)
+    truth = slide.metadata.classes
+    if truth and {c.casefold() for c in found.classes} <= {c.casefold() for c in truth}:
+        return read_seeds(source, slide.coords, patch, truth)
+    return found
+
+
+def run_sic(
+    dataset: str | os.PathLike[str],
+    seeds: str | os.PathLike[str],
+    *,
+    slide_id: str | None = None,
+    classes: tuple[str, ...] | None = None,
+    hub: str | None = None,
+    rule: str = "structure",
+    score: str = "f1",
+    normalize: bool = False,
+    random_state: int | None = 0,
+) -> SicResult:
+    """Label every patch of one slide from a few seeds.
+
+    Parameters
+    ----------
+    dataset : path-like or str
+        A dataset folder, or a hub reference ``publisher/name[@version]``.
+    seeds : path-like or str
+        A seed CSV or QuPath GeoJSON, or patch indices ``"12:tumour,40:stroma"``
+        (see :func:`read_seeds`).
+    slide_id : str, optional
+        The slide; may be omitted when the dataset has one slide.
+    classes : tuple of str, optional
+        Class names, index order. For two classes the first is the negative
+        (background) class and the second the positive one SIC refines. When
+        None: the dataset's ground-truth class names if the seeds use them,
+        else the seeds' names sorted.
+    rule, score, normalize, random_state
+        See :class:`SeededIterativeClustering`.
+
+    Returns
+    -------
+    SicResult
+    """
+    slide, where = load_slide(dataset, slide_id, hub)
+    mapped = _map_seeds(seeds, slide, tuple(classes) if classes else None)
+    n_classes = len(mapped.classes)
+    if len(slide) < n_classes:
+        raise SeedError(f"slide {slide.slide_id} has {len(slide)} patches, fewer than the {n_classes} classes "
+                        f"asked for: choose another slide or fewer classes")
+    missing = [name for name, n in mapped.counts.items() if n == 0]
+    if n_classes == 2 and missing:
+        (have,) = [name for name in mapped.classes if name not in missing]
+        raise SeedError(f"the seeds mark only {have!r} patches: binary SIC needs both classes, add at least one "
+                        f"seed on {missing[0]!r}")
+    estimator = SeededIterativeClustering(
+        n_classes=n_classes, rule=rule, score=score, normalize=normalize, random_state=random_state
+    )
+    estimator.fit(slide.embeddings, mapped.labels)
+    labels = np.asarray(estimator.labels_, dtype=np.int8)
+    return SicResult(slide, mapped, labels, mapped.classes, estimator, where)

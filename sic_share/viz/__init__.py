@@ -1,0 +1,30 @@
+"""Results out: patch classes as label tables, QuPath GeoJSON, TissUUmaps CSV and PNG overlays."""
+
+from __future__ import annotations
+
+from sic_share.viz._exports import (
+    FORMATS,
+    format_for,
+    write_labels,
+    write_result,
+    write_tissuumaps,
+)
+from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
+from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color
+from sic_share.viz._render import render_overlay, write_png
+
+__all__ = [
+    "FORMATS",
+    "OKABE_ITO",
+    "class_colors",
+    "class_geometries",
+    "format_for",
+    "hex_color",
+    "qupath_geojson",
+    "render_overlay",
+    "write_geojson",
+    "write_labels",
+    "write_png",
+    "write_result",
+    "write_tissuumaps",
+]
