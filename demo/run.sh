@@ -30,8 +30,16 @@ step python -c "import duckdb; duckdb.sql(\"\"\"
            len(any_value(embedding)) AS dim
     FROM '$D/pulled/slides/*.parquet' GROUP BY slide_id\"\"\").show()"
 
+echo; echo "== SIC: six clicks (demo/cmu_seeds.geojson, as QuPath exports them) to a dense annotation =="
+step sic-share sic demo-lab/cmu-handcrafted --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
+    --out "$D/cmu-sic.geojson"
+step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis --out "$D/cmu-sic.png"
+step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
+    --out "$D/cmu-sic-tissuumaps.csv" --format tissuumaps
+
 echo; echo "== a tampered copy is refused =="
 cp -r "$D/pulled" "$D/tampered"
+chmod -R u+w "$D/tampered"  # pulled files are read-only links into the cache
 f=$(ls "$D"/tampered/slides/*.parquet | head -1)
 python -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[len(b)//2]^=1; open(p,'wb').write(b)" "$f"
 printf '\n\033[1m$ sic-share verify %s\033[0m\n' "$D/tampered"

@@ -39,7 +39,7 @@ from sic_share.signing import (
     verify_signature,
 )
 
-__all__ = ["DatasetRef", "HubEntry", "fetch_slides", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
+__all__ = ["DatasetRef", "HubEntry", "fetch_slides", "open_manifest", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
 
 _REF = re.compile(r"^(?P<publisher>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<version>[0-9]+))?$")
 
@@ -298,6 +298,17 @@ def _fetch(
                 future.cancel()
             raise
     return {fname: found[fname] for fname in names}
+
+
+def open_manifest(
+    ref: str | DatasetRef, hub: str | None = None, *, allow_rollback: bool = False,
+    trust: TrustStore | None = None, record: VersionRecord | None = None,
+) -> Manifest:
+    """The verified manifest of a hub dataset (signature, key binding, expiry, freshness); no data is read."""
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    manifest, _, _, _ = _open_version(ref, hub, trust=trust or TrustStore(), record=record or VersionRecord(),
+                                      allow_rollback=allow_rollback)
+    return manifest
 
 
 def fetch_slides(

@@ -83,11 +83,14 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
         if slide_id not in files:
             raise _no_such_slide(slide_id, sorted(files), where)
         return read_slide(files[slide_id]), where
-    from sic_share.hub import fetch_slides, parse_ref
+    from sic_share.hub import fetch_slides, open_manifest, parse_ref
 
     ref = parse_ref(str(dataset))
     if slide_id is None:
-        raise DatasetError(f"choose a slide of {ref} with --slide (see 'sic-share query' for its slide ids)")
+        stems = sorted(Path(name).stem for name in open_manifest(ref, hub).files)
+        if len(stems) != 1:
+            raise DatasetError(f"{ref} has {len(stems)} slides: choose one with --slide (e.g. {stems[0]})")
+        slide_id = stems[0]
     manifest, paths = fetch_slides(ref, [slide_id], hub)
     return read_slide(paths[slide_id]), manifest.ref
 
