@@ -168,6 +168,12 @@ def test_seeds_that_miss_are_reported_and_the_rest_are_used(cli, tmp_path, holed
     assert out.exists()
 
 
+def test_a_class_without_seeds_in_multi_class_sic(cli, tmp_path, ds):
+    seeds = truth_seeds(tmp_path, ds)
+    result = run_bad(cli, tmp_path, ds, "--slide", "s0", "--seeds", seeds, "--classes", "normal,tumour,stroma")
+    assert_one_line_error(result, "'stroma'", "seeds of every class")
+
+
 def test_seeds_all_outside_tissue(cli, tmp_path, holed):
     seeds = seed_csv(tmp_path / "s.csv", [(2000, 2000, "tumour"), (2200, 1800, "normal")])
     assert_one_line_error(run_bad(cli, tmp_path, holed, "--seeds", seeds), "none of the 2 seeds")

@@ -154,6 +154,9 @@ def run_sic(
         (have,) = [name for name in mapped.classes if name not in missing]
         raise SeedError(f"the seeds mark only {have!r} patches: binary SIC needs both classes, add at least one "
                         f"seed on {missing[0]!r}")
+    if missing:
+        raise SeedError(f"no seed marks a patch of {', '.join(map(repr, missing))}: SIC needs seeds of every class, "
+                        "add some or leave the class out of --classes")
     estimator = SeededIterativeClustering(
         n_classes=n_classes, rule=rule, score=score, normalize=normalize, random_state=random_state
     )
