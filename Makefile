@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/format.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/hub.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/sic.py
 
 clean:
 	rm -rf build .pytest_cache

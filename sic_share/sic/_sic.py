@@ -36,7 +36,7 @@ AD_SAMPLE = 1000
 #: Fewest patches on either side of a split that the structure test may accept.
 MIN_SPLIT = 20
 #: Most rows a KMeans is fitted on; the other rows get the nearest centre.
-FIT_SAMPLE = 20_000
+FIT_SAMPLE = 65_536
 #: Rows drawn to estimate the principal subspace.
 PCA_SAMPLE = 4096
 
