@@ -41,6 +41,8 @@ AD_SAMPLE = 1000
 MIN_SPLIT = 20
 #: Most rows a KMeans is fitted on; the other rows get the nearest centre.
 FIT_SAMPLE = 65_536
+#: Rows per chunk of the threaded projection pass: 4 MiB of float32 per thread at dim 1024.
+_PROJECT_ROWS = 1024
 #: Rows drawn to estimate the principal subspace.
 PCA_SAMPLE = 4096
 
@@ -347,7 +349,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
             basis, _ = np.linalg.qr(np.vstack([vt.astype(np.float64), means - mean]).T)
         W = np.ascontiguousarray(basis, dtype=np.float32)
         Z = np.empty((n, W.shape[1]), dtype=np.float32)
-        chunks = list(iter_chunks(n))
+        chunks = list(iter_chunks(n, _PROJECT_ROWS))
         workers = max(1, min(len(chunks), os.cpu_count() or 1, 4))
         local = threading.local()
 
@@ -355,7 +357,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
             # One float32 buffer per thread; numpy's casts and products release the GIL.
             buf = getattr(local, "buf", None)
             if buf is None:
-                buf = local.buf = np.empty((min(n, CHUNK_ROWS), d), dtype=np.float32)
+                buf = local.buf = np.empty((min(n, _PROJECT_ROWS), d), dtype=np.float32)
             b = buf[: sl.stop - sl.start]
             _prepare_chunk(X, sl, b, self.normalize, check_finite=False)
             np.matmul(b, W, out=Z[sl])
