@@ -513,8 +513,9 @@ def sic(
     write_result(out_path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
                  classes=result.classes, patch_size=result.patch_size, tiles=tiles)
     counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
+    rounds = result.estimator.n_rounds_
     out.print(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled ({counts}) "
-              f"from {int((result.seeds.labels >= 0).sum())} seeded patches in {result.estimator.n_rounds_} rounds; "
+              f"from {int((result.seeds.labels >= 0).sum())} seeded patches, {rounds} refinement{'s' * (rounds != 1)}; "
               f"wrote {kind} {out_path}", highlight=False)
 
 

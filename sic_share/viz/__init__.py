@@ -12,6 +12,15 @@ from sic_share.viz._exports import (
 from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
 from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color
 from sic_share.viz._render import render_overlay, write_png
+from sic_share.viz._embedding_map import (
+    METHODS,
+    MapResult,
+    embedding_rgb,
+    read_result,
+    render_embedding_map,
+    write_embedding_map,
+)
+from sic_share.viz._anndata import to_anndata
 
 __all__ = [
     "FORMATS",
@@ -27,4 +36,11 @@ __all__ = [
     "write_png",
     "write_result",
     "write_tissuumaps",
+    "METHODS",
+    "MapResult",
+    "embedding_rgb",
+    "read_result",
+    "render_embedding_map",
+    "to_anndata",
+    "write_embedding_map",
 ]
