@@ -519,6 +519,53 @@ def sic(
               f"wrote {kind} {out_path}", highlight=False)
 
 
+# --- seeing and comparing embeddings -----------------------------------------------------------
+
+MethodOption = Annotated[str, typer.Option("--method", help="umap (the paper's) or pca (fast, no extra install).")]
+
+
+@app.command("umap")
+def umap_map(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    method: MethodOption = "umap",
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to draw on the map (as for 'sic').")] = None,
+    result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
+    tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
+    max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
+    seed: Annotated[int, typer.Option("--seed", help="random_state: the same colours every run.")] = 0,
+    hub: HubOption = None,
+) -> None:
+    """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel."""
+    from sic_share.viz import write_embedding_map
+
+    made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=method, seeds=seeds, result=result,
+                               tissuumaps=tissuumaps, max_side=max_side, random_state=seed)
+    note = made.seeds.summary() if made.seeds is not None else None
+    if note:
+        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+    extra = f" and {made.tissuumaps}" if made.tissuumaps else ""
+    out.print(f"slide {made.slide_id} of {made.source}: {made.n_patches} patches coloured by {made.method}; "
+              f"wrote {made.path}{extra}", highlight=False)
+
+
+@app.command("to-anndata")
+def to_anndata_cmd(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    out_path: Annotated[Path, typer.Option("--out", help=".h5ad file to write.")],
+    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    method: MethodOption = "umap",
+    seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.")] = 0,
+    hub: HubOption = None,
+) -> None:
+    """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads."""
+    from sic_share.viz import to_anndata
+
+    path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=method, random_state=seed)
+    out.print(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning domain errors into one line and exit code 1.
 
