@@ -1,0 +1,199 @@
+"""What benchmark and similarity share: datasets as folders or hub refs, patch alignment, seeds, SIC runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
+
+from sic_share.dataset import SlideMetadata, read_slide, read_slide_metadata, slide_files
+from sic_share.errors import DatasetError, SeedError
+from sic_share.sic import SeededIterativeClustering
+
+#: Below this many patches a SIC fit runs on one thread (see :func:`fit_sic`).
+SINGLE_THREAD_BELOW = 100_000
+
+__all__ = ["Dataset", "open_dataset", "read_keys", "pack", "align", "seed_rng", "draw_seed_rows", "fit_sic"]
+
+SCORES = ("f1", "accuracy")
+RULES = ("structure", "paper")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset resolved to local slide files.
+
+    Attributes
+    ----------
+    source : str
+        As the user gave it (a folder path or ``publisher/name[@version]``).
+    name : str
+        How results name it: the folder path, or the hub reference with its version.
+    files : dict of str to Path
+        Slide id to a local Parquet file (the dataset folder, or the verified cache).
+    metadata : SlideMetadata
+        The first slide's footer metadata (model, patching, class names).
+    """
+
+    source: str
+    name: str
+    files: dict[str, Path]
+    metadata: SlideMetadata
+
+    @property
+    def model(self) -> str:
+        return self.metadata.model.id
+
+    @property
+    def dtype(self) -> type:
+        """The dtype embeddings are read in: float16 stays float16 (half the memory; SIC casts in chunks)."""
+        return np.float16 if self.metadata.embedding_dtype == "float16" else np.float32
+
+
+def open_dataset(dataset: str | os.PathLike[str], hub: str | None = None) -> Dataset:
+    """Resolve a dataset folder or hub reference to local slide files.
+
+    A path that exists is a dataset folder; anything else is a hub reference, whose
+    slides are fetched and verified against the signed manifest into the cache
+    (:func:`sic_share.hub.fetch_slides`).
+    """
+    local = Path(dataset)
+    if local.exists():
+        files = {p.stem: p for p in slide_files(local)}
+        name = str(dataset)
+    else:
+        from sic_share.hub import fetch_slides, parse_ref
+
+        manifest, fetched = fetch_slides(parse_ref(str(dataset)), None, hub)
+        files = dict(fetched)  # the manifest lists only slides/<slide_id>.parquet files
+        name = manifest.ref
+        if not files:
+            raise DatasetError(f"{name} lists no slide files: it is empty, publish a dataset with slides")
+    files = dict(sorted(files.items()))
+    metadata, _ = read_slide_metadata(next(iter(files.values())))
+    return Dataset(str(dataset), name, files, metadata)
+
+
+def read_keys(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (x, y) keys and ground-truth labels (-1 = none) of one slide file, reading only those columns."""
+    table = pq.read_table(path, columns=["x", "y", "label"])
+    x = table.column("x").to_numpy().astype(np.int64)
+    y = table.column("y").to_numpy().astype(np.int64)
+    labels = table.column("label").fill_null(-1).to_numpy().astype(np.int8)
+    return pack(x, y), labels
+
+
+def pack(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One int64 per patch whose order is the (x, y) lexicographic order (both are non-negative int32)."""
+    return (np.asarray(x, np.int64) << 32) | np.asarray(y, np.int64)
+
+
+def align(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The patches every dataset holds, in (x, y) order, and each dataset's rows of them.
+
+    Returns
+    -------
+    common : ndarray of shape (n_common,), int64
+        Sorted packed keys of the shared patches.
+    rows : list of ndarray of shape (n_common,)
+        For each dataset, the row of each shared patch in that dataset's file.
+    """
+    common = np.unique(keys[0])
+    for k in keys[1:]:
+        common = np.intersect1d(common, k, assume_unique=False)
+    rows = []
+    for k in keys:
+        order = np.argsort(k, kind="stable")
+        rows.append(order[np.searchsorted(k[order], common)])
+    return common, rows
+
+
+def _slide_number(slide_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
+
+
+def seed_rng(seed: int, slide_id: str, clicks: int, fold: int) -> np.random.Generator:
+    """The random stream of one (slide, clicks, fold): independent of the model, the dataset and the run order."""
+    return np.random.default_rng([int(seed), _slide_number(slide_id), int(clicks), int(fold)])
+
+
+def sic_random_state(seed: int, slide_id: str, clicks: int, fold: int) -> int:
+    """SIC's own ``random_state`` for one (slide, clicks, fold), shared by every model."""
+    return int(seed_rng(seed, slide_id, clicks, fold).integers(2**31 - 1))
+
+
+def draw_seed_rows(truth: np.ndarray, n_classes: int, clicks: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``clicks`` random patches inside each class, drawn among patches in (x, y) order.
+
+    Parameters
+    ----------
+    truth : ndarray of shape (n_patches,)
+        Class per patch in (x, y) order, -1 for none.
+
+    Returns
+    -------
+    rows : ndarray of shape (clicks * n_classes,)
+        Positions in ``truth`` of the seed patches, class by class.
+    classes : ndarray of shape (clicks * n_classes,)
+    """
+    rows, classes = [], []
+    for c in range(n_classes):
+        idx = np.flatnonzero(truth == c)
+        rows.append(rng.choice(idx, size=clicks, replace=False))
+        classes.append(np.full(clicks, c, np.int64))
+    return np.concatenate(rows), np.concatenate(classes)
+
+
+def fit_sic(
+    X: np.ndarray, rows: np.ndarray, seed_rows: np.ndarray, seed_classes: np.ndarray, n_classes: int, *,
+    score: str, rule: str, random_state: int,
+) -> tuple[np.ndarray, SeededIterativeClustering, float]:
+    """Run SIC on the patches ``X[rows]`` with seeds at positions ``seed_rows`` of ``rows``.
+
+    When ``rows`` covers every row of ``X`` (a permutation: the usual case of datasets on
+    one grid), SIC runs on ``X`` itself, without a copy, and the labels are read back
+    through ``rows``; otherwise it runs on the copy ``X[rows]``.
+
+    Below ``SINGLE_THREAD_BELOW`` patches the fit runs on one OpenMP/BLAS thread:
+    KMeans' thread synchronisation then costs more than it saves, badly so on a
+    busy machine (measured on 2 cores under load, 5k x 384: 0.80 s with 2 threads,
+    0.18 s with 1; 50k: 0.99 s vs 0.51 s). Benchmarks parallelise over slides
+    instead (``jobs``).
+
+    Returns
+    -------
+    labels : ndarray of shape (len(rows),)
+        Class of each patch, in the order of ``rows``.
+    estimator : SeededIterativeClustering
+    seconds : float
+        Wall time of ``fit`` alone.
+    """
+    if rows.size == X.shape[0]:
+        data, native = X, rows
+    else:
+        data, native = X[rows], np.arange(rows.size)
+    seeds = np.full(data.shape[0], -1, np.int64)
+    seeds[native[seed_rows]] = seed_classes
+    estimator = SeededIterativeClustering(n_classes=n_classes, score=score, rule=rule, random_state=random_state)
+    with threadpool_limits(1 if data.shape[0] < SINGLE_THREAD_BELOW else None):
+        start = time.perf_counter()
+        estimator.fit(data, seeds)
+        seconds = time.perf_counter() - start
+    return np.asarray(estimator.labels_)[native], estimator, seconds
+
+
+def read_embeddings(dataset: Dataset, slide_id: str) -> np.ndarray:
+    """One slide's embeddings, float16 kept as float16."""
+    return read_slide(dataset.files[slide_id], dtype=dataset.dtype).embeddings
+
+
+def check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise SeedError(f"{what}={value!r} is not one of {', '.join(allowed)}: choose one of them")
+    return value
