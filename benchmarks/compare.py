@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--skip-umap", action="store_true")
+    parser.add_argument("--plot", type=Path, help="keep the box plot here (docs/figures/compare_synthetic_box.png)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +104,7 @@ def main() -> None:
         # warm-up: imports, thread pools, first-call costs
         run_benchmark(datasets, clicks=(1,), folds=1)
         result = run_benchmark(datasets, clicks=CLICKS, folds=FOLDS, jobs=args.jobs,
-                               plot_path=Path(tmp) / "box.png", json_path=Path(tmp) / "r.json")
+                               plot_path=args.plot or Path(tmp) / "box.png", json_path=Path(tmp) / "r.json")
         n_fits = len(result.rows)
         wall, fits = result.wall_seconds, result.fit_seconds
         loop = _plain_loop(result, datasets)

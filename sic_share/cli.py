@@ -566,6 +566,63 @@ def to_anndata_cmd(
     out.print(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)", highlight=False)
 
 
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SicShareError(f"{what} {text!r} is not a list of whole numbers: write e.g. 1,3,5") from None
+
+
+@app.command("benchmark")
+def benchmark(
+    datasets: Annotated[list[str], typer.Argument(help="Datasets with ground-truth labels, one per model, on one grid (folders or hub references).")],
+    clicks: Annotated[str, typer.Option("--clicks", help="Seed patches per class, e.g. 1,3,5.")] = "1,3,5",
+    folds: Annotated[int, typer.Option("--folds", help="Random seed draws per slide and click count.")] = 5,
+    score: Annotated[str, typer.Option("--score", help="f1 (of the positive class; macro for more classes) or accuracy.")] = "f1",
+    positive: Annotated[Optional[str], typer.Option("--positive", help="Score this class against the rest.")] = None,
+    rule: Annotated[str, typer.Option("--rule", help="SIC rule: structure or paper.")] = "structure",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model.")] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", help="Slides run in parallel.")] = 1,
+    skip_small: Annotated[
+        bool, typer.Option("--skip-small", help="Skip slides with fewer patches of a class than clicks (else an error).")
+    ] = False,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-fold rows as CSV.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Summary, slides and folds as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Box plot PNG (the paper's Figure 2).")] = None,
+    hub: HubOption = None,
+) -> None:
+    """The paper's protocol: random seeds inside each class, SIC, every patch scored against the truth."""
+    from sic_share.compare import run_benchmark
+
+    result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed, jobs=jobs,
+                           hub=hub, rule=rule, positive=positive, skip_small=skip_small, csv_path=csv_path,
+                           json_path=json_path, plot_path=plot)
+    for skipped in result.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {skipped.dataset} slide {skipped.slide_id}: {skipped.reason}",
+                  highlight=False)
+    sys.stdout.write(result.to_text())
+    written = [str(p) for p in (csv_path, json_path, plot) if p is not None]
+    if written:
+        out.print(f"wrote {', '.join(written)}", highlight=False)
+
+
+@app.command("similarity")
+def similarity_cmd(
+    dataset_a: Annotated[str, typer.Argument(help="A dataset (folder or hub reference).")],
+    dataset_b: Annotated[str, typer.Argument(help="Another dataset on the same grid.")],
+    k: Annotated[int, typer.Option("--k", help="Neighbours for the mutual kNN overlap.")] = 10,
+    clicks: Annotated[int, typer.Option("--clicks", help="Seeds per class for the SIC agreement.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    hub: HubOption = None,
+) -> None:
+    """How alike two models see the same patches: linear CKA, mutual kNN overlap, SIC agreement."""
+    from sic_share.compare import similarity
+
+    result = similarity(dataset_a, dataset_b, hub=hub, k=k, seed=seed, clicks=clicks)
+    sys.stdout.write(result.to_json() if as_json else result.to_text())
+
+
 def main() -> None:
     """Entry point: run the app, turning domain errors into one line and exit code 1.
 
