@@ -262,3 +262,36 @@ def test_similarity_joins_on_coordinates_not_row_order(pair, tmp_path):
     res = similarity(pair[0], other, k=5)
     assert res.cka == pytest.approx(1.0, abs=1e-6) and res.mutual_knn == 1.0
     assert res.agreement >= 0.99
+
+
+# --- the commands ----------------------------------------------------------------------------------
+
+
+def test_benchmark_command_prints_the_table_and_writes_the_files(cli, pair, tmp_path):
+    from PIL import Image
+
+    plot, rows = tmp_path / "box.png", tmp_path / "folds.csv"
+    result = cli("benchmark", *pair, "--clicks", "1,3", "--folds", "2", "--plot", plot, "--csv", rows)
+    assert result.code == 0, result.err
+    assert "best of 2 folds" in result.out and "mean over folds" in result.out
+    assert Image.open(plot).size[0] > 300
+    assert len(list(csv.DictReader(open(rows)))) == 2 * SLIDES * 2 * 2  # models x slides x clicks x folds
+
+
+def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path):
+    from conftest import assert_one_line_error
+
+    s = make_slide(200, DIM, random_state=0)
+    no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", classes=())
+    assert_one_line_error(cli("benchmark", no_classes), "no ground-truth classes")
+    assert_one_line_error(cli("benchmark", *pair, "--clicks", "1,x"), "--clicks")
+    assert_one_line_error(cli("benchmark", *pair, "--plot", tmp_path / "no" / "b.png"), "does not exist")
+    shifted = write_dataset(tmp_path / "shifted", [(f"s{i}", s.coords + 64, s.X, s.y) for i in range(SLIDES)],
+                            model_id="shifted")
+    assert_one_line_error(cli("similarity", pair[0], shifted), "share 0 of", "same grid")
+
+
+def test_similarity_command(cli, pair):
+    result = cli("similarity", pair[0], pair[0], "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["cka"] == pytest.approx(1.0, abs=1e-6)
