@@ -37,6 +37,10 @@ step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,E
 step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
     --out "$D/cmu-sic-tissuumaps.csv" --format tissuumaps
 
+echo; echo "== the embedding space on the slide, without a pixel of it (PCA to RGB; --method umap is the paper's) =="
+step sic-share umap "$D/pulled" --method pca --seeds demo/cmu_seeds.geojson --out "$D/cmu-map.png" \
+    --tissuumaps "$D/cmu-map-tissuumaps.csv"
+
 echo; echo "== a tampered copy is refused =="
 cp -r "$D/pulled" "$D/tampered"
 chmod -R u+w "$D/tampered"  # pulled files are read-only links into the cache
