@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sic_share.errors import LabelError
+from sic_share.errors import LabelError, SicShareError
 
 __all__ = ["LabelRaster", "mask_labels", "geojson_labels", "patch_labels"]
 
@@ -62,17 +63,24 @@ def _check_dimensions(slide_dimensions: tuple[int, int]) -> tuple[int, int]:
     return width, height
 
 
-def _check_classes(classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    if classes is None:
-        return None
+def check_class_names(classes: Sequence[str], error: type[SicShareError] = LabelError) -> tuple[str, ...]:
+    """Class names as a tuple, once they are distinct, non-empty strings that fit int8 labels.
+
+    Raises ``error`` (one sentence) for one string instead of a sequence,
+    no names, an empty or repeated name, or more than 127 names.
+    """
     if isinstance(classes, str):
-        raise LabelError(f"classes={classes!r} should be a sequence of class names, not one string")
+        raise error(f"classes={classes!r} should be a sequence of class names, not one string")
     names = tuple(classes)
     if not names or not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) != len(names):
-        raise LabelError(f"classes={names!r} should be distinct, non-empty class names")
+        raise error(f"classes={list(names)!r} should be distinct, non-empty class names")
     if len(names) > _MAX_CLASSES:
-        raise LabelError(f"{len(names)} classes were named, at most {_MAX_CLASSES} fit the int8 label column")
+        raise error(f"{len(names)} classes were named, at most {_MAX_CLASSES} fit the int8 label column")
     return names
+
+
+def _check_classes(classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return None if classes is None else check_class_names(classes)
 
 
 # -- masks ---------------------------------------------------------------------------------------
@@ -202,7 +210,40 @@ def mask_labels(
 # -- QuPath GeoJSON ------------------------------------------------------------------------------
 
 
-def _class_name(properties: Any) -> str | None:
+def geojson_features(document: Any, what: str, error: type[SicShareError] = LabelError) -> list[Any]:
+    """The features of a parsed GeoJSON document: a FeatureCollection, a bare list of features, or one Feature.
+
+    ``what`` names the document in errors (``"seeds s.json"``); anything else
+    raises ``error`` with one sentence saying what was found instead.
+    """
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        if isinstance(document.get("features"), list):
+            return document["features"]
+        kind = document.get("type")
+        if kind == "Feature":
+            return [document]
+        if kind in ("Point", "MultiPoint", "Polygon", "MultiPolygon", "GeometryCollection"):
+            raise error(
+                f"{what} is a bare {kind} geometry without a class: export classified objects from "
+                "QuPath (File > Export objects as GeoJSON)"
+            )
+        keys = ", ".join(map(str, list(document)[:5])) + (", ..." if len(document) > 5 else "")
+        raise error(
+            f"{what} is a JSON object with the keys {{{keys}}}, not GeoJSON: export a FeatureCollection "
+            "from QuPath (File > Export objects as GeoJSON)"
+        )
+    found = {"str": "string", "int": "number", "float": "number", "bool": "boolean", "NoneType": "null"}.get(
+        type(document).__name__, type(document).__name__
+    )
+    raise error(
+        f"{what} holds a JSON {found}, not GeoJSON: export a FeatureCollection from QuPath "
+        "(File > Export objects as GeoJSON)"
+    )
+
+
+def class_name(properties: Any) -> str | None:
     """QuPath's ``classification.name`` (or the legacy string form); None when unclassified."""
     if not isinstance(properties, dict):
         return None
@@ -359,17 +400,7 @@ def geojson_labels(
         raise LabelError(
             f"annotations {name} are not valid JSON ({exc}): export them again from QuPath as GeoJSON"
         ) from None
-    if isinstance(document, list):
-        features = document
-    elif isinstance(document, dict) and isinstance(document.get("features"), list):
-        features = document["features"]
-    elif isinstance(document, dict) and document.get("type") == "Feature":
-        features = [document]
-    else:
-        raise LabelError(
-            f"annotations {name} are not a GeoJSON FeatureCollection, feature list or Feature: "
-            "export them from QuPath as GeoJSON"
-        )
+    features = geojson_features(document, f"annotations {name}")
     shapes: list[tuple[str, list[list[np.ndarray]]]] = []
     unclassified = other = 0
     for index, feature in enumerate(features):
@@ -386,7 +417,7 @@ def geojson_labels(
         if not polygons:
             other += 1
             continue
-        label = _class_name(feature.get("properties"))
+        label = class_name(feature.get("properties"))
         if label is None:
             unclassified += 1
             continue

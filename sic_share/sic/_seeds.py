@@ -32,7 +32,7 @@ from shapely.errors import GEOSException
 from shapely.geometry import shape
 
 from sic_share.errors import SeedError
-from sic_share.export._labels import _class_name
+from sic_share.export._labels import class_name, geojson_features
 
 __all__ = ["MissedSeed", "Seeds", "read_seeds"]
 
@@ -308,41 +308,13 @@ def _parse_csv(text: str, source: str, names: _Classes) -> _Parsed:
     return parsed
 
 
-def _features(document: Any, source: str) -> list[Any]:
-    if isinstance(document, list):
-        return document
-    if isinstance(document, dict):
-        if isinstance(document.get("features"), list):
-            return document["features"]
-        kind = document.get("type")
-        if kind == "Feature":
-            return [document]
-        if kind in ("Point", "MultiPoint", "Polygon", "MultiPolygon", "GeometryCollection"):
-            raise SeedError(
-                f"seeds {source} is a bare {kind} geometry without a class: export classified objects from "
-                "QuPath (File > Export objects as GeoJSON)"
-            )
-        keys = ", ".join(map(str, list(document)[:5])) + (", ..." if len(document) > 5 else "")
-        raise SeedError(
-            f"seeds {source} is a JSON object with the keys {{{keys}}}, not GeoJSON: export a FeatureCollection "
-            "from QuPath (File > Export objects as GeoJSON)"
-        )
-    found = {"str": "string", "int": "number", "float": "number", "bool": "boolean", "NoneType": "null"}.get(
-        type(document).__name__, type(document).__name__
-    )
-    raise SeedError(
-        f"seeds {source} holds a JSON {found}, not GeoJSON: export a FeatureCollection from QuPath "
-        "(File > Export objects as GeoJSON)"
-    )
-
-
 def _parse_geojson(text: str, source: str, names: _Classes) -> _Parsed:
     try:
         document = json.loads(text)
     except ValueError as exc:
         raise SeedError(f"seeds {source} is not valid JSON ({exc}): export it again from QuPath as GeoJSON") from None
     parsed = _Parsed.empty()
-    for position, feature in enumerate(_features(document, source)):
+    for position, feature in enumerate(geojson_features(document, f"seeds {source}", SeedError)):
         if not isinstance(feature, dict) or feature.get("type", "Feature") != "Feature":
             parsed.skipped += 1
             continue
@@ -366,7 +338,7 @@ def _parse_geojson(text: str, source: str, names: _Classes) -> _Parsed:
         if not points and not areas:
             parsed.skipped += 1
             continue
-        label = _class_name(feature.get("properties"))
+        label = class_name(feature.get("properties"))
         if label is None:
             parsed.skipped += 1
             continue

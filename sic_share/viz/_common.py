@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,8 +13,7 @@ import numpy as np
 
 from sic_share._jsonstore import atomic_write_bytes
 from sic_share.errors import SicShareError
-
-_MAX_CLASSES = int(np.iinfo(np.int8).max)  # labels are int8, as in the dataset
+from sic_share.export._labels import check_class_names
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,7 @@ def check_inputs(coords: Any, labels: Any, classes: Sequence[str]) -> PatchClass
         raise SicShareError(
             f"labels of shape {values.shape} and dtype {values.dtype} should be ({points.shape[0]},) class indices"
         )
-    if isinstance(classes, str):
-        raise SicShareError(f"classes={classes!r} should be a sequence of class names, not one string")
-    names = tuple(classes)
-    if not names or not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) != len(names):
-        raise SicShareError(f"classes={list(names)!r} should be distinct, non-empty class names")
-    if len(names) > _MAX_CLASSES:
-        raise SicShareError(f"{len(names)} classes were named, at most {_MAX_CLASSES} fit the int8 label column")
+    names = check_class_names(classes, SicShareError)
     if values.size and (values.min() < -1 or values.max() >= len(names)):
         bad = int(values.max()) if values.max() >= len(names) else int(values.min())
         raise SicShareError(
@@ -105,6 +99,94 @@ def patch_cells(coords: np.ndarray, patch_size: float) -> Cells:
     col, x0, x1 = _axis_cells(coords[:, 0], half)
     row, y0, y1 = _axis_cells(coords[:, 1], half)
     return Cells(col, row, x0, y0, x1, y1)
+
+
+def _covering(edges_lo: np.ndarray, edges_hi: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each pixel centre (level-0), the grid line whose cell holds it, or -1."""
+    order = np.argsort(edges_lo)
+    lo, hi = edges_lo[order], edges_hi[order]
+    at = np.searchsorted(lo, centres, side="right") - 1
+    ok = (at >= 0) & (centres < hi[np.clip(at, 0, None)])
+    return np.where(ok, order[np.clip(at, 0, None)], -1)
+
+
+@dataclass(frozen=True)
+class PixelIndex:
+    """For each pixel of an image of the slide, the patch whose cell holds its centre (-1: none)."""
+
+    index: np.ndarray  # (h, w) int64
+    scale: float  # level-0 pixels per image pixel
+    cell_px: float  # typical cell side in image pixels
+
+
+def pixel_index(
+    coords: np.ndarray,
+    patch_size: float,
+    max_side: int,
+    slide_size: tuple[int, int] | None = None,
+    *,
+    drawn: np.ndarray | None = None,
+) -> PixelIndex:
+    """Which patch's cell (see :func:`patch_cells`) each pixel of a ``max_side`` image of the slide shows.
+
+    Parameters
+    ----------
+    coords : ndarray of shape (n_patches, 2), float64
+        Checked level-0 patch centres (x, y).
+    patch_size : float
+        Checked patch side in level-0 pixels.
+    max_side : int
+        Longest side of the image in pixels.
+    slide_size : (int, int), optional
+        Level-0 (width, height) the image spans. Defaults to the far edge of
+        the patches' cells.
+    drawn : ndarray of int, optional
+        Indices of the patches to draw; the cells of the others stay empty
+        (-1). Defaults to every patch.
+
+    Returns
+    -------
+    PixelIndex
+        ``index`` of shape (h, w), int64; ``scale`` in level-0 pixels per
+        image pixel; ``cell_px``, the median cell side in image pixels.
+
+    Notes
+    -----
+    The image starts at the slide's origin (0, 0), so every image made here
+    with the same inputs lines up pixel for pixel. A pixel shows the cell its
+    centre falls in: a grid of patch indices (rows x columns of the patch
+    grid), then one lookup per pixel, O(pixels + n_patches log n_patches);
+    cells smaller than a pixel may be skipped (pixel centres sample them).
+    """
+    cells = patch_cells(coords, patch_size)
+    if slide_size is not None:
+        width, height = (float(v) for v in slide_size)
+    elif len(coords):
+        width, height = float(cells.x1.max()), float(cells.y1.max())
+    else:
+        width = height = patch_size
+    if not (width > 0 and height > 0):
+        raise SicShareError(f"slide_size={slide_size!r} should be a positive level-0 (width, height)")
+    scale = max(width, height) / max_side  # level-0 pixels per image pixel
+    w, h = max(1, math.ceil(width / scale - 1e-9)), max(1, math.ceil(height / scale - 1e-9))
+    grid = np.full((int(cells.row.max(initial=-1)) + 1, int(cells.col.max(initial=-1)) + 1), -1, np.int64)
+    keep = np.arange(len(coords)) if drawn is None else drawn
+    grid[cells.row[keep], cells.col[keep]] = keep
+    col_lo = np.full(grid.shape[1], np.inf)
+    col_hi = np.full(grid.shape[1], -np.inf)
+    np.minimum.at(col_lo, cells.col, cells.x0)
+    np.maximum.at(col_hi, cells.col, cells.x1)
+    row_lo = np.full(grid.shape[0], np.inf)
+    row_hi = np.full(grid.shape[0], -np.inf)
+    np.minimum.at(row_lo, cells.row, cells.y0)
+    np.maximum.at(row_hi, cells.row, cells.y1)
+    px = _covering(col_lo, col_hi, (np.arange(w) + 0.5) * scale)
+    py = _covering(row_lo, row_hi, (np.arange(h) + 0.5) * scale)
+    index = np.full((h, w), -1, np.int64)
+    inside = (py >= 0)[:, None] & (px >= 0)[None, :]
+    index[inside] = grid[np.clip(py, 0, None)[:, None], np.clip(px, 0, None)[None, :]][inside]
+    side = float(np.median(np.minimum(cells.x1 - cells.x0, cells.y1 - cells.y0))) if len(coords) else patch_size
+    return PixelIndex(index, scale, side / scale)
 
 
 def check_target(path: str | os.PathLike[str]) -> Path:

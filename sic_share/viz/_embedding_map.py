@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from sic_share.errors import SicShareError
-from sic_share.viz._common import atomic_write, check_patch_size, check_target, patch_cells
+from sic_share.viz._common import PixelIndex, atomic_write, check_patch_size, check_target, pixel_index
 from sic_share.viz._palette import class_colors, hex_color
-from sic_share.viz._render import _covering, render_overlay
+from sic_share.viz._render import png_bytes, render_overlay
 
 __all__ = ["METHODS", "MapResult", "embedding_rgb", "read_result", "render_embedding_map", "write_embedding_map"]
 
@@ -286,44 +285,6 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
 # -- drawing ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _PixelMap:
-    """For each pixel of the image, the patch whose cell holds its centre (-1: none)."""
-
-    index: np.ndarray  # (h, w) int64
-    scale: float  # level-0 pixels per image pixel
-    cell_px: float  # typical cell side in image pixels
-
-
-def _pixel_map(coords: np.ndarray, patch_size: float, max_side: int) -> _PixelMap:
-    """The pixel -> patch lookup of :func:`render_overlay`, kept per patch instead of per class.
-
-    Same origin, extent and scale as :func:`render_overlay` with the same
-    inputs, so the two images line up pixel for pixel.
-    """
-    cells = patch_cells(coords, patch_size)
-    width, height = (float(cells.x1.max()), float(cells.y1.max())) if len(coords) else (patch_size, patch_size)
-    scale = max(width, height) / max_side
-    w, h = max(1, math.ceil(width / scale - 1e-9)), max(1, math.ceil(height / scale - 1e-9))
-    grid = np.full((int(cells.row.max(initial=-1)) + 1, int(cells.col.max(initial=-1)) + 1), -1, np.int64)
-    grid[cells.row, cells.col] = np.arange(len(coords))
-    col_lo = np.full(grid.shape[1], np.inf)
-    col_hi = np.full(grid.shape[1], -np.inf)
-    np.minimum.at(col_lo, cells.col, cells.x0)
-    np.maximum.at(col_hi, cells.col, cells.x1)
-    row_lo = np.full(grid.shape[0], np.inf)
-    row_hi = np.full(grid.shape[0], -np.inf)
-    np.minimum.at(row_lo, cells.row, cells.y0)
-    np.maximum.at(row_hi, cells.row, cells.y1)
-    px = _covering(col_lo, col_hi, (np.arange(w) + 0.5) * scale)
-    py = _covering(row_lo, row_hi, (np.arange(h) + 0.5) * scale)
-    index = np.full((h, w), -1, np.int64)
-    inside = (py >= 0)[:, None] & (px >= 0)[None, :]
-    index[inside] = grid[np.clip(py, 0, None)[:, None], np.clip(px, 0, None)[None, :]][inside]
-    side = float(np.median(np.minimum(cells.x1 - cells.x0, cells.y1 - cells.y0))) if len(coords) else patch_size
-    return _PixelMap(index, scale, side / scale)
-
-
 def _check_rgb(rgb: Any, n: int) -> np.ndarray:
     values = np.asarray(rgb)
     if values.shape != (n, 3) or values.dtype.kind not in "fiu" or not np.isfinite(values).all():
@@ -349,7 +310,7 @@ def _legend(coords: np.ndarray, classes: Sequence[str], colors: Any, patch_size:
 
 
 def _draw_seeds(image: Any, coords: np.ndarray, seeds: np.ndarray, colors: list[tuple[int, int, int]],
-                pixels: _PixelMap) -> None:
+                pixels: PixelIndex) -> None:
     """A disc in the class colour, ringed in black, at each seeded patch's centre."""
     from PIL import ImageDraw
 
@@ -438,7 +399,7 @@ def render_embedding_map(
     result_labels = None if result is None else _check_labels(result, n, len(names), "result labels")
     palette = class_colors(names, colors) if names else []
 
-    pixels = _pixel_map(points, size, max_side)
+    pixels = pixel_index(points, size, max_side)
     lut = np.concatenate([np.column_stack([_to_uint8(colours), np.full(n, 255, np.uint8)]),
                           np.array([_BACKGROUNDS[background]], np.uint8)])
     rgba = lut[np.where(pixels.index >= 0, pixels.index, n)]
@@ -697,8 +658,6 @@ def write_embedding_map(
     sic`` does), or the result's names when a result is given, so that a
     class has one colour in both.
     """
-    from PIL import PngImagePlugin
-
     from sic_share.sic import load_slide, read_seeds
     from sic_share.sic._run import _map_seeds
 
@@ -726,13 +685,9 @@ def write_embedding_map(
     image = render_embedding_map(coords=slide.coords, rgb=rgb, patch_size=patch, max_side=max_side,
                                  background=background, seeds=None if mapped is None else mapped.labels,
                                  result=result_labels, classes=classes)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("level0_per_pixel", repr(image.info["level0_per_pixel"]))
-    info.add_text("Software", "sic-share")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, optimize=False)
+    png_data = png_bytes(image)
     table = None if tissuumaps is None else _tissuumaps_csv(slide.coords, rgb, coords3, method)
-    png = atomic_write(out_png, buffer.getvalue())
+    png = atomic_write(out_png, png_data)
     csv_path = None if table is None else atomic_write(tissuumaps, table)
     return MapResult(png, csv_path, slide.slide_id, where, len(slide), method, image.size,
                      float(image.info["level0_per_pixel"]), mapped)

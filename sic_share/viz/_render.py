@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,22 +16,13 @@ from sic_share.viz._common import (
     check_inputs,
     check_patch_size,
     check_target,
-    patch_cells,
+    pixel_index,
 )
 from sic_share.viz._palette import class_colors
 
 __all__ = ["render_overlay", "write_png"]
 
 _BACKGROUNDS = {"transparent": (255, 255, 255, 0), "white": (255, 255, 255, 255)}
-
-
-def _covering(edges_lo: np.ndarray, edges_hi: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """For each pixel centre (level-0), the grid line whose cell holds it, or -1."""
-    order = np.argsort(edges_lo)
-    lo, hi = edges_lo[order], edges_hi[order]
-    at = np.searchsorted(lo, centres, side="right") - 1
-    ok = (at >= 0) & (centres < hi[np.clip(at, 0, None)])
-    return np.where(ok, order[np.clip(at, 0, None)], -1)
 
 
 def render_overlay(
@@ -97,37 +87,10 @@ def render_overlay(
     if background not in _BACKGROUNDS:
         raise SicShareError(f"background={background!r} should be one of {sorted(_BACKGROUNDS)}")
     palette = class_colors(data.classes, colors)
-    cells = patch_cells(data.coords, size)
-    if slide_size is not None:
-        width, height = (float(v) for v in slide_size)
-    elif len(data.coords):
-        width, height = float(cells.x1.max()), float(cells.y1.max())
-    else:
-        width = height = size
-    if not (width > 0 and height > 0):
-        raise SicShareError(f"slide_size={slide_size!r} should be a positive level-0 (width, height)")
-    scale = max(width, height) / max_side  # level-0 pixels per overlay pixel
-    w, h = max(1, math.ceil(width / scale - 1e-9)), max(1, math.ceil(height / scale - 1e-9))
-
-    # A grid of class indices (rows x columns of the patch grid), then each pixel looks up its cell.
-    grid = np.full((int(cells.row.max(initial=-1)) + 1, int(cells.col.max(initial=-1)) + 1), -1, np.int16)
-    keep = data.labelled
-    grid[cells.row[keep], cells.col[keep]] = data.labels[keep]
-    col_lo = np.full(grid.shape[1], np.inf)
-    col_hi = np.full(grid.shape[1], -np.inf)
-    np.minimum.at(col_lo, cells.col, cells.x0)
-    np.maximum.at(col_hi, cells.col, cells.x1)
-    row_lo = np.full(grid.shape[0], np.inf)
-    row_hi = np.full(grid.shape[0], -np.inf)
-    np.minimum.at(row_lo, cells.row, cells.y0)
-    np.maximum.at(row_hi, cells.row, cells.y1)
-    px = _covering(col_lo, col_hi, (np.arange(w) + 0.5) * scale)
-    py = _covering(row_lo, row_hi, (np.arange(h) + 0.5) * scale)
-    index = np.full((h, w), -1, np.int16)
-    inside = (py >= 0)[:, None] & (px >= 0)[None, :]
-    index[inside] = grid[np.clip(py, 0, None)[:, None], np.clip(px, 0, None)[None, :]][inside]
+    pixels = pixel_index(data.coords, size, max_side, slide_size, drawn=data.labelled)
+    h, w = pixels.index.shape
     lut = np.array([[*c, 255] for c in palette] + [_BACKGROUNDS[background]], np.uint8)
-    rgba = lut[np.where(index >= 0, index, len(palette))]
+    rgba = lut[np.where(pixels.index >= 0, data.labels[pixels.index], len(palette))]
     image = Image.fromarray(rgba, "RGBA")
 
     if legend:
@@ -143,7 +106,7 @@ def render_overlay(
         full.paste(image, (0, 0))
         full.paste(band, (0, h))
         image = full
-    image.info["level0_per_pixel"] = scale
+    image.info["level0_per_pixel"] = pixels.scale
     return image
 
 
@@ -167,14 +130,19 @@ def write_png(
     The scale (level-0 pixels per PNG pixel) is stored in the PNG's text chunk
     ``level0_per_pixel``, so that the overlay can be placed on the slide later.
     """
-    from PIL import PngImagePlugin
-
     check_target(path)
     image = render_overlay(coords=coords, labels=labels, classes=classes, patch_size=patch_size, colors=colors,
                            max_side=max_side, background=background, slide_size=slide_size, legend=legend)
+    return atomic_write(path, png_bytes(image))
+
+
+def png_bytes(image: Any) -> bytes:
+    """An overlay or map as PNG bytes, with its scale in the text chunk ``level0_per_pixel``."""
+    from PIL import PngImagePlugin
+
     info = PngImagePlugin.PngInfo()
     info.add_text("level0_per_pixel", repr(image.info["level0_per_pixel"]))
     info.add_text("Software", "sic-share")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, optimize=False)
-    return atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
