@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/hub.py
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/sic.py
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -14,7 +14,7 @@ from sic_share.errors import DatasetError, SeedError
 from sic_share.sic._seeds import Seeds, read_seeds
 from sic_share.sic._sic import SeededIterativeClustering
 
-__all__ = ["SicResult", "load_slide", "run_sic"]
+__all__ = ["SicResult", "load_slide", "map_seeds", "run_sic"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
     return read_slide(paths[slide_id]), manifest.ref
 
 
-def _map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None) -> Seeds:
+def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None) -> Seeds:
     """Seeds with the classes asked for; else the dataset's ground-truth classes when every seed
     names one of them (so indices match the ``label`` column); else the seeds' own names, sorted."""
     patch = slide.metadata.patching.level0_size_px
@@ -144,7 +144,7 @@ def run_sic(
     SicResult
     """
     slide, where = load_slide(dataset, slide_id, hub)
-    mapped = _map_seeds(seeds, slide, tuple(classes) if classes else None)
+    mapped = map_seeds(seeds, slide, tuple(classes) if classes else None)
     n_classes = len(mapped.classes)
     if len(slide) < n_classes:
         raise SeedError(f"slide {slide.slide_id} has {len(slide)} patches, fewer than the {n_classes} classes "

@@ -11,7 +11,7 @@ import numpy as np
 
 from sic_share.errors import SicShareError
 from sic_share.viz._common import check_target
-from sic_share.viz._embedding_map import _check_method, _import_umap, _reduce, hex_colors, scale_to_unit
+from sic_share.viz._embedding_map import check_method, hex_colors, import_umap, reduce_embeddings, scale_to_unit
 
 __all__ = ["COORDINATES", "to_anndata"]
 
@@ -146,18 +146,18 @@ def to_anndata(
     ``/obsm/features`` and ``/obsm/X_umap;0``, ``;1``; the user picks
     ``/obsm/spatial;0`` and ``;1`` as X and Y) and its ``csv2h5ad``.
     """
-    method = _check_method(method)
+    method = check_method(method)
     target = check_target(out_h5ad)
     anndata = _import_anndata()
     if method == "umap":
-        _import_umap()
+        import_umap()
     import pandas as pd
 
     from sic_share.sic import load_slide
 
     slide, _ = load_slide(dataset, slide_id, hub)
-    coords3, coords2 = _reduce(slide.embeddings, (3, 2), method=method, random_state=random_state,
-                               n_neighbors=n_neighbors, min_dist=min_dist, metric="euclidean", n_epochs=n_epochs)
+    coords3, coords2 = reduce_embeddings(slide.embeddings, (3, 2), method=method, random_state=random_state,
+                                         n_neighbors=n_neighbors, min_dist=min_dist, metric="euclidean", n_epochs=n_epochs)
     n = len(slide)
     obs = pd.DataFrame(
         {"color": hex_colors(scale_to_unit(coords3)),

@@ -37,7 +37,7 @@ _GAP = 8  # pixels between the map and the result panel
 # -- colours from embeddings -----------------------------------------------------------------------
 
 
-def _import_umap() -> Any:
+def import_umap() -> Any:
     try:
         import umap
     except ModuleNotFoundError as exc:
@@ -52,7 +52,7 @@ def _import_umap() -> Any:
     return umap
 
 
-def _check_method(method: Any) -> str:
+def check_method(method: Any) -> str:
     if method not in METHODS:
         raise SicShareError(f"method={method!r} is not known: use 'umap' or 'pca'")
     return str(method)
@@ -110,7 +110,7 @@ def _umap(
     """One UMAP per entry of ``dims``, sharing the nearest-neighbour graph on large inputs."""
     import warnings
 
-    umap = _import_umap()
+    umap = import_umap()
     n = X.shape[0]
     if n < max(dims) + 2:
         raise SicShareError(f"UMAP to {max(dims)}-D needs at least {max(dims) + 2} patches, this slide has {n}: "
@@ -139,7 +139,7 @@ def _umap(
     return out
 
 
-def _reduce(
+def reduce_embeddings(
     X: Any,
     dims: Sequence[int],
     *,
@@ -151,7 +151,7 @@ def _reduce(
     n_epochs: int | None,
 ) -> list[np.ndarray]:
     """Check the inputs once, then ``len(dims)`` embeddings of ``X`` (PCA: the first components)."""
-    method = _check_method(method)
+    method = check_method(method)
     values = _check_X(X)
     if not isinstance(n_neighbors, (int, np.integer)) or isinstance(n_neighbors, bool) or n_neighbors < 2:
         raise SicShareError(f"n_neighbors={n_neighbors!r} should be an integer >= 2")
@@ -268,7 +268,7 @@ def embedding_rgb(
     (about 20 s; on 4096 patches or more, where approximate neighbours are
     used, about a minute more).
     """
-    (coords3,) = _reduce(X, (3,), method=method, random_state=random_state, n_neighbors=n_neighbors,
+    (coords3,) = reduce_embeddings(X, (3,), method=method, random_state=random_state, n_neighbors=n_neighbors,
                          min_dist=min_dist, metric=metric, n_epochs=n_epochs)
     return scale_to_unit(coords3, clip), coords3
 
@@ -658,17 +658,16 @@ def write_embedding_map(
     sic`` does), or the result's names when a result is given, so that a
     class has one colour in both.
     """
-    from sic_share.sic import load_slide, read_seeds
-    from sic_share.sic._run import _map_seeds
+    from sic_share.sic import load_slide, map_seeds, read_seeds
 
-    method = _check_method(method)
+    method = check_method(method)
     check_target(out_png)
     if tissuumaps is not None:
         check_target(tissuumaps)
         if Path(tissuumaps).resolve() == Path(out_png).resolve():
             raise SicShareError(f"the map and the TissUUmaps CSV would both be {out_png}: give two file names")
     if method == "umap":
-        _import_umap()
+        import_umap()
     slide, where = load_slide(dataset, slide_id, hub)
     patch = float(slide.metadata.patching.level0_size_px)
     classes: tuple[str, ...] = ()
@@ -678,7 +677,7 @@ def write_embedding_map(
                                              classes=slide.metadata.classes)
     mapped = None
     if seeds is not None:
-        mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else _map_seeds(seeds, slide, None)
+        mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else map_seeds(seeds, slide, None)
         classes = mapped.classes
     rgb, coords3 = embedding_rgb(slide.embeddings, method=method, random_state=random_state,
                                  n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
