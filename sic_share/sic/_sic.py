@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_limits
 
 from sic_share.errors import SeedError
 from sic_share.sic._kmeans import (
-    CHUNK_ROWS,
     SeededKMeans,
     _prepare_chunk,
     as_float32,

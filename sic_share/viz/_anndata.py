@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from sic_share.errors import SicShareError
-from sic_share.viz._common import check_target
+from sic_share.viz._common import check_target, import_extra
 from sic_share.viz._embedding_map import check_method, hex_colors, import_umap, reduce_embeddings, scale_to_unit
 
 __all__ = ["COORDINATES", "to_anndata"]
@@ -18,21 +18,6 @@ __all__ = ["COORDINATES", "to_anndata"]
 #: What ``obsm["spatial"]`` holds, as recorded in ``uns["sic_share"]["coordinates"]``.
 COORDINATES = "level-0 patch centres (x, y) in pixels"
 _LAYOUT = 1  # version of the uns["sic_share"] record
-
-
-def _import_anndata() -> Any:
-    try:
-        import anndata
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != "anndata":
-            raise SicShareError(f"anndata cannot be imported, it lacks {exc.name}: "
-                                "reinstall it with pip install 'sic-share[anndata]'") from None
-        raise SicShareError("writing .h5ad needs anndata, which is not installed: "
-                            "pip install 'sic-share[anndata]'") from None
-    except ImportError as exc:
-        raise SicShareError(f"anndata cannot be imported ({exc}): reinstall it with "
-                            "pip install 'sic-share[anndata]'") from None
-    return anndata
 
 
 def _record(slide: Any, method: str, random_state: int | None, n_neighbors: int, min_dist: float) -> dict[str, Any]:
@@ -148,7 +133,7 @@ def to_anndata(
     """
     method = check_method(method)
     target = check_target(out_h5ad)
-    anndata = _import_anndata()
+    anndata = import_extra("anndata", package="anndata", extra="anndata", needed_for="writing .h5ad")
     if method == "umap":
         import_umap()
     import pandas as pd
@@ -157,7 +142,8 @@ def to_anndata(
 
     slide, _ = load_slide(dataset, slide_id, hub)
     coords3, coords2 = reduce_embeddings(slide.embeddings, (3, 2), method=method, random_state=random_state,
-                                         n_neighbors=n_neighbors, min_dist=min_dist, metric="euclidean", n_epochs=n_epochs)
+                                         n_neighbors=n_neighbors, min_dist=min_dist, metric="euclidean",
+                                         n_epochs=n_epochs)
     n = len(slide)
     obs = pd.DataFrame(
         {"color": hex_colors(scale_to_unit(coords3)),

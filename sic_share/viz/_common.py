@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Sequence
@@ -48,6 +49,25 @@ def check_inputs(coords: Any, labels: Any, classes: Sequence[str]) -> PatchClass
             "name every class (-1 is unlabelled)"
         )
     return PatchClasses(points.astype(np.float64), values.astype(np.int8), names)
+
+
+def import_extra(module: str, *, package: str, extra: str, needed_for: str, instead: str = "") -> Any:
+    """Import an optional dependency, or raise one sentence saying what to install (and what else to do).
+
+    ``package`` is its name on PyPI, ``extra`` the sic-share extra that
+    installs it, ``needed_for`` what needs it (``"writing .h5ad"``), and
+    ``instead`` an alternative that needs nothing (``"use method='pca'"``).
+    A dependency of the package that is missing is named as such.
+    """
+    fix = f"pip install 'sic-share[{extra}]'" + (f", or {instead}" if instead else "")
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != module:
+            raise SicShareError(f"{package} cannot be imported, it lacks {exc.name}: reinstall it with {fix}") from None
+        raise SicShareError(f"{needed_for} needs {package}, which is not installed: {fix}") from None
+    except ImportError as exc:
+        raise SicShareError(f"{package} cannot be imported ({exc}): reinstall it with {fix}") from None
 
 
 def check_patch_size(patch_size: Any) -> float:

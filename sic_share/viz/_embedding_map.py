@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from sic_share.errors import SicShareError
-from sic_share.viz._common import PixelIndex, atomic_write, check_patch_size, check_target, pixel_index
+from sic_share.viz._common import (
+    PixelIndex,
+    atomic_write,
+    check_patch_size,
+    check_target,
+    import_extra,
+    pixel_index,
+)
 from sic_share.viz._palette import class_colors, hex_color
 from sic_share.viz._render import png_bytes, render_overlay
 
@@ -38,18 +45,8 @@ _GAP = 8  # pixels between the map and the result panel
 
 
 def import_umap() -> Any:
-    try:
-        import umap
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != "umap":
-            raise SicShareError(f"umap-learn cannot be imported, it lacks {exc.name}: "
-                                "reinstall it with pip install 'sic-share[umap]', or use method='pca'") from None
-        raise SicShareError("method 'umap' needs umap-learn, which is not installed: "
-                            "pip install 'sic-share[umap]', or use method='pca'") from None
-    except ImportError as exc:
-        raise SicShareError(f"umap-learn cannot be imported ({exc}): reinstall it with "
-                            "pip install 'sic-share[umap]', or use method='pca'") from None
-    return umap
+    return import_extra("umap", package="umap-learn", extra="umap", needed_for="method 'umap'",
+                        instead="use method='pca'")
 
 
 def check_method(method: Any) -> str:
