@@ -490,7 +490,7 @@ def sic(
     score: Annotated[str, typer.Option("--score", help="Score on the seeds: f1 or accuracy.")] = "f1",
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise embeddings first (DEPICTER does).")] = False,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="random_state of the clustering.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="random_state of the clustering.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Seeded Iterative Clustering: label every patch of a slide from a few seeds."""
@@ -521,6 +521,11 @@ def sic(
 
 # --- seeing and comparing embeddings -----------------------------------------------------------
 
+def _check_suffix(path: Path, suffix: str, option: str) -> None:
+    if path.suffix.lower() != suffix:
+        raise SicShareError(f"{option} {path} should end in {suffix}: that is the file this command writes")
+
+
 MethodOption = Annotated[str, typer.Option("--method", help="umap (the paper's) or pca (fast, no extra install).")]
 
 
@@ -534,12 +539,13 @@ def umap_map(
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
     tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
     max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
-    seed: Annotated[int, typer.Option("--seed", help="random_state: the same colours every run.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel."""
     from sic_share.viz import write_embedding_map
 
+    _check_suffix(out_path, ".png", "--out")
     made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=method, seeds=seeds, result=result,
                                tissuumaps=tissuumaps, max_side=max_side, random_state=seed)
     note = made.seeds.summary() if made.seeds is not None else None
@@ -556,12 +562,13 @@ def to_anndata_cmd(
     out_path: Annotated[Path, typer.Option("--out", help=".h5ad file to write.")],
     slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
     method: MethodOption = "umap",
-    seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads."""
     from sic_share.viz import to_anndata
 
+    _check_suffix(out_path, ".h5ad", "--out")
     path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=method, random_state=seed)
     out.print(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)", highlight=False)
 
@@ -581,7 +588,7 @@ def benchmark(
     score: Annotated[str, typer.Option("--score", help="f1 (of the positive class; macro for more classes) or accuracy.")] = "f1",
     positive: Annotated[Optional[str], typer.Option("--positive", help="Score this class against the rest.")] = None,
     rule: Annotated[str, typer.Option("--rule", help="SIC rule: structure or paper.")] = "structure",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model.", min=0, max=2**32 - 1)] = 0,
     jobs: Annotated[int, typer.Option("--jobs", help="Slides run in parallel.")] = 1,
     skip_small: Annotated[
         bool, typer.Option("--skip-small", help="Skip slides with fewer patches of a class than clicks (else an error).")
@@ -597,10 +604,7 @@ def benchmark(
     result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed, jobs=jobs,
                            hub=hub, rule=rule, positive=positive, skip_small=skip_small, csv_path=csv_path,
                            json_path=json_path, plot_path=plot)
-    for skipped in result.skipped:
-        err.print(f"[yellow]skipped:[/yellow] {skipped.dataset} slide {skipped.slide_id}: {skipped.reason}",
-                  highlight=False)
-    sys.stdout.write(result.to_text())
+    sys.stdout.write(result.to_text())  # skipped slides are listed under the table
     written = [str(p) for p in (csv_path, json_path, plot) if p is not None]
     if written:
         out.print(f"wrote {', '.join(written)}", highlight=False)
@@ -612,7 +616,7 @@ def similarity_cmd(
     dataset_b: Annotated[str, typer.Argument(help="Another dataset on the same grid.")],
     k: Annotated[int, typer.Option("--k", help="Neighbours for the mutual kNN overlap.")] = 10,
     clicks: Annotated[int, typer.Option("--clicks", help="Seeds per class for the SIC agreement.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.", min=0, max=2**32 - 1)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     hub: HubOption = None,
 ) -> None:

@@ -291,6 +291,21 @@ def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path)
     assert_one_line_error(cli("similarity", pair[0], shifted), "share 0 of", "same grid")
 
 
+def test_benchmark_command_reports_skipped_slides_and_too_many_clicks(cli, tmp_path):
+    from conftest import assert_one_line_error
+
+    s = make_slide(400, DIM, random_state=0)
+    no_lesion = np.zeros(400, dtype=np.int64)
+    root = write_dataset(tmp_path / "d", [("ok", s.coords, s.X, s.y), ("allneg", s.coords, s.X, no_lesion)],
+                         model_id="m")
+    result = cli("benchmark", root, "--clicks", "1", "--folds", "1")
+    assert result.code == 0, result.err
+    assert result.out.count("skipped allneg") == 1
+    too_many = int((s.y == 1).sum()) + 1
+    assert_one_line_error(cli("benchmark", root, "--clicks", str(too_many), "--folds", "1"),
+                          f"fewer than {too_many} clicks", "--skip-small")
+
+
 def test_similarity_command(cli, pair):
     result = cli("similarity", pair[0], pair[0], "--json")
     assert result.code == 0, result.err

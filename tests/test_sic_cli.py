@@ -199,7 +199,38 @@ def test_seeds_of_only_one_class_for_binary_sic(cli, tmp_path, ds):
 
 def test_coordinates_beyond_the_slide(cli, tmp_path, ds):
     seeds = seed_csv(tmp_path / "s.csv", [(90000, 90000, "tumour"), (128, 128, "normal")])
-    assert_one_line_error(run_bad(cli, tmp_path, ds, "--slide", "s0", "--seeds", seeds), "level-0")
+    assert_one_line_error(run_bad(cli, tmp_path, ds, "--slide", "s0", "--seeds", seeds), "(90000, 90000)",
+                          "beyond the slide", "level-0")
+
+
+def test_a_class_the_dataset_does_not_have(cli, tmp_path, ds):
+    # Without --classes, seed names must be the dataset's ground-truth classes (so indices match).
+    seeds = seed_csv(tmp_path / "s.csv", [(512, 128, "normal"), (128, 128, "cancer")])
+    assert_one_line_error(run_bad(cli, tmp_path, ds, "--slide", "s0", "--seeds", seeds), "'cancer'",
+                          "['normal', 'tumour']", "--classes")
+
+
+def test_binary_sic_on_an_unlabelled_dataset_asks_which_class_is_positive(cli, tmp_path):
+    bare = tmp_path / "bare"
+    coords, emb, _ = blobs(100, 16)
+    write_slide(bare / "slides" / "b0.parquet", slide_id="b0", metadata=metadata(16, classes=()),
+                coords=coords, embeddings=emb)
+    seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "lesion"), (256, 128, "normal")])
+    assert_one_line_error(run_bad(cli, tmp_path, bare, "--seeds", seeds), "'lesion' and 'normal'",
+                          "--classes lesion,normal")
+    result = cli("sic", bare, "--seeds", seeds, "--classes", "normal,lesion", "--out", tmp_path / "ok.csv")
+    assert result.code == 0, result.err
+
+
+def test_a_dataset_that_is_neither_a_folder_nor_a_reference(cli, tmp_path):
+    assert_one_line_error(run_bad(cli, tmp_path, tmp_path / "no" / "such", "--seeds", "1:a,2:b"),
+                          "neither a dataset folder", "hub reference")
+
+
+def test_a_negative_seed_is_a_usage_error_not_a_traceback(cli, tmp_path, ds):
+    result = cli("sic", ds, "--slide", "s0", "--seeds", truth_seeds(tmp_path, ds), "--out", tmp_path / "o.csv",
+                 "--seed", "-1")
+    assert result.code == 2 and "Traceback" not in result.err and "--seed" in result.err
 
 
 def test_an_unknown_class_name(cli, tmp_path, ds):

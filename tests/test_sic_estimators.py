@@ -147,6 +147,52 @@ def test_paper_rule_scores_the_initial_clustering_and_stops_when_the_score_goes_
     np.testing.assert_array_equal(sic.labels_, np.repeat([0, 1, 1], 15))
 
 
+def test_accuracy_scores_the_same_example_differently_and_a_tie_goes_on():
+    # The data of the test above. With accuracy (the authors' score) round 0 gets 3 of 4 seeds right;
+    # round 1 (C2 negative) trades seed 44 for seed 35: still 3 of 4, a tie, so the paper rule goes on.
+    # Round 2: only the positive seed 20 is inside C1, so plain 2-means halves C1 (a tie again, kept);
+    # a fallback is the last round under the paper rule.
+    X = _line((-20, 15), (20, 15), (30, 15))
+    seeds = np.full(45, -1)
+    seeds[0], seeds[44] = 0, 0
+    seeds[20], seeds[35] = 1, 1
+    sic = SeededIterativeClustering(rule="paper", score="accuracy", n_components=None, random_state=0).fit(X, seeds)
+    assert sic.scores_ == pytest.approx([0.75, 0.75, 0.75])
+    assert [(h["kind"], h["accepted"]) for h in sic.history_] == [("seeded", True), ("fallback", True)]
+    np.testing.assert_array_equal(np.flatnonzero(sic.labels_), np.arange(15, 22))  # half of C1, seed 20 in it
+
+
+def test_a_positive_cluster_of_one_patch_ends_the_loop_without_numpy_errors():
+    # Deviation 4: the authors find "one class left" through np.seterr(all="raise"); we count. A lone
+    # positive patch cannot be split: no refinement is tried, under either rule.
+    X = _line((0, 20), (10, 1))
+    seeds = np.full(21, -1)
+    seeds[0], seeds[20] = 0, 1
+    for rule in ("paper", "structure"):
+        sic = SeededIterativeClustering(rule=rule, n_components=None, random_state=0).fit(X, seeds)
+        assert (sic.n_rounds_, sic.history_) == (0, [])
+        np.testing.assert_array_equal(sic.labels_, np.repeat([0, 1], [20, 1]))
+
+
+def test_max_rounds_zero_is_seeded_kmeans():
+    s = make_slide(1500, 64, n_subtypes=4, lesion_fraction=0.06, random_state=3)
+    seeds = draw_seeds(s.y, 3, random_state=3)
+    sic = SeededIterativeClustering(max_rounds=0, n_components=None, random_state=0).fit(s.X, seeds)
+    km = SeededKMeans(2, max_iter=100, random_state=0).fit(s.X, seeds)
+    assert sic.n_rounds_ == 0 and sic.history_ == []
+    assert (sic.labels_ == km.labels_).mean() > 0.99
+
+
+def test_paper_rule_clusters_the_full_embedding_and_ours_a_projection():
+    s = make_slide(3000, 256, random_state=4)
+    seeds = draw_seeds(s.y, 3, random_state=4)
+    assert SeededIterativeClustering(rule="paper", random_state=0).fit(s.X, seeds).components_ is None
+    ours = SeededIterativeClustering(random_state=0).fit(s.X, seeds)
+    assert ours.components_.shape[1] == 256 and ours.components_.shape[0] <= 32 + 2
+    with pytest.raises(SeedError, match="n_components=0"):
+        SeededIterativeClustering(n_components=0).fit(s.X, seeds)
+
+
 def test_paper_rule_stops_when_the_fallback_splits_the_positive_seeds():
     # One positive blob with positive seeds at both ends: any 2-way split loses one seed.
     X = _line((0, 20), (10, 1), (20, 1), (30, 1))

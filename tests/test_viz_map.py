@@ -345,6 +345,9 @@ def test_umap_command_writes_the_map_and_the_tissuumaps_csv(cli, regions, tmp_pa
 
 def test_umap_command_errors_are_one_line(cli, regions, tmp_path):
     assert_one_line_error(cli("umap", regions, "--out", tmp_path / "no" / "map.png"), "does not exist")
+    assert_one_line_error(cli("umap", regions, "--out", tmp_path / "map.csv"), "should end in .png")
+    assert_one_line_error(cli("to-anndata", regions, "--out", tmp_path / "s.txt"), "should end in .h5ad")
+    assert not (tmp_path / "map.csv").exists() and not (tmp_path / "s.txt").exists()
     assert_one_line_error(cli("umap", regions, "--method", "tsne", "--out", tmp_path / "m.png"), "'tsne'")
     assert not (tmp_path / "m.png").exists()
 

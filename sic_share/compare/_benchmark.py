@@ -523,7 +523,7 @@ def run_benchmark(
         ds = open_dataset(source, hub)
         if not ds.metadata.classes:
             raise DatasetError(f"{ds.name} has no ground-truth classes: benchmark needs a dataset exported with "
-                               "labels (--labels), or run 'sic-share sic' with your own seeds")
+                               "labels (export --masks or --annotations), or run 'sic-share sic' with your own seeds")
         if any(ds.name == other.name for other in opened):
             raise SicShareError(f"{ds.name} is given twice: name each dataset once")
         opened.append(ds)
@@ -590,12 +590,12 @@ def run_benchmark(
     for name, has in labelled.items():
         if not has:
             raise DatasetError(f"{name} has no ground-truth labels (every patch's label is empty): benchmark needs "
-                               "a dataset exported with labels (--labels)")
+                               "a dataset exported with labels (export --masks or --annotations)")
     if not prepared:
         if matched == 0 and len(opened) > 1:
             raise DatasetError(f"{' and '.join(ds.name for ds in opened)} share 0 of {total} patches on "
                                "(slide_id, x, y): they were not cut on the same grid — export both with the same "
-                               "--mpp/--size/--stride")
+                               "--target-mpp/--patch-size/--stride")
         reason = skipped[0].reason if skipped else "none has patches"
         raise DatasetError(f"every slide was skipped (first: {skipped[0].slide_id if skipped else '-'}: {reason}): "
                            "benchmark needs slides with patches of every class")

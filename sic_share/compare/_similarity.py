@@ -390,7 +390,7 @@ def similarity(
     if n_matched == 0 or n_matched < min_overlap * min(n_a, n_b):
         raise DatasetError(
             f"{a.name} and {b.name} share {n_matched} of {min(n_a, n_b)} patches on (slide_id, x, y): they were not "
-            "cut on the same grid (or their slide pseudonyms differ) — export both with the same --mpp/--size/--stride"
+            "cut on the same grid (or their slide pseudonyms differ) — export both with the same --target-mpp/--patch-size/--stride"
         )
     classes = a.metadata.classes or b.metadata.classes
     same_classes = not (a.metadata.classes and b.metadata.classes) or (

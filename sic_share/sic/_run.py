@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sic_share.dataset import SlideData, read_slide, slide_files
-from sic_share.errors import DatasetError, SeedError
+from sic_share.errors import DatasetError, HubError, SeedError
 from sic_share.sic._seeds import Seeds, read_seeds
 from sic_share.sic._sic import SeededIterativeClustering
 
@@ -85,7 +85,11 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
         return read_slide(files[slide_id]), where
     from sic_share.hub import fetch_slides, open_manifest, parse_ref
 
-    ref = parse_ref(str(dataset))
+    try:
+        ref = parse_ref(str(dataset))
+    except HubError:
+        raise DatasetError(f"{dataset} is neither a dataset folder (no such folder) nor a hub reference "
+                           "PUBLISHER/NAME[@VERSION]: check the path") from None
     if slide_id is None:
         stems = sorted(Path(name).stem for name in open_manifest(ref, hub).files)
         if len(stems) != 1:
@@ -96,16 +100,21 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
 
 
 def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None) -> Seeds:
-    """Seeds with the classes asked for; else the dataset's ground-truth classes when every seed
-    names one of them (so indices match the ``label`` column); else the seeds' own names, sorted."""
+    """Seeds with the classes asked for; else the dataset's ground-truth classes (so indices match
+    its ``label`` column), refusing a seed class it does not have; else the seeds' own names, sorted."""
     patch = slide.metadata.patching.level0_size_px
     if classes:
         return read_seeds(source, slide.coords, patch, classes)
     found = read_seeds(source, slide.coords, patch, None)
     truth = slide.metadata.classes
-    if truth and {c.casefold() for c in found.classes} <= {c.casefold() for c in truth}:
-        return read_seeds(source, slide.coords, patch, truth)
-    return found
+    if not truth:
+        return found
+    known = {c.casefold() for c in truth}
+    unknown = [c for c in found.classes if c.casefold() not in known]
+    if unknown:
+        raise SeedError(f"seed class {unknown[0]!r} is not one of the dataset's classes {list(truth)}: use those "
+                        "names, or name the classes yourself with --classes (binary: negative first)")
+    return read_seeds(source, slide.coords, patch, truth)
 
 
 def run_sic(
@@ -146,6 +155,11 @@ def run_sic(
     slide, where = load_slide(dataset, slide_id, hub)
     mapped = map_seeds(seeds, slide, tuple(classes) if classes else None)
     n_classes = len(mapped.classes)
+    if not classes and not slide.metadata.classes and n_classes == 2:
+        # Binary SIC refines the second class: never let the alphabet choose the positive one.
+        a, b = mapped.classes
+        raise SeedError(f"the seeds name two classes, {a!r} and {b!r}, and the dataset names none: say which is "
+                        f"the positive one with --classes NEGATIVE,POSITIVE (e.g. --classes {a},{b})")
     if len(slide) < n_classes:
         raise SeedError(f"slide {slide.slide_id} has {len(slide)} patches, fewer than the {n_classes} classes "
                         f"asked for: choose another slide or fewer classes")

@@ -130,9 +130,11 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     normalize : bool, default=False
         L2-normalise each embedding first (the authors' tool does; the paper's
         Algorithm does not).
-    n_components : int or None, default=32
+    n_components : int, "auto" or None, default="auto"
         Cluster in a principal subspace of this many dimensions (plus one direction per
-        seeded class); None clusters the full embedding.
+        seeded class); None clusters the full embedding. "auto": 32 under
+        ``rule="structure"``; None under ``rule="paper"``, which also fits every KMeans
+        on all rows (no subsample), so that it reproduces Algorithm 1 as published.
     max_iter : int, default=100
         Maximum Lloyd iterations of each KMeans fit.
     random_state : int, RandomState instance or None, default=None
@@ -218,7 +220,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
 
     def __init__(
         self, *, n_classes: int | None = None, score: str = "f1", rule: str = "structure", max_rounds: int = 10,
-        normalize: bool = False, n_components: int | None = 32, max_iter: int = 100, random_state=None,
+        normalize: bool = False, n_components: int | str | None = "auto", max_iter: int = 100, random_state=None,
     ) -> None:
         self.n_classes = n_classes
         self.score = score
@@ -281,6 +283,14 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         return self
 
     # ---------------------------------------------------------- internals
+    def _components(self) -> int | None:
+        """Dimensions clustered: ``n_components``; "auto" is 32 for our rule, the full embedding for the paper's."""
+        if self.n_components == "auto":
+            return None if self.rule == "paper" else 32
+        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
+            raise SeedError(f"n_components={self.n_components!r} should be a positive integer, 'auto' or None")
+        return self.n_components
+
     def _check_classes(self, seeds: np.ndarray, k: int) -> None:
         present = np.unique(seeds[seeds >= 0])
         if k < 2:
@@ -310,7 +320,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         """
         n = Z.shape[0]
         rows = None
-        if n > FIT_SAMPLE:
+        if n > FIT_SAMPLE and self.rule != "paper":
             rows = rng.choice(n, size=FIT_SAMPLE, replace=False)
             if seeds is not None:
                 rows = np.union1d(rows, np.flatnonzero(seeds >= 0))
@@ -332,7 +342,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         """The float32 matrix SIC clusters (a chunked projection, or the cast embedding), its basis, and
         whether it is a buffer of ours."""
         n, d = X.shape
-        m = self.n_components
+        m = self._components()
         if m is None or d <= m + k:
             Z, owned = as_float32(X, normalize=self.normalize)
             return Z, None, owned
