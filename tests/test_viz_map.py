@@ -361,3 +361,11 @@ def test_to_anndata_command(cli, regions, tmp_path):
     assert {"spatial", "features", "X_umap"} <= set(adata.obsm)
     assert "color" in adata.obs
     assert_one_line_error(cli("to-anndata", regions, "--out", tmp_path / "no" / "s.h5ad"), "does not exist")
+
+
+def test_seeds_named_in_other_words_than_the_dataset_are_still_drawn(cli, regions, tmp_path):
+    # The map only draws seeds, so names the dataset's classes lack (here QuPath's) are not an error.
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("x,y,label\n1920,1664,Lesion\n640,1664,Background\n")
+    result = cli("umap", regions, "--method", "pca", "--seeds", seeds, "--out", tmp_path / "m.png")
+    assert result.code == 0, result.err

@@ -99,9 +99,11 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
     return read_slide(paths[slide_id]), manifest.ref
 
 
-def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None) -> Seeds:
+def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None, *,
+              strict: bool = True) -> Seeds:
     """Seeds with the classes asked for; else the dataset's ground-truth classes (so indices match
-    its ``label`` column), refusing a seed class it does not have; else the seeds' own names, sorted."""
+    its ``label`` column), refusing a seed class it does not have (``strict=False``, for drawing
+    seeds: use the seeds' own names instead); else the seeds' own names, sorted."""
     patch = slide.metadata.patching.level0_size_px
     if classes:
         return read_seeds(source, slide.coords, patch, classes)
@@ -111,6 +113,8 @@ def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[s
         return found
     known = {c.casefold() for c in truth}
     unknown = [c for c in found.classes if c.casefold() not in known]
+    if unknown and not strict:
+        return found
     if unknown:
         raise SeedError(f"seed class {unknown[0]!r} is not one of the dataset's classes {list(truth)}: use those "
                         "names, or name the classes yourself with --classes (binary: negative first)")

@@ -674,7 +674,7 @@ def write_embedding_map(
                                              classes=slide.metadata.classes)
     mapped = None
     if seeds is not None:
-        mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else map_seeds(seeds, slide, None)
+        mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else map_seeds(seeds, slide, None, strict=False)
         classes = mapped.classes
     rgb, coords3 = embedding_rgb(slide.embeddings, method=method, random_state=random_state,
                                  n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
