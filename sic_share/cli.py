@@ -473,13 +473,16 @@ def audit(
 
 # --- SIC ---------------------------------------------------------------------------------------
 
+DatasetArg = Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")]
+SlideOption = Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")]
+
 
 @app.command("sic")
 def sic(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    dataset: DatasetArg,
     seeds: Annotated[str, typer.Option("--seeds", help="Seed CSV (x,y,label) or QuPath GeoJSON, or indices '12:tumour,40:stroma'.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output file; its suffix picks the format unless --format.")],
-    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    slide: SlideOption = None,
     classes: Annotated[
         Optional[str], typer.Option("--classes", help="Class names in index order, e.g. 'benign,tumour' (binary: negative first).")
     ] = None,
@@ -531,9 +534,9 @@ MethodOption = Annotated[str, typer.Option("--method", help="umap (the paper's) 
 
 @app.command("umap")
 def umap_map(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    dataset: DatasetArg,
     out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
-    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    slide: SlideOption = None,
     method: MethodOption = "umap",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to draw on the map (as for 'sic').")] = None,
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
@@ -558,9 +561,9 @@ def umap_map(
 
 @app.command("to-anndata")
 def to_anndata_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    dataset: DatasetArg,
     out_path: Annotated[Path, typer.Option("--out", help=".h5ad file to write.")],
-    slide: Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")] = None,
+    slide: SlideOption = None,
     method: MethodOption = "umap",
     seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,

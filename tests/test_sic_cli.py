@@ -65,6 +65,14 @@ def ds(tmp_path) -> Path:
     return make_dataset(tmp_path / "ds", n=400)
 
 
+def unlabelled(root: Path, n: int) -> Path:
+    """A one-slide dataset ('u0') of n blob patches without ground-truth classes."""
+    coords, emb, _ = blobs(n, 16)
+    write_slide(root / "slides" / "u0.parquet", slide_id="u0", metadata=metadata(16, classes=()),
+                coords=coords, embeddings=emb)
+    return root
+
+
 def truth_seeds(tmp_path: Path, ds: Path, per_class: int = 3, slide: str = "s0") -> Path:
     data = read_slide(ds / "slides" / f"{slide}.parquet")
     rows = []
@@ -211,10 +219,7 @@ def test_a_class_the_dataset_does_not_have(cli, tmp_path, ds):
 
 
 def test_binary_sic_on_an_unlabelled_dataset_asks_which_class_is_positive(cli, tmp_path):
-    bare = tmp_path / "bare"
-    coords, emb, _ = blobs(100, 16)
-    write_slide(bare / "slides" / "b0.parquet", slide_id="b0", metadata=metadata(16, classes=()),
-                coords=coords, embeddings=emb)
+    bare = unlabelled(tmp_path / "bare", 100)
     seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "lesion"), (256, 128, "normal")])
     assert_one_line_error(run_bad(cli, tmp_path, bare, "--seeds", seeds), "'lesion' and 'normal'",
                           "--classes lesion,normal")
@@ -254,10 +259,7 @@ def test_a_slide_id_not_in_the_dataset_lists_near_matches(cli, tmp_path, ds):
 
 
 def test_a_slide_with_fewer_patches_than_classes(cli, tmp_path):
-    tiny = tmp_path / "tiny"
-    coords, emb, _ = blobs(2, 16)
-    write_slide(tiny / "slides" / "t0.parquet", slide_id="t0", metadata=metadata(16, classes=()),
-                coords=coords, embeddings=emb)
+    tiny = unlabelled(tmp_path / "tiny", 2)
     seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "a"), (256, 128, "b")])
     result = run_bad(cli, tmp_path, tiny, "--seeds", seeds, "--classes", "a,b,c")
     assert_one_line_error(result, "2 patches", "3 classes")
