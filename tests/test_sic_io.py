@@ -463,3 +463,17 @@ def test_a_dataset_slide_round_trips_through_qupath(tmp_path):
     x, y = slide.coords[17]
     clicked = write(tmp_path / "click.csv", f"x,y,label\n{x + 10},{y - 10},{classes[1]}\n")
     assert seeded(read_seeds(clicked, slide.coords, size, classes)) == {17: 1}
+
+
+def test_seeds_under_other_classes_equal_a_second_read_with_them(tmp_path):
+    coords = np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2) * 128 + 128
+    coords = coords[~((coords[:, 0] >= 1000) & (coords[:, 1] <= 400))]  # no tissue top right
+    path = tmp_path / "s.csv"
+    path.write_text("x,y,label\n128,128,Tumour\n640,640,normal\n1152,1152,NORMAL\n1280,256,tumour\n")
+    truth = ("normal", "tumour", "stroma")
+    first = read_seeds(path, coords, 256, None)
+    again = read_seeds(path, coords, 256, truth)
+    moved = first.under(truth)
+    assert len(again.missed) == 1 and again.missed[0].label == "tumour"
+    np.testing.assert_array_equal(moved.labels, again.labels)
+    assert (moved.classes, moved.missed, moved.n_seeds) == (again.classes, again.missed, again.n_seeds)

@@ -11,7 +11,7 @@ import numpy as np
 
 from sic_share.dataset import SlideData, read_slide, slide_files
 from sic_share.errors import DatasetError, HubError, SeedError
-from sic_share.sic._seeds import Seeds, read_seeds
+from sic_share.sic._seeds import Seeds, class_counts, read_seeds
 from sic_share.sic._sic import SeededIterativeClustering
 
 __all__ = ["SicResult", "load_slide", "map_seeds", "run_sic"]
@@ -46,8 +46,8 @@ class SicResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        found = np.bincount(self.labels[self.labels >= 0].astype(np.int64), minlength=len(self.classes))
-        return dict(zip(self.classes, (int(n) for n in found), strict=True))
+        """Labelled patches per class."""
+        return class_counts(self.labels, self.classes)
 
     @property
     def patch_size(self) -> float:
@@ -118,7 +118,7 @@ def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[s
     if unknown:
         raise SeedError(f"seed class {unknown[0]!r} is not one of the dataset's classes {list(truth)}: use those "
                         "names, or name the classes yourself with --classes (binary: negative first)")
-    return read_seeds(source, slide.coords, patch, truth)
+    return found.under(truth)
 
 
 def run_sic(

@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from shapely.geometry import shape
 from sic_share.errors import SeedError
 from sic_share.export._labels import class_name, geojson_features
 
-__all__ = ["MissedSeed", "Seeds", "read_seeds"]
+__all__ = ["MissedSeed", "Seeds", "class_counts", "read_seeds"]
 
 _MAX_CLASSES = int(np.iinfo(np.int8).max)  # seeds are int8 like the dataset's label column
 _INDEX_SPEC = re.compile(r"^\s*\d+\s*:[^,:]+(,\s*\d+\s*:[^,:]+)*,?\s*$")
@@ -60,6 +60,12 @@ class MissedSeed:
     label: str
     x: float
     y: float
+
+
+def class_counts(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Patches per class in ``labels`` (class indices, ``-1`` for none), every class included."""
+    found = np.bincount(labels[labels >= 0].astype(np.int64), minlength=len(classes))
+    return {name: int(n) for name, n in zip(classes, found, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,20 @@ class Seeds:
     @property
     def counts(self) -> dict[str, int]:
         """Seeded patches per class, every class included (0 for a class without seeds)."""
-        found = np.bincount(self.labels[self.labels >= 0].astype(np.int64), minlength=len(self.classes))
-        return {name: int(n) for name, n in zip(self.classes, found)}
+        return class_counts(self.labels, self.classes)
+
+    def under(self, classes: Sequence[str]) -> Seeds:
+        """The same seeds indexed by ``classes``, which must name each of this one's classes (case ignored).
+
+        What reading the seeds again with ``classes`` would give, without mapping them onto the
+        patches a second time (about 0.7 s for a million patches).
+        """
+        index = {name.casefold(): i for i, name in enumerate(classes)}
+        remap = np.array([index[name.casefold()] for name in self.classes], dtype=np.int8)
+        labels = np.where(self.labels >= 0, remap[np.maximum(self.labels, 0)], -1).astype(np.int8)
+        missed = tuple(replace(m, label=classes[index[m.label.casefold()]]) for m in self.missed)
+        return Seeds(labels, tuple(classes), self.n_seeds, missed, self.skipped)
+
 
     @property
     def missed_classes(self) -> tuple[str, ...]:
