@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +121,10 @@ class BlobCache:
             found.append(CacheEntry(path.name, path.stat().st_size, str(info.get("source", "?")), path))
         return sorted(found, key=lambda e: (-e.size, e.digest))
 
-    def clear(self, keep: Callable[[CacheEntry], bool] | None = None) -> tuple[int, int]:
-        """Remove cached files (all, or those ``keep`` rejects); returns ``(files, bytes)`` removed."""
+    def clear(self) -> tuple[int, int]:
+        """Remove every cached file; returns ``(files, bytes)`` removed."""
         files = size = 0
         for entry in self.entries():
-            if keep is not None and keep(entry):
-                continue
             self._drop(entry.path)
             files, size = files + 1, size + entry.size
         for partial in self.root.glob("sha256/*/.*.partial"):  # left by a killed download
