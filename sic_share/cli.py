@@ -499,14 +499,14 @@ def sic(
     """Seeded Iterative Clustering: label every patch of a slide from a few seeds."""
     from sic_share.sic import run_sic
     from sic_share.viz import format_for, write_result
+    from sic_share.viz._common import check_target
 
     if rule not in ("structure", "paper"):
         raise SicShareError(f"--rule {rule!r} is not known: use 'structure' or 'paper'")
     if score not in ("f1", "accuracy"):
         raise SicShareError(f"--score {score!r} is not known: use 'f1' or 'accuracy'")
     kind = format_for(out_path, fmt)  # a bad format or a missing folder fails before any work
-    if not out_path.parent.is_dir():
-        raise SicShareError(f"folder {out_path.parent} does not exist: create it or choose another --out path")
+    check_target(out_path)
     names = tuple(c.strip() for c in classes.split(",")) if classes else None
     result = run_sic(dataset, seeds, slide_id=slide, classes=names, hub=hub, rule=rule, score=score,
                      normalize=normalize, random_state=seed)

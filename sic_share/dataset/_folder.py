@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from sic_share.dataset._io import read_slide, read_slide_metadata
 from sic_share.dataset._schema import SlideMetadata, check_name
 from sic_share.errors import DatasetError
 
-__all__ = ["SLIDES_DIR", "DatasetSummary", "slide_files", "summarize"]
+__all__ = ["SLIDES_DIR", "DatasetSummary", "near_slides", "slide_files", "summarize"]
 
 SLIDES_DIR = "slides"
 
@@ -29,6 +30,12 @@ class DatasetSummary:
     n_slides: int
     n_patches: int
     files: tuple[Path, ...]
+
+
+def near_slides(slide_id: str, known: list[str] | dict[str, Any]) -> str | None:
+    """``"did you mean a, b?"`` for an unknown slide id, naming up to 3 close ids; None when none is close."""
+    near = difflib.get_close_matches(slide_id, list(known), n=3, cutoff=0.5)
+    return f"did you mean {', '.join(near)}?" if near else None
 
 
 def slide_files(dataset_dir: str | os.PathLike[str]) -> list[Path]:

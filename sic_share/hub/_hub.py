@@ -9,7 +9,6 @@ create, so a version is visible only when complete and is never overwritten.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import secrets
@@ -23,7 +22,7 @@ import fsspec
 
 from sic_share._fsutil import is_local, join, resolve
 from sic_share._jsonstore import staged_folder
-from sic_share.dataset import check_name
+from sic_share.dataset import check_name, near_slides
 from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
 from sic_share.hub._cache import BlobCache
 from sic_share.hub._config import resolve_hub
@@ -254,8 +253,7 @@ def _select(manifest: Manifest, slides: Sequence[str] | None) -> list[str]:
     wanted = []
     for slide_id in dict.fromkeys(s.strip() for s in slides if s.strip()):
         if slide_id not in known:
-            near = difflib.get_close_matches(slide_id, known, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(near)}?" if near else f"it has {len(known)} slides: see 'sic-share query'"
+            hint = near_slides(slide_id, known) or f"it has {len(known)} slides: see 'sic-share query'"
             raise HubError(f"{manifest.ref} has no slide {slide_id!r}: {hint}")
         wanted.append(known[slide_id])
     if not wanted:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sic_share.dataset import SlideData, read_slide, slide_files
+from sic_share.dataset import SlideData, near_slides, read_slide, slide_files
 from sic_share.errors import DatasetError, HubError, SeedError
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
 from sic_share.sic._sic import SeededIterativeClustering
@@ -56,8 +55,7 @@ class SicResult:
 
 
 def _no_such_slide(slide_id: str, known: list[str], where: str) -> DatasetError:
-    near = difflib.get_close_matches(slide_id, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(near)}?" if near else f"its slides are {', '.join(known[:5])}" + (
+    hint = near_slides(slide_id, known) or f"its slides are {', '.join(known[:5])}" + (
         ", ..." if len(known) > 5 else "")
     return DatasetError(f"{where} has no slide {slide_id!r}: {hint}")
 
