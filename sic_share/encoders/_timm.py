@@ -19,8 +19,10 @@ from sic_share.encoders._base import Encoder, resize_square, resolve_device
 from sic_share.encoders._weights import (
     KeyReport,
     align_state_dict,
+    efficientnet_pytorch_to_timm,
     file_sha256,
     guess_architecture,
+    is_efficientnet_pytorch,
     read_state_dict,
     shapes_of,
 )
@@ -240,6 +242,17 @@ def _mismatch_error(path: Path, name: str, state: dict, aligned: dict, report: K
     return EncoderError(f"{path.name} does not match {name}: {report.describe()}; {hint}")
 
 
+def _from_efficientnet_pytorch(state: dict, shapes: dict, name: str, path: Path) -> dict:
+    """An EfficientNet-PyTorch checkpoint renamed to ``name``'s timm keys, or one line on why it cannot be."""
+    renamed, problem = efficientnet_pytorch_to_timm(state, shapes)
+    if problem is None:
+        return renamed
+    guess = next((other for other in _family(name)
+                  if efficientnet_pytorch_to_timm(state, _reference(other)[0])[1] is None), None)
+    hint = f"is it a {guess} checkpoint?" if guess else f"check that it holds {name} weights"
+    raise EncoderError(f"{path.name} is an EfficientNet-PyTorch checkpoint that does not fit {name}: {problem}; {hint}")
+
+
 def _load_weights(model: nn.Module, name: str, path: Path, reference: nn.Module, layer: str | None) -> None:
     """Load a local weights file into ``model`` (full, or cut at ``layer``), strictly.
 
@@ -248,6 +261,8 @@ def _load_weights(model: nn.Module, name: str, path: Path, reference: nn.Module,
     """
     state = read_state_dict(path)
     shapes, top_level = _describe(reference)
+    if is_efficientnet_pytorch(state):
+        state = _from_efficientnet_pytorch(state, shapes, name, path)
     aligned, report = align_state_dict(state, shapes, top_level)
     # BatchNorm's batch counter is unused in eval and absent from some older torchvision files.
     report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
@@ -418,8 +433,16 @@ def create_timm_encoder(
     weights: str | Path | None = None,
     layer: str | None = None,
     device: str | torch.device = "cpu",
+    model_id: str | None = None,
+    source: str | None = None,
 ) -> TimmEncoder:
-    """Build a timm model as an encoder; see :func:`sic_share.encoders.create_encoder`."""
+    """Build a timm model as an encoder; see :func:`sic_share.encoders.create_encoder`.
+
+    ``model_id`` and ``source`` override what ``info()`` records, for registered
+    encoders that are a timm architecture with weights of their own (the weights
+    file's sha256 is recorded all the same).
+    """
+    override_id, override_source = model_id, source
     dev = resolve_device(device)
     source = source_of(name)
     path = Path(weights) if weights is not None else None
@@ -445,5 +468,6 @@ def create_timm_encoder(
         tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
         model_id = f"{name}.{tag}" if tag else name  # record which weights the bare name resolved to
     return TimmEncoder(
-        model, name=name, source=source, model_id=model_id, layer=layer, weights_sha256=sha256, device=dev
+        model, name=name, source=override_source or source, model_id=override_id or model_id, layer=layer,
+        weights_sha256=sha256, device=dev,
     )

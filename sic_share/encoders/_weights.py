@@ -23,8 +23,10 @@ __all__ = [
     "WRAPPER_KEYS",
     "KeyReport",
     "align_state_dict",
+    "efficientnet_pytorch_to_timm",
     "file_sha256",
     "guess_architecture",
+    "is_efficientnet_pytorch",
     "read_state_dict",
     "shapes_of",
 ]
@@ -267,3 +269,64 @@ def guess_architecture(
         if report.ok:
             return name
     return None
+
+
+# EfficientNet-PyTorch (lukemelas/EfficientNet-PyTorch and its Lite ports) names its modules with a
+# leading underscore: ``_conv_stem``, ``_bn0``, ``_blocks.N._depthwise_conv``, ``_conv_head``, ``_fc``.
+_EFFNET_PT_STEM = "_conv_stem.weight"
+_EFFNET_PT_HEAD = "_fc."
+
+
+def is_efficientnet_pytorch(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses EfficientNet-PyTorch's key layout (``_conv_stem``, ``_blocks.N``...)."""
+    return _EFFNET_PT_STEM in state and any(key.startswith("_blocks.") for key in state)
+
+
+def _counted(keys: list[str]) -> list[str]:
+    return [k for k in keys if not k.endswith("num_batches_tracked")]
+
+
+def efficientnet_pytorch_to_timm(
+    state: Mapping[str, torch.Tensor], reference: Mapping[str, tuple[int, ...]]
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Rename an EfficientNet-PyTorch state dict to a timm EfficientNet's keys.
+
+    Parameters
+    ----------
+    state : mapping of str to Tensor
+        Keys in EfficientNet-PyTorch's layout, in the order the file stores them
+        (``torch.save`` keeps the module order).
+    reference : mapping of str to tuple of int
+        The timm model's keys and shapes, in module order. With ``num_classes=0``
+        the file's classifier (``_fc``) is dropped; with a classifier it maps onto it.
+
+    Returns
+    -------
+    renamed : dict of str to Tensor
+        The file's tensors under the reference's keys (empty when they do not fit).
+    problem : str or None
+        Why the file does not fit the reference, or None when every tensor does.
+
+    Notes
+    -----
+    Both libraries build the same modules in the same order, so the i-th tensor of
+    the file is the i-th of the model (BatchNorm's ``num_batches_tracked`` aside,
+    which some files lack). That is checked, not assumed: the counts must agree,
+    and at every position the last name component (``weight``, ``bias``,
+    ``running_mean``, ``running_var``) and the shape must be the same. A file of
+    another size (Lite1 for Lite0: other widths and more blocks) fails at the first
+    tensor that differs, which the message names.
+    """
+    keys = _counted(list(state))
+    targets = _counted(list(reference))
+    if len(keys) != len(targets):
+        keys = [k for k in keys if not k.startswith(_EFFNET_PT_HEAD)]
+    for position, (key, target) in enumerate(zip(keys, targets)):
+        got, want = tuple(state[key].shape), tuple(reference[target])
+        if key.rsplit(".", 1)[-1] != target.rsplit(".", 1)[-1] or got != want:
+            return {}, (
+                f"tensor {position} of {len(keys)}, {key} {list(got)}, does not fit the model's {target} {list(want)}"
+            )
+    if len(keys) != len(targets):
+        return {}, f"it holds {len(keys)} tensors, the model {len(targets)}"
+    return {target: state[key] for key, target in zip(keys, targets)}, None
