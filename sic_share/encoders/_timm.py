@@ -435,12 +435,15 @@ def create_timm_encoder(
     device: str | torch.device = "cpu",
     model_id: str | None = None,
     source: str | None = None,
+    pretrained: bool = True,
 ) -> TimmEncoder:
     """Build a timm model as an encoder; see :func:`sic_share.encoders.create_encoder`.
 
     ``model_id`` and ``source`` override what ``info()`` records, for registered
     encoders that are a timm architecture with weights of their own (the weights
-    file's sha256 is recorded all the same).
+    file's sha256 is recorded all the same). ``pretrained=False`` without ``weights``
+    builds the architecture with timm's random initialisation (no download), e.g. to
+    pretrain it from scratch.
     """
     override_id, override_source = model_id, source
     dev = resolve_device(device)
@@ -457,14 +460,14 @@ def create_timm_encoder(
         if layer not in modules:
             raise EncoderError(f"{name} has no layer {layer!r}: use one of {', '.join(modules)}")
         kwargs = {"features_only": True, "out_indices": [modules.index(layer)]}
-    model = _create(name, pretrained=path is None, **kwargs)
+    model = _create(name, pretrained=pretrained and path is None, **kwargs)
     model_id = name
     sha256 = None
     if path is not None:
         _load_weights(model, name, path, reference, layer)
         sha256 = file_sha256(path)
         source = "local"
-    elif source == "timm" and "." not in name:
+    elif source == "timm" and "." not in name and pretrained:
         tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
         model_id = f"{name}.{tag}" if tag else name  # record which weights the bare name resolved to
     return TimmEncoder(

@@ -27,6 +27,13 @@ JPEG; anything larger than this belongs in a tiled pyramidal TIFF.
 
 _LIMIT_LOCK = threading.Lock()
 
+_WIDE_MODES = frozenset({"I", "F"})
+"""Pillow modes of 32-bit integer or float samples (with ``I;16*``, the ones wider than 8 bits).
+
+Pillow's conversion to RGB clips them at 255 instead of scaling, so a 16-bit grayscale
+PNG would read as a white image; such files are refused on open.
+"""
+
 
 @contextmanager
 def _pixel_limit(image_mod: Any) -> Iterator[None]:
@@ -77,7 +84,9 @@ class PilReader(SlideReader):
 
     µm/px comes from the DPI Pillow reports (JFIF/EXIF density, PNG ``pHYs``, TIFF
     resolution with a real unit), used only up to 10 µm/px: plain images mostly carry a
-    72-600 dpi placeholder. Transparent pixels are flattened onto white.
+    72-600 dpi placeholder. Transparent pixels are flattened onto white. Grayscale of more
+    than 8 bits per sample (16-bit PNG or TIFF, 32-bit integer or float TIFF) is refused on
+    open: Pillow would clip it to white rather than scale it.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
@@ -97,6 +106,13 @@ class PilReader(SlideReader):
         if width * height > MAX_PIXELS:
             self._image.close()
             raise _too_large(source, f"{width} x {height}")
+        if self._image.mode in _WIDE_MODES or self._image.mode.startswith("I;16"):
+            mode = self._image.mode
+            self._image.close()
+            raise SlideError(
+                f"{source} has {mode} pixels (16-bit or wider grayscale): slides are read as 8-bit "
+                "colour, so convert it to an 8-bit RGB image of the stained section and export that"
+            )
         dpi = self._image.info.get("dpi")
         file_mpp, problem = mpp_from_resolution(*dpi, "inch") if dpi else (None, None)
         super().__init__(
