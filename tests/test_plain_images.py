@@ -118,12 +118,24 @@ def test_plain_image_without_mpp_is_refused(tmp_path, cli, unresolved):
     assert_one_line_error(result, unresolved.name, "has no µm/px", "--mpp")
     assert not out.exists()
 
-    # Without --fail-fast the run reports the slide as failed and still exits 1.
+    # Without --fail-fast the run names the failed slide, says nothing was written, and prints no
+    # "exported 0 slides" or dataset folder that does not exist.
     result = export(cli, unresolved, out)
     assert result.code == 1
-    assert f"failed: {unresolved.name}:" in result.err and "--mpp" in result.err
-    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"failed: {unresolved.name}:") and "--mpp" in lines[0]
+    assert lines[1] == "error: none of the 1 slide(s) could be exported; nothing was written"
+    assert result.out.strip() == ""
     assert not out.exists()
+
+
+def test_image_smaller_than_a_patch_says_so(tmp_path, cli):
+    # 500 x 300 px at 0.25 µm/px is 250 x 150 px at the 0.5 µm/px the network sees: no 256 px patch fits.
+    result = export(cli, JPEG, tmp_path / "ds", "--mpp", "0.25")
+    assert result.code == 0
+    assert "smaller than one 256 px patch at 0.5 µm/px" in result.err and "--patch-size" in result.err
+    assert "no tissue" not in result.err
+    assert not (tmp_path / "ds").exists()
 
 
 def test_sixteen_bit_grayscale_is_refused_not_read_as_white(tmp_path, cli):

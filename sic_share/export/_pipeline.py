@@ -465,6 +465,11 @@ def export_slides(
         except (SlideError, LabelError) as exc:
             fail(path, exc)
             continue
+        if grid.n_candidates == 0:
+            report.warnings.append(SlideProblem(
+                path.name, f"smaller than one {options.size_px} px patch at {options.target_mpp} µm/px; nothing "
+                "written (check --mpp, or lower --patch-size or --target-mpp)"))
+            continue
         if len(grid.coords) == 0:
             report.warnings.append(SlideProblem(
                 path.name, f"no tissue: none of {grid.n_candidates} grid positions has tissue >= "

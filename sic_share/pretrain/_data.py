@@ -204,6 +204,8 @@ class SlidePatches:
         source = self.sources[s]
         x, y = (int(v) for v in np.round(self.coords[index] - source.level0_size / 2))
         region = self._reader(s).read_region((x, y), source.level, (source.level_size, source.level_size))
+        if not region.flags.writeable:  # Pillow-backed arrays are read-only; torch wants to own writable memory
+            region = region.copy()
         return torch.from_numpy(region).permute(2, 0, 1)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
