@@ -63,7 +63,7 @@ def _root(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"] = _state["debug"] or debug  # main() may have taken --debug from after the command
 
 
 def _progress(description: str) -> tuple[Progress, Callable[[str, int, int], None]]:
@@ -725,19 +725,41 @@ def similarity_cmd(
 
 
 def main() -> None:
-    """Entry point: run the app, turning domain errors into one line and exit code 1.
+    """Entry point: run the app, turning every failure into one line and exit code 1.
 
     Click's standalone mode already turns usage errors into exit code 2; domain
-    errors propagate out of it and are handled here.
+    errors (:class:`SicShareError`) propagate out of it and are printed as they
+    are; failures from below (credentials, network, permissions, disk, missing
+    packages) are told by :func:`sic_share._failures.describe_failure`. ``--debug``
+    (anywhere on the line, before or after the command) shows the traceback instead.
     """
+    args = sys.argv[1:]
+    if "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args:
+        args.remove("--debug")
+        _state["debug"] = True
     try:
-        app()
+        app(args=args, prog_name="sic-share")
     except SicShareError as exc:
         if _state["debug"]:
             raise
-        # escaped: install hints such as pip install 'sic-share[imagenet]' are not rich markup
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
-        sys.exit(1)
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        err.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - failures from below become one line; --debug shows them
+        if _state["debug"]:
+            raise
+        from sic_share._failures import describe_failure
+
+        _fail(describe_failure(exc))
+
+
+def _fail(message: str) -> None:
+    # escaped: install hints such as pip install 'sic-share[imagenet]' are not rich markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
