@@ -21,6 +21,32 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory) -> Path:
+    """A sic-share home for what runs before the per-test one (module and session fixtures).
+
+    Session fixtures are set up before module fixtures, which are set up before the
+    per-test ``home``: without this, a module fixture that exports (and so creates a
+    holder secret) would write into the user's real ``$SIC_SHARE_HOME`` or
+    ``~/.config/sic-share``. The XDG folders point into it too, so nothing reaches
+    the real home even if ``SIC_SHARE_HOME`` is unset somewhere.
+    """
+    root = tmp_path_factory.mktemp("session-home")
+    saved = {var: os.environ.get(var) for var in _STATE_VARS}
+    os.environ["SIC_SHARE_HOME"] = str(root / "sic-share")
+    for var in _STATE_VARS[1:]:
+        os.environ[var] = str(root / var.lower())
+    yield root
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+_STATE_VARS = ("SIC_SHARE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path_factory, monkeypatch) -> Path:
     """Every test gets its own SIC_SHARE_HOME (keys, trust store, default hub)."""

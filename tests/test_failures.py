@@ -110,3 +110,25 @@ def test_a_bug_says_so_in_one_line():
     message = describe_failure(ZeroDivisionError("division by zero"))
     assert message == ("unexpected ZeroDivisionError: division by zero (a bug in sic-share: rerun with --debug and "
                        "report the traceback)")
+
+
+@pytest.fixture(scope="module")
+def module_state():
+    """What a module fixture sees: it runs before the per-test home exists."""
+    import os
+
+    from sic_share._paths import cache_dir, config_dir, data_dir
+    from sic_share.privacy import holder_secret
+
+    holder_secret()  # creates the holder secret, as an export in a module fixture does
+    return os.environ.get("SIC_SHARE_HOME"), [config_dir(), data_dir(), cache_dir()]
+
+
+def test_module_fixtures_never_reach_the_real_home(module_state, session_home):
+    from pathlib import Path
+
+    home, folders = module_state
+    assert home is not None and Path(home).is_relative_to(session_home)
+    for folder in folders:
+        assert folder.is_relative_to(session_home), folder
+    assert (Path(home) / "config" / "keys").is_dir()  # the secret went there, not to ~/.config
