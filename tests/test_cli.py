@@ -28,7 +28,7 @@ def test_installed_script_prints_one_line_and_no_traceback(tmp_path, home):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
-    assert "nothing-here" in result.stderr and "not signed" in result.stderr
+    assert "nothing-here" in result.stderr and "does not exist" in result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path, home):

@@ -132,3 +132,22 @@ def test_module_fixtures_never_reach_the_real_home(module_state, session_home):
     for folder in folders:
         assert folder.is_relative_to(session_home), folder
     assert (Path(home) / "config" / "keys").is_dir()  # the secret went there, not to ~/.config
+
+
+def test_a_hub_folder_that_does_not_exist_is_named(cli, tmp_path):
+    missing = tmp_path / "no-such-hub"
+    for args in (("pull", "lab-a/crc", "--hub", str(missing), "--to", str(tmp_path / "out")),
+                 ("ls", "--hub", str(missing))):
+        result = cli(*args)
+        assert_one_line_error(result, f"hub folder {missing} does not exist", "--hub")
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_of_a_hub_reference_says_pull(cli):
+    result = cli("verify", "lab-a/crc@2")
+    assert_one_line_error(result, "lab-a/crc@2 is a hub reference, not a folder", "sic-share pull lab-a/crc@2")
+
+
+def test_verify_of_a_missing_folder(cli, tmp_path):
+    result = cli("verify", str(tmp_path / "gone"))
+    assert_one_line_error(result, f"dataset folder {tmp_path / 'gone'} does not exist")

@@ -112,6 +112,7 @@ def test_sic_share_hub_names_the_default_hub(cli, tmp_path, home, signed, monkey
 
 
 def test_ls_of_an_empty_hub_lists_nothing(cli, hub):
+    hub.mkdir()  # an empty hub is an empty folder; a folder that does not exist is an error
     result = cli("ls", "--hub", hub, "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out) == []
@@ -157,6 +158,7 @@ def test_an_interrupted_publish_is_invisible_and_re_publish_completes_it(cli, tm
 def test_publish_refuses_a_dataset_modified_after_signing(cli, hub, signed):
     flip_byte(signed / "slides" / "s1.parquet")
     assert_one_line_error(cli("publish", signed, "--hub", hub), "slides/s1.parquet")
+    hub.mkdir(exist_ok=True)
     assert json.loads(cli("ls", "--hub", hub, "--json").out) == []
     assert snapshot(hub) == {}
 

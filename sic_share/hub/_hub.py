@@ -79,13 +79,22 @@ def parse_ref(text: str) -> DatasetRef:
     )
 
 
-def _open_hub(hub: str | None) -> tuple[fsspec.AbstractFileSystem, str, str]:
-    """``--hub`` (a configured name, a URL, a folder or None) to ``(filesystem, base path, URL)``."""
+def _open_hub(hub: str | None, *, reading: bool = True) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    """``--hub`` (a configured name, a URL, a folder or None) to ``(filesystem, base path, URL)``.
+
+    A local hub folder that does not exist is an error when reading from a hub that
+    was named (``--hub`` or ``$SIC_SHARE_HUB``): a mistyped path must not read as
+    "no such dataset". The default local hub is simply empty until the first publish.
+    """
     url, options = resolve_hub(hub)
     try:
         fs, base = resolve(url, **options)
     except (ValueError, ImportError) as exc:
         raise HubError(f"hub {url!r} is not a usable URL ({exc}): give a folder or an s3:// URL") from None
+    named = hub is not None or bool(os.environ.get("SIC_SHARE_HUB"))
+    if reading and named and "file" in fs.protocol and not fs.isdir(base):
+        what = "is a file, not a folder" if fs.exists(base) else "does not exist"
+        raise HubError(f"hub folder {url} {what}: check --hub (or $SIC_SHARE_HUB); 'sic-share publish' creates it")
     return fs, base, url
 
 
@@ -163,7 +172,7 @@ def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, prog
     """
     root = Path(dataset_dir)
     manifest = check_unverified(root)
-    fs, base, url = _open_hub(hub)
+    fs, base, url = _open_hub(hub, reading=False)
     dest = join(base, manifest.publisher, manifest.name, str(manifest.version))
     envelope_path = join(dest, ENVELOPE)
     already = AlreadyPublishedError(

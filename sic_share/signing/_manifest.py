@@ -308,6 +308,14 @@ def verify_dataset(
         Naming the first check that failed.
     """
     root = Path(dataset_dir)
+    if not root.is_dir():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+(@\d+)?", str(dataset_dir)) and not root.exists():
+            raise VerificationError(
+                f"{dataset_dir} is a hub reference, not a folder: 'sic-share pull {dataset_dir}' verifies it before "
+                "anything is downloaded, then 'sic-share verify' checks the pulled folder"
+            )
+        what = "is a file" if root.exists() else "does not exist"
+        raise VerificationError(f"dataset folder {root} {what}: give the folder that holds {ENVELOPE}")
     try:
         envelope = (root / ENVELOPE).read_bytes()
     except FileNotFoundError:
