@@ -16,12 +16,20 @@ from sic_share.errors import SicShareError
 __all__ = ["load_json", "save_json", "atomic_write_bytes", "staged_folder"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half.
+
+    ``mode`` (e.g. ``0o600`` for private state) is set when the temporary file is
+    created, so the content is never readable with wider permissions.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_bytes(data)
+        if mode is None:
+            tmp.write_bytes(data)
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
+                handle.write(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -36,7 +36,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
 cache_app = typer.Typer(help="Downloaded dataset files, kept by sha256 so nothing is fetched twice.",
                         no_args_is_help=True)
+slides_app = typer.Typer(help="The holder's private slide map: pseudonym <-> slide file (never shared).",
+                         no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
+app.add_typer(slides_app, name="slides")
 app.add_typer(cache_app, name="cache")
 
 # Not a terminal (pipes, CI logs): wide enough that tables are not cut.
@@ -112,6 +115,68 @@ def keys_generate(
     private, public, kid = generate_key(publisher, out_dir=out_dir, passphrase=secret)
     err.print(f"private key: {private}\npublic key:  {public}  (give this file to consumers)")
     out.print(kid)
+
+
+@keys_app.command("ls")
+def keys_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List your signing keys, with the .pub file to give consumers.
+
+    Example: sic-share keys ls
+    """
+    from dataclasses import asdict
+
+    from sic_share._paths import keys_dir
+    from sic_share.signing import list_keys
+
+    keys = list_keys()
+    if as_json:
+        out.print_json(json.dumps([asdict(k) for k in keys]))
+        return
+    if not keys:
+        err.print(f"no signing keys in {keys_dir()}: create one with 'sic-share keys generate --publisher NAME'")
+        return
+    table = Table("publisher", "key id", "public key (give this file to consumers)")
+    for k in keys:
+        table.add_row(k.publisher, (k.keyid or "?")[:16], k.public or "[red]missing .pub[/red]")
+    out.print(table)
+
+
+@slides_app.command("lookup")
+def slides_lookup(
+    query: Annotated[str, typer.Argument(metavar="NAME|ID", help="A slide id (or its first 4+ characters), a slide file name or its stem.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which slide file a pseudonym stands for, or which pseudonym a slide got (export and import record them).
+
+    Example: sic-share slides lookup 4356d3d3   (then open that slide in QuPath with the GeoJSON)
+    """
+    from sic_share.privacy import SlideMap
+
+    slide_map = SlideMap()
+    found = slide_map.lookup(query)
+    if as_json:
+        out.print_json(json.dumps(slide_map.to_dicts(found)))
+        return
+    table = Table("slide id", "name", "file", "last exported or imported")
+    for e in found:
+        table.add_row(e.slide_id, escape(e.name), escape(e.path), e.seen)
+    out.print(table)
+
+
+@slides_app.command("ls")
+def slides_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every slide this machine has pseudonymised, with its file."""
+    from sic_share.privacy import SlideMap
+
+    slide_map = SlideMap()
+    entries = slide_map.entries()
+    if as_json:
+        out.print_json(json.dumps(slide_map.to_dicts(entries)))
+        return
+    table = Table("slide id", "name", "file", "last exported or imported")
+    for e in entries:
+        table.add_row(e.slide_id, escape(e.name), escape(e.path), e.seen)
+    out.print(table)
 
 
 @trust_app.command("add")
@@ -216,7 +281,7 @@ def cache_clear() -> None:
 @app.command("sign")
 def sign(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder holding slides/*.parquet.")],
-    name: Annotated[str, typer.Option("--name", help="Dataset name, e.g. crc-resnet50.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Dataset name, e.g. crc-resnet50. Default: the folder's name, as export does.")] = None,
     key: Annotated[Optional[Path], typer.Option("--key", help="Private key. Default: the only key in the keys folder.")] = None,
     publisher: Annotated[Optional[str], typer.Option("--publisher", help="Default: the key file's name.")] = None,
     version: Annotated[Optional[int], typer.Option("--version", help="Default: previous version + 1, or 1.")] = None,
@@ -225,12 +290,16 @@ def sign(
         bool, typer.Option("--passphrase", help="Prompt for the key's passphrase (or set $SIC_SHARE_KEY_PASSPHRASE).")
     ] = False,
 ) -> None:
-    """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519)."""
+    """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519).
+
+    Example: sic-share sign build/crc-resnet50 (signs as crc-resnet50)
+    """
+    from sic_share.export._pipeline import default_dataset_name
     from sic_share.signing import sign_dataset
 
     secret = typer.prompt("Passphrase", hide_input=True) if passphrase else None
     manifest = sign_dataset(
-        dataset, name=name, key_path=key, publisher=publisher, version=version, expires_days=expires_days,
+        dataset, name=name or default_dataset_name(dataset), key_path=key, publisher=publisher, version=version, expires_days=expires_days,
         passphrase=secret,
     )
     counts = manifest.predicate["counts"]
@@ -246,12 +315,20 @@ def verify(
     partial: Annotated[
         bool, typer.Option("--partial", help="A copy made by 'pull --slides': verify the files it holds.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
-    """Verify signature, trust, freshness and every file, all or nothing."""
+    """Verify signature, trust, freshness and every file, all or nothing.
+
+    Example: sic-share verify crc-v1
+    """
     from sic_share.signing import verify_dataset
 
     manifest = verify_dataset(dataset, allow_rollback=allow_rollback, partial=partial)
     held = sum((dataset / name).exists() for name in manifest.files) if partial else len(manifest.files)
+    if as_json:
+        out.print_json(json.dumps({"verified": True, "dataset": manifest.ref, "publisher": manifest.publisher,
+                                   "files_held": held, "files": len(manifest.files)}))
+        return
     out.print(f"verified {manifest.ref}: {held} of {len(manifest.files)} files, "
               f"signed by a key trusted for {manifest.publisher}")
 
@@ -274,17 +351,19 @@ def publish(
 def pull(
     ref: Annotated[str, typer.Argument(help="PUBLISHER/NAME or PUBLISHER/NAME@VERSION.")],
     hub: HubOption = None,
-    to: Annotated[Optional[Path], typer.Option("--to", help="Destination folder. Default: ./NAME-vVERSION.")] = None,
+    to: Annotated[Optional[Path], typer.Option("--out", "--to", help="Destination folder (--to is an alias). Default: ./NAME-vVERSION.")] = None,
     slides: Annotated[
         Optional[str], typer.Option("--slides", help="Only these slide ids, separated by commas (a partial copy).")
     ] = None,
     allow_rollback: Annotated[
         bool, typer.Option("--allow-rollback", help="Accept a version older than one verified before.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """Download and verify a dataset; it appears at the destination only when verified.
 
     Files already in the local cache (same sha256) are not downloaded again.
+    Example: sic-share pull lab-a/crc@2 --out crc-v2
     """
     from sic_share.hub import pull as pull_dataset
 
@@ -292,7 +371,12 @@ def pull(
     bar, update = _progress("pulling")
     with bar:
         manifest, dest = pull_dataset(ref, hub, to=to, slides=wanted, allow_rollback=allow_rollback, progress=update)
-    what = f"{len(list((dest / 'slides').glob('*.parquet')))} of {len(manifest.files)} slides of " if wanted else ""
+    held = len(list((dest / "slides").glob("*.parquet")))
+    if as_json:
+        out.print_json(json.dumps({"dataset": manifest.ref, "folder": str(dest), "slides": held,
+                                   "files": len(manifest.files), "verified": True}))
+        return
+    what = f"{held} of {len(manifest.files)} slides of " if wanted else ""
     out.print(f"pulled and verified {what}{manifest.ref} into {dest}")
 
 
@@ -319,6 +403,49 @@ def ls(
             "yes" if e.trusted else "[red]no[/red]",
         )
     out.print(table)
+
+
+@app.command("info")
+def info_cmd(
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    hub: HubOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Who published a dataset, whether you trust the signer, its model, grid, classes and slides.
+
+    Reads only the signed envelope and each slide's Parquet footer: nothing is downloaded.
+    Example: sic-share info demo-lab/cmu-lite0
+    """
+    from sic_share.hub import dataset_info
+
+    info = dataset_info(dataset, hub)
+    if as_json:
+        out.print_json(json.dumps(info.to_dict()))
+        return
+    model, patching = info.model, info.patching
+    rows = [
+        ("dataset", f"{info.publisher}/{info.name}@{info.version}" if info.signed else "(unsigned)"),
+        ("location", info.location),
+        ("created", info.created or "-"),
+        ("signer", (info.signer or "-")[:16]),
+        ("trusted", "yes" if info.trusted else f"[red]no[/red]: {escape(info.trust_note)}"),
+        ("model", f"{model.get('id')} ({model.get('source')}, {model.get('dim')}-d"
+                  + (f", layer {model['layer']}" if model.get("layer") else "") + ")"),
+        ("weights sha256", model.get("weights_sha256") or "-"),
+        ("patching", f"{patching.get('size_px')} px at {patching.get('target_mpp')} µm/px, stride "
+                     f"{patching.get('stride_px')} px (level 0: {patching.get('level0_mpp')} µm/px)"),
+        ("embeddings", info.embedding_dtype or "-"),
+        ("classes", ", ".join(info.classes) or "none (no ground truth)"),
+        ("slides", f"{len(info.slides)}, {info.n_patches} patches"),
+    ]
+    table = Table.grid(padding=(0, 2))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/bold]", value if key == "trusted" else escape(str(value)))
+    out.print(table)
+    slides = Table("slide", "patches", "MiB")
+    for s in info.slides:
+        slides.add_row(s["slide_id"], str(s["patches"]), _mib(s["bytes"]))
+    out.print(slides)
 
 
 @app.command("models")
@@ -553,12 +680,17 @@ def audit(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
     forbidden: Annotated[Optional[str], typer.Option("--forbid", help="Comma-separated strings that must not appear (e.g. slide names).")] = None,
 ) -> None:
-    """Check a dataset for anything that should not leave the hospital; exit 1 on any finding."""
-    from sic_share.privacy import audit_dataset
+    """Check a dataset for anything that should not leave the hospital; exit 1 on any finding.
 
-    findings = audit_dataset(dataset, forbidden=[f for f in (forbidden or "").split(",") if f])
+    Every slide name in your slide map (what export and import pseudonymised on this
+    machine) is searched for too. Example: sic-share audit build/crc --forbid TCGA-01
+    """
+    from sic_share.privacy import SlideMap, audit_dataset
+
+    names = [f for f in (forbidden or "").split(",") if f] + SlideMap().names()
+    findings = audit_dataset(dataset, forbidden=names)
     for finding in findings:
-        err.print(f"[red]finding:[/red] {finding.file}: {finding.problem}", highlight=False)
+        err.print(f"[red]finding:[/red] {escape(str(finding.file))}: {escape(finding.problem)}", highlight=False)
     if findings:
         err.print(f"[red]error:[/red] {len(findings)} finding(s) in {dataset}: remove them before publishing")
         raise typer.Exit(1)

@@ -23,7 +23,7 @@ import numpy as np
 
 from sic_share.dataset import SLIDES_DIR, Patching, SlideMetadata, SlideWriter, check_name
 from sic_share.errors import DatasetError, EncoderError, LabelError, SicShareError, SlideError
-from sic_share.privacy import holder_secret, pseudonym, source_stem
+from sic_share.privacy import SlideMap, holder_secret, pseudonym, source_stem
 
 __all__ = [
     "SignedExport",
@@ -203,6 +203,11 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
         except (TypeError, ValueError):
             raise SlideError(f"{path}: mpp {row['mpp']!r} of slide {row['slide']!r} is not a number") from None
     return table
+
+
+def default_dataset_name(folder: str | os.PathLike[str]) -> str:
+    """The name a dataset is signed under when none is given: its folder's name, made a valid name."""
+    return _model_slug(Path(folder).resolve().name)
 
 
 def _model_slug(name: str) -> str:
@@ -480,6 +485,10 @@ def export_slides(
         mpp_of[len(plans)] = mpp
         plans.append(_Plan(path, stem, slide_id, grid, labels, _regions(grid.coords, stride0, block)))
 
+    # the holder's private map (never in a dataset): pseudonym -> slide name and file
+    SlideMap.beside(options.secret_path).record(
+        [(plan.slide_id, plan.stem, str(plan.path)) for plan in plans])
+
     # -- stream --
     dataset = _RegionDataset(plans, mpp_of)
     cpus = os.cpu_count() or 1
@@ -625,11 +634,11 @@ def export_and_sign(
     options = options or ExportOptions()
     report = export_slides(slides, out_dir, options, progress=progress)
     result = SignedExport(report)
-    base = name or _model_slug(Path(out_dir).resolve().name)
+    base = name or default_dataset_name(out_dir)
     for folder in report.datasets.values():
         if not (folder / SLIDES_DIR).is_dir():
             continue
-        findings = audit_dataset(folder, forbidden=report.stems)
+        findings = audit_dataset(folder, forbidden=report.stems + SlideMap.beside(options.secret_path).names())
         if findings:
             first = findings[0]
             raise SicShareError(

@@ -20,7 +20,7 @@ import numpy as np
 from sic_share._jsonstore import staged_folder
 from sic_share.dataset import SLIDES_DIR, ModelInfo, Patching, SlideMetadata, SlideWriter
 from sic_share.errors import DatasetError, ImportDataError
-from sic_share.privacy import holder_secret, pseudonym, source_stem
+from sic_share.privacy import SlideMap, holder_secret, pseudonym, source_stem
 
 __all__ = ["FORMATS", "ImportReport", "import_embeddings"]
 
@@ -295,4 +295,6 @@ def import_embeddings(
             report.patches += len(source.coords)
             if progress:
                 progress(slide_id, i + 1, len(sources))
+    # the holder's private map (never in the dataset): pseudonym -> the name it was made from
+    SlideMap.beside(secret_path).record([(slide_id, source.stem, source.stem) for source, slide_id in zip(sources, ids)])
     return report

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, pae, sign_envelope
-from sic_share.signing._keys import default_private_key, generate_key, key_id, load_private_key, load_public_key
+from sic_share.signing._keys import (
+    KeyInfo,
+    default_private_key,
+    generate_key,
+    key_id,
+    list_keys,
+    load_private_key,
+    load_public_key,
+)
 from sic_share.signing._manifest import (
     ENVELOPE,
     MANIFEST,
@@ -20,6 +28,8 @@ from sic_share.signing._manifest import (
 from sic_share.signing._trust import TrustedKey, TrustStore, VersionRecord
 
 __all__ = [
+    "KeyInfo",
+    "list_keys",
     "ENVELOPE",
     "IN_TOTO_PAYLOAD_TYPE",
     "MANIFEST",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -13,7 +14,8 @@ from sic_share._paths import keys_dir
 from sic_share.dataset import check_name
 from sic_share.errors import SicShareError, TrustError
 
-__all__ = ["key_id", "generate_key", "load_private_key", "load_public_key", "default_private_key"]
+__all__ = ["KeyInfo", "key_id", "generate_key", "list_keys", "load_private_key", "load_public_key",
+           "default_private_key"]
 
 PASSPHRASE_ENV = "SIC_SHARE_KEY_PASSPHRASE"
 
@@ -106,3 +108,33 @@ def default_private_key() -> Path:
             + (" or run 'sic-share keys generate --publisher NAME'" if not keys else "")
         )
     return keys[0]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key pair in the keys folder: what ``sic-share keys ls`` shows."""
+
+    publisher: str
+    keyid: str | None  # from the .pub file; None when it is missing or unreadable
+    private: str
+    public: str | None
+
+
+def list_keys(folder: str | os.PathLike[str] | None = None) -> list[KeyInfo]:
+    """Every ``*.key`` in the keys folder with its publisher (file stem), key id and ``.pub`` path.
+
+    The key id is read from the public file, so no passphrase is asked for; a key
+    whose ``.pub`` is missing is listed with ``keyid=None`` and ``public=None``.
+    """
+    root = Path(folder) if folder is not None else keys_dir()
+    found = []
+    for private in sorted(root.glob("*.key")):
+        public = private.with_suffix(".pub")
+        keyid = None
+        if public.is_file():
+            try:
+                keyid = key_id(load_public_key(public.read_bytes(), str(public)))
+            except SicShareError:
+                keyid = None
+        found.append(KeyInfo(private.stem, keyid, str(private), str(public) if public.is_file() else None))
+    return found
