@@ -562,8 +562,12 @@ def export(
     no_sign: Annotated[bool, typer.Option("--no-sign", help="Do not sign at the end.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad slide.")] = False,
     secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a dataset in --out made with other settings (default: refuse).")] = False,
 ) -> None:
-    """Embed every tissue patch of slides with one or more models; audit and sign the datasets."""
+    """Embed every tissue patch of slides with one or more models; audit and sign the datasets.
+
+    Example: sic-share export slides/ --out build/crc-lite0 --model efficientnet_lite0.in1k
+    """
     from sic_share.export import ExportOptions, export_and_sign, parse_shard
 
     if magnification is not None and target_mpp is not None:
@@ -578,7 +582,7 @@ def export(
         classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
         label_threshold=label_threshold, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
         shard=parse_shard(shard) if shard else None, fail_fast=fail_fast,
-        secret_path=str(secret) if secret else None,
+        secret_path=str(secret) if secret else None, force=force,
     )
     bar, show = _progress("exporting")
 
@@ -756,6 +760,32 @@ def _check_suffix(path: Path, suffix: str, option: str) -> None:
 
 
 MethodOption = Annotated[str, typer.Option("--method", help="umap (the paper's) or pca (fast, no extra install).")]
+
+
+@app.command("app")
+def app_cmd(
+    dataset: DatasetArg,
+    slide: SlideOption = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="The slide's own image file (.svs, .tif, ...): shown under the annotation. Without it the embedding map is shown (no pixels needed).")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; loopback only unless --allow-remote.")] = "127.0.0.1",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
+    projection: Annotated[str, typer.Option("--projection", help="Map colours and scatter: pca (fast) or umap (as 'umap --method').")] = "pca",
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a --host other machines can reach (there is no login).")] = False,
+    hub: HubOption = None,
+) -> None:
+    """Annotate one slide in the browser: click or lasso seed patches, see the annotation at once, export it."""
+    from sic_share.app import launch
+
+    def ready(info) -> None:
+        shown = f"image {info.image}" if info.image else "embedding map (no pixels)"
+        out.print(f"slide {info.slide_id} of {info.source}: {info.n_patches} patches, {shown}; ready in "
+                  f"{info.seconds:.1f} s at {info.url}  (Ctrl-C stops)", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    launch(dataset, slide_id=slide, hub=hub, image=image, host=host, port=port, projection=projection,
+           open_browser=not no_browser, allow_remote=allow_remote, on_ready=ready)
+    out.print("stopped", highlight=False)
 
 
 @app.command("umap")

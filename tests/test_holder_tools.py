@@ -139,3 +139,49 @@ def test_pull_takes_out_and_to_and_prints_json(cli, signed, tmp_path):
     assert (tmp_path / "b" / "manifest.json").exists()
     verified = json.loads(cli("verify", tmp_path / "b", "--json").out)
     assert verified == {"verified": True, "dataset": "lab-a/crc@1", "publisher": "lab-a", "files_held": 2, "files": 2}
+
+
+# ------------------------------------------------------------------ silent wrong results, refused
+def test_export_into_a_folder_made_with_other_settings_is_refused(cli, exported, tmp_path):
+    before = sorted(p.name for p in (exported / "slides").iterdir())
+    for args, fragment in (
+        (("--patch-size", "128"), "patch size 256, this run asks for 128"),
+        (("--stride", "64"), "stride 128, this run asks for 64"),
+        (("--dtype", "float32"), "embedding dtype float16, this run asks for float32"),
+        (("--target-mpp", "1.0"), "target µm/px 0.5, this run asks for 1.0"),
+        (("--secret", str(tmp_path / "another.secret")), "holds slides this holder secret did not make"),
+    ):
+        result = cli("export", SLIDE, "--out", exported, "--no-sign", *args)
+        assert_one_line_error(result, str(exported), fragment, "--force")
+    assert sorted(p.name for p in (exported / "slides").iterdir()) == before  # untouched
+    result = cli("export", SLIDE, "--out", exported, "--no-sign")  # same settings: resumes (nothing to do)
+    assert result.code == 0 and "skipped 1 already done" in result.out
+
+
+def test_export_with_another_model_is_refused_and_force_replaces(cli, exported, tmp_path):
+    import timm
+    import torch
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), weights)
+    result = cli("export", SLIDE, "--out", exported, "--no-sign", "--model", "resnet18", "--weights", weights)
+    assert_one_line_error(result, "model handcrafted, this run asks for resnet18")
+    result = cli("export", SLIDE, "--out", exported, "--no-sign", "--patch-size", "128", "--force")
+    assert result.code == 0, result.err
+    from sic_share.dataset import read_slide_metadata
+
+    (parquet,) = (exported / "slides").glob("*.parquet")
+    assert read_slide_metadata(parquet)[0].patching.size_px == 128
+
+
+def test_similarity_refuses_datasets_on_different_grids(cli, tmp_path):
+    from sic_share.dataset import Patching, SlideMetadata
+    from conftest import blobs
+
+    coords, emb, _ = blobs(100, 8)
+    for name, size in (("a", 256), ("b", 128)):
+        meta = SlideMetadata(metadata(8).model, Patching(size, size, 0.5, 0.5, 128), (), "float16")
+        write_slide(tmp_path / name / "slides" / "s0.parquet", slide_id="s0", metadata=meta, coords=coords,
+                    embeddings=emb)
+    result = cli("similarity", tmp_path / "a", tmp_path / "b")
+    assert_one_line_error(result, "were cut on different grids", "256 px patches", "128 px patches")

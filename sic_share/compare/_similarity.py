@@ -304,6 +304,15 @@ def _join(a: Dataset, b: Dataset) -> tuple[dict[str, np.ndarray], int, int]:
     return out, int(n_a), int(n_b)
 
 
+def _grid(metadata) -> tuple[int, int, float]:
+    p = metadata.patching
+    return p.size_px, p.stride_px, round(float(p.target_mpp), 6)
+
+
+def _grid_text(grid: tuple[int, int, float]) -> str:
+    return f"{grid[0]} px patches, stride {grid[1]} at {grid[2]} µm/px"
+
+
 def similarity(
     dataset_a: str | os.PathLike[str],
     dataset_b: str | os.PathLike[str],
@@ -385,6 +394,13 @@ def similarity(
     if json_path is not None:
         check_target(json_path)
     a, b = open_dataset(dataset_a, hub), open_dataset(dataset_b, hub)
+    grid_a, grid_b = (_grid(d.metadata) for d in (a, b))
+    if grid_a != grid_b:
+        raise DatasetError(
+            f"{a.name} and {b.name} were cut on different grids ({_grid_text(grid_a)} vs {_grid_text(grid_b)}): "
+            "patches at the same (x, y) are not the same tissue; export both with the same "
+            "--target-mpp/--patch-size/--stride"
+        )
     joined, n_a, n_b = _join(a, b)
     n_matched = int(joined["slide_id"].size)
     if n_matched == 0 or n_matched < min_overlap * min(n_a, n_b):

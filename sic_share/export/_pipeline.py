@@ -81,6 +81,10 @@ class ExportOptions:
         Stop at the first bad slide instead of reporting it at the end.
     secret_path : path or None
         Holder secret for pseudonyms.
+    force : bool
+        Replace a dataset already in the output folder that was made with other
+        settings (its slide files and manifest are deleted first). Without it,
+        such a folder is refused.
     """
 
     models: list[str] = field(default_factory=lambda: ["handcrafted"])
@@ -103,6 +107,7 @@ class ExportOptions:
     shard: tuple[int, int] | None = None
     fail_fast: bool = False
     secret_path: str | None = None
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,65 @@ def _check_options(options: ExportOptions) -> None:
         raise DatasetError(f"dtype {options.dtype!r} should be float16 or float32")
 
 
+def _clear_dataset(folder: Path) -> None:
+    """Delete a dataset's slide files and manifest (``--force``); nothing else in the folder."""
+    for path in [*(folder / SLIDES_DIR).glob("*.parquet"), folder / "manifest.json", folder / "manifest.dsse.json"]:
+        path.unlink(missing_ok=True)
+
+
+def _check_existing(folder: Path, model: object, options: ExportOptions, slide_map: SlideMap) -> None:
+    """Refuse to add slides to a dataset made with other settings, or with another holder secret.
+
+    Resuming is only safe when every setting that shapes the rows is the same: the
+    model (name, weights digest, layer, preprocessing), the patch grid, the dtype,
+    the class list, and the secret that made the pseudonyms (a slide exported with
+    another secret would appear twice under two ids). Slide ids this holder's slide
+    map does not know were made with another secret, or elsewhere.
+    """
+    from sic_share.dataset import read_slide_metadata
+
+    existing = sorted((folder / SLIDES_DIR).glob("*.parquet"))
+    if not existing:
+        return
+    meta, _ = read_slide_metadata(existing[0])
+    stride = options.stride_px if options.stride_px is not None else options.size_px // 2
+    wanted = {
+        "model": model,
+        "patch size": options.size_px,
+        "stride": stride,
+        "target µm/px": options.target_mpp,
+        "embedding dtype": options.dtype,
+    }
+    found = {
+        "model": meta.model,
+        "patch size": meta.patching.size_px,
+        "stride": meta.patching.stride_px,
+        "target µm/px": meta.patching.target_mpp,
+        "embedding dtype": meta.embedding_dtype,
+    }
+    labelled = bool(options.masks or options.annotations)
+    if options.classes is not None or labelled != bool(meta.classes):
+        wanted["classes"] = tuple(options.classes or ()) if labelled else ()
+        found["classes"] = tuple(meta.classes)
+    for setting, value in wanted.items():
+        if found[setting] != value:
+            old = found[setting].id if setting == "model" and found[setting].id != value.id else found[setting]
+            new = value.id if setting == "model" and found[setting].id != value.id else value
+            if setting == "model" and old == new:
+                old, new = "other weights, layer or preprocessing", "these"
+            raise DatasetError(
+                f"{folder} holds a dataset made with {setting} {old}, this run asks for {new}: "
+                "export into a new --out, or pass --force to replace it"
+            )
+    known = {entry.slide_id for entry in slide_map.entries()}
+    strangers = [path.stem for path in existing if path.stem not in known]
+    if strangers:
+        raise DatasetError(
+            f"{folder} holds slides this holder secret did not make (e.g. {strangers[0]}): pass the --secret used "
+            "for them, export into a new --out, or pass --force to replace them"
+        )
+
+
 def export_slides(
     slides: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -417,6 +481,12 @@ def export_slides(
     paths = select_shard(find_slides(slides), options.shard)
     mpp_table = _read_mpp_csv(options.mpp_csv) if options.mpp_csv else {}
     secret = holder_secret(options.secret_path)
+    slide_map = SlideMap.beside(options.secret_path)
+    for encoder, folder in zip(encoders, report.datasets.values()):
+        if options.force:
+            _clear_dataset(folder)
+        else:
+            _check_existing(folder, encoder.info(), options, slide_map)
 
     def fail(slide: Path, exc: Exception) -> None:
         if options.fail_fast:
