@@ -15,6 +15,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 echo "== data holder =="
 step sic-share keys generate --publisher demo-lab
+step sic-share keys ls
 step sic-share export "$SLIDE" --out "$D/cmu-lite0" --model efficientnet_lite0.in1k
 step sic-share audit "$D/cmu-lite0" --forbid cmu_small_region
 step sic-share publish "$D/cmu-lite0"
@@ -22,7 +23,8 @@ step sic-share publish "$D/cmu-lite0"
 echo; echo "== consumer =="
 step sic-share trust add "$SIC_SHARE_HOME/config/keys/demo-lab.pub" --publisher demo-lab
 step sic-share ls
-step sic-share pull demo-lab/cmu-lite0 --to "$D/pulled"
+step sic-share info demo-lab/cmu-lite0
+step sic-share pull demo-lab/cmu-lite0 --out "$D/pulled"
 step sic-share verify "$D/pulled"
 step python -c "import duckdb; duckdb.sql(\"\"\"
     SELECT slide_id, count(*) AS patches, round(avg(tissue), 3) AS mean_tissue,
@@ -40,6 +42,10 @@ step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,E
 echo; echo "== the embedding space on the slide, without a pixel of it (PCA to RGB; --method umap is the paper's) =="
 step sic-share umap "$D/pulled" --method pca --seeds demo/cmu_seeds.geojson --out "$D/cmu-map.png" \
     --tissuumaps "$D/cmu-map-tissuumaps.csv"
+
+echo; echo "== back at the hospital: which slide is that pseudonym? (the private slide map, never shared) =="
+id=$(basename "$(ls "$D"/pulled/slides/*.parquet | head -1)" .parquet)
+step sic-share slides lookup "$id"
 
 echo; echo "== a tampered copy is refused =="
 cp -r "$D/pulled" "$D/tampered"
