@@ -27,16 +27,17 @@ app = typer.Typer(
     help="Share signed, pixel-free histology embeddings and cluster them with SIC.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: [@VERSION], [extra] and [/PREFIX] are text, not markup
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
-keys_app = typer.Typer(help="Signing keys of a data holder.", no_args_is_help=True)
-trust_app = typer.Typer(help="Publisher keys this client trusts.", no_args_is_help=True)
-hub_app = typer.Typer(help="Named hubs (URL, endpoint, region; never credentials).", no_args_is_help=True)
+keys_app = typer.Typer(rich_markup_mode=None, help="Signing keys of a data holder.", no_args_is_help=True)
+trust_app = typer.Typer(rich_markup_mode=None, help="Publisher keys this client trusts.", no_args_is_help=True)
+hub_app = typer.Typer(rich_markup_mode=None, help="Named hubs (URL, endpoint, region; never credentials).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
-cache_app = typer.Typer(help="Downloaded dataset files, kept by sha256 so nothing is fetched twice.",
+cache_app = typer.Typer(rich_markup_mode=None, help="Downloaded dataset files, kept by sha256 so nothing is fetched twice.",
                         no_args_is_help=True)
-slides_app = typer.Typer(help="The holder's private slide map: pseudonym <-> slide file (never shared).",
+slides_app = typer.Typer(rich_markup_mode=None, help="The holder's private slide map: pseudonym <-> slide file (never shared).",
                          no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
 app.add_typer(slides_app, name="slides")
@@ -407,7 +408,7 @@ def ls(
 
 @app.command("info")
 def info_cmd(
-    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
     hub: HubOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -900,7 +901,9 @@ def main() -> None:
         args.remove("--debug")
         _state["debug"] = True
     try:
-        app(args=args, prog_name="sic-share")
+        command = typer.main.get_command(app)
+        _readable_types(command)
+        command.main(args=args, prog_name="sic-share")
     except SicShareError as exc:
         if _state["debug"]:
             raise
@@ -916,6 +919,50 @@ def main() -> None:
         from sic_share._failures import describe_failure
 
         _fail(describe_failure(exc))
+
+
+_TYPE_NAMES = {"Path": "PATH", "str": "TEXT", "int": "INT", "float": "NUMBER"}
+
+
+def _readable_types(command) -> None:
+    """Show option types as people write them in help (PATH, INT, NUMBER; nothing for flags).
+
+    Typer's help prints its annotations (``<list[Path]>``, ``<bool>``); an explicit
+    metavar replaces them. Choices keep their list. If Typer's internals change,
+    help keeps Typer's own rendering rather than failing.
+    """
+    from typing import get_args, get_origin
+
+    try:
+        for param in getattr(command, "params", []):
+            argument = isinstance(param, typer.core.TyperArgument)
+            if param.metavar is not None and not argument:
+                continue
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+                continue
+            desc = param.type_descriptor
+            if desc.is_choice:
+                continue
+            annotation = desc.annotation
+            if get_origin(annotation) is list:
+                (annotation,) = get_args(annotation) or (str,)
+            name = _TYPE_NAMES.get(getattr(annotation, "__name__", ""), None)
+            if name is None:
+                continue
+            name += "..." if param.nargs == -1 else ""
+            if argument:
+                param.metavar = param.metavar or param.name.upper().replace("_", "-")  # usage: export SLIDES...
+                param.display_type_rich = lambda ctx, shown=name: shown
+            else:
+                param.metavar = name
+        help_option = command.get_help_option(command.context_class(command))  # click caches it per command
+        if help_option is not None and help_option.metavar is None:
+            help_option.metavar = ""
+        for sub in getattr(command, "commands", {}).values():
+            _readable_types(sub)
+    except (AttributeError, TypeError, ValueError):  # a Typer release that works differently: keep its help
+        return
 
 
 def _fail(message: str) -> None:

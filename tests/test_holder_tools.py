@@ -185,3 +185,22 @@ def test_similarity_refuses_datasets_on_different_grids(cli, tmp_path):
                     embeddings=emb)
     result = cli("similarity", tmp_path / "a", tmp_path / "b")
     assert_one_line_error(result, "were cut on different grids", "256 px patches", "128 px patches")
+
+
+def test_help_shows_types_people_read(cli):
+    import re
+
+    from sic_share.cli import app
+
+    commands = [name for name in (c.name for c in app.registered_commands) if name]
+    commands += [f"{group.name} {c.name}" for group in app.registered_groups for c in group.typer_instance.registered_commands]
+    assert {"export", "info", "models", "keys ls", "slides lookup"} <= set(commands)
+    for command in commands:
+        result = cli(*command.split(), "--help")
+        assert result.code == 0, command
+        assert not re.search(r"<(bool|str|int|float|path|list\[)", result.out, re.I), (command, result.out)
+    assert "SLIDES" in cli("export", "--help").out and "INT" in cli("export", "--help").out
+
+
+def test_shell_completion_is_offered(cli):
+    assert "--show-completion" in cli("--help").out
