@@ -760,7 +760,21 @@ def _check_suffix(path: Path, suffix: str, option: str) -> None:
         raise SicShareError(f"{option} {path} should end in {suffix}: that is the file this command writes")
 
 
-MethodOption = Annotated[str, typer.Option("--method", help="umap (the paper's) or pca (fast, no extra install).")]
+MethodOption = Annotated[str, typer.Option("--method", help="auto (umap when umap-learn is installed, else pca), umap (the paper's; the umap extra) or pca (fast, no extra install).")]
+
+
+def _projection(method: str) -> str:
+    """``auto`` -> ``umap`` where umap-learn is installed, else ``pca``, saying so on stderr."""
+    import importlib.util
+
+    method = method.lower()
+    if method != "auto":
+        return method
+    if importlib.util.find_spec("umap") is not None:
+        return "umap"
+    err.print("note: umap-learn is not installed, so the map uses PCA; pip install 'sic-share[umap]' for the "
+              "paper's UMAP", markup=False, highlight=False)
+    return "pca"
 
 
 @app.command("app")
@@ -794,7 +808,7 @@ def umap_map(
     dataset: DatasetArg,
     out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
     slide: SlideOption = None,
-    method: MethodOption = "umap",
+    method: MethodOption = "auto",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to draw on the map (as for 'sic').")] = None,
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
     tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
@@ -806,7 +820,7 @@ def umap_map(
     from sic_share.viz import write_embedding_map
 
     _check_suffix(out_path, ".png", "--out")
-    made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=method, seeds=seeds, result=result,
+    made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=_projection(method), seeds=seeds, result=result,
                                tissuumaps=tissuumaps, max_side=max_side, random_state=seed)
     note = made.seeds.summary() if made.seeds is not None else None
     if note:
@@ -821,7 +835,7 @@ def to_anndata_cmd(
     dataset: DatasetArg,
     out_path: Annotated[Path, typer.Option("--out", help=".h5ad file to write.")],
     slide: SlideOption = None,
-    method: MethodOption = "umap",
+    method: MethodOption = "auto",
     seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
@@ -829,7 +843,7 @@ def to_anndata_cmd(
     from sic_share.viz import to_anndata
 
     _check_suffix(out_path, ".h5ad", "--out")
-    path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=method, random_state=seed)
+    path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=_projection(method), random_state=seed)
     out.print(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)", highlight=False)
 
 

@@ -73,7 +73,7 @@ def test_missing_optional_package_names_the_extra_with_brackets(cli, signed, tmp
     assert_one_line_error(result, "'sic-share[umap]'")
     assert not (tmp_path / "m.png").exists()
     monkeypatch.setitem(sys.modules, "anndata", None)
-    result = cli("to-anndata", str(signed), "--slide", "s0", "--out", str(tmp_path / "s.h5ad"))
+    result = cli("to-anndata", str(signed), "--slide", "s0", "--method", "pca", "--out", str(tmp_path / "s.h5ad"))
     assert_one_line_error(result, "'sic-share[anndata]'")
 
 
@@ -151,3 +151,15 @@ def test_verify_of_a_hub_reference_says_pull(cli):
 def test_verify_of_a_missing_folder(cli, tmp_path):
     result = cli("verify", str(tmp_path / "gone"))
     assert_one_line_error(result, f"dataset folder {tmp_path / 'gone'} does not exist")
+
+
+def test_umap_default_works_in_the_consumer_install(cli, signed, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    result = cli("umap", str(signed), "--slide", "s0", "--out", str(tmp_path / "m.png"))
+    assert result.code == 0, result.err
+    assert "coloured by pca" in result.out
+    assert "pip install 'sic-share[umap]'" in result.err  # said up front, brackets intact
+    assert (tmp_path / "m.png").stat().st_size > 0
