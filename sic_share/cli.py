@@ -897,7 +897,9 @@ def similarity_cmd(
     """How alike two models see the same patches: linear CKA, mutual kNN overlap, SIC agreement."""
     from sic_share.compare import similarity
 
-    result = similarity(dataset_a, dataset_b, hub=hub, k=k, seed=seed, clicks=clicks)
+    bar, update = _progress("comparing slides")
+    with bar:
+        result = similarity(dataset_a, dataset_b, hub=hub, k=k, seed=seed, clicks=clicks, progress=update)
     sys.stdout.write(result.to_json() if as_json else result.to_text())
 
 

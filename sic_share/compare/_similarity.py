@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -325,6 +325,7 @@ def similarity(
     rule: str = "structure",
     min_overlap: float = 0.5,
     json_path: str | os.PathLike[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> SimilarityResult:
     """Compare two models' embeddings of the same patches.
 
@@ -349,6 +350,8 @@ def similarity(
         grids are taken to differ.
     json_path : path-like, optional
         Write the result as JSON there (its folder is checked first).
+    progress : callable, optional
+        Called as ``progress(slide_id, done, total)`` after each slide.
 
     Returns
     -------
@@ -461,6 +464,8 @@ def similarity(
                 notes.append(f"slide {sid}: SIC agreement left out ({note})")
         slides.append(SlideSimilarity(sid, int(ra.size), g.cka, knn, int(pick.size), agreement, ari, note))
         del Xa, Xb
+        if progress:
+            progress(sid, len(slides), len(bounds) - 1)
     pooled = _pool(grams)
     agreement = ari = None
     if sic_a:
