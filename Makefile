@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 # (pytest, moto server, hypothesis, jsonschema, h5py, tifffile). pip takes torch
 # 2.14.1 / torchvision 0.29.1 from the machine's local wheel store when it has one.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,export,imagenet,pretrain]'
+	$(PY) -m pip install -q -e '.[test,export,imagenet,pretrain,app]'
 	touch $(STAMP)
 
 test: $(STAMP)

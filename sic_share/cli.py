@@ -657,7 +657,7 @@ def pretrain_cmd(
         if state.stage == "planning":
             show("tiling slides", state.done, state.total)
         else:
-            show(f"epoch {state.epoch}/{state.epochs}  loss {state.loss:.3f}  {state.samples_per_second:.0f} patches/s  "
+            show(f"epoch {state.epoch}/{state.epochs}  loss {state.loss:.3f}  {state.samples_per_second:.1f} patches/s  "
                  f"loader wait {state.loader_wait_fraction:.0%}", state.done, state.total)
 
     try:
@@ -667,13 +667,15 @@ def pretrain_cmd(
         err.print(f"[yellow]interrupted:[/yellow] {escape(str(out_file))} keeps the last finished epoch; "
                   "continue with --resume")
         raise typer.Exit(130) from None
+    if report.samples == 0:
+        out.print(f"{report.checkpoint} already holds {report.epochs} epochs: nothing to train (raise --epochs for more)")
+        return
     losses = ", ".join(f"{loss:.3f}" for loss in report.losses[report.resumed_from:])
-    start = f"resumed at epoch {report.resumed_from}, " if report.resumed_from else ""
+    start = f"resumed after epoch {report.resumed_from}, " if report.resumed_from else ""
     out.print(
         f"pretrained {report.model} for {report.epochs} epochs ({start}{report.samples} patches from "
         f"{report.slides} slides in {report.train_seconds:.1f} s on {report.device}: "
-        f"{report.samples_per_second:.0f} patches/s, loader wait {report.loader_wait_fraction:.0%}; "
-        f"loss {losses or 'unchanged'})"
+        f"{report.samples_per_second:.1f} patches/s, loader wait {report.loader_wait_fraction:.0%}; loss per epoch {losses})"
     )
     out.print(f"  checkpoint {report.checkpoint}: export with --model {report.model} --weights {report.checkpoint}")
     if report.slides_without_tissue:

@@ -128,13 +128,26 @@ class Patching:
 
 @dataclass(frozen=True)
 class SlideMetadata:
-    """The ``sic_share`` JSON stored in every slide file's footer."""
+    """The ``sic_share`` JSON stored in every slide file's footer.
+
+    ``slide_size`` is the slide's level-0 (width, height) in pixels, so that maps and
+    overlays span the whole slide; optional (None when not recorded: older datasets and
+    imports), written only when known, and not part of :meth:`dataset_key`.
+    """
 
     model: ModelInfo
     patching: Patching
     classes: tuple[str, ...] = ()
     embedding_dtype: str = "float16"
     format_version: int = FORMAT_VERSION
+    slide_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.slide_size is not None:
+            size = tuple(self.slide_size)
+            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+                raise DatasetError(f"slide_size={self.slide_size!r} should be a level-0 (width, height) in pixels")
+            object.__setattr__(self, "slide_size", size)
 
     def to_json(self) -> bytes:
         body = {
@@ -144,6 +157,8 @@ class SlideMetadata:
             "classes": list(self.classes),
             "embedding_dtype": self.embedding_dtype,
         }
+        if self.slide_size is not None:
+            body["slide_size"] = {"level0_width": self.slide_size[0], "level0_height": self.slide_size[1]}
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -161,6 +176,8 @@ class SlideMetadata:
                 patching=Patching(**body["patching"]),
                 classes=tuple(body.get("classes", ())),
                 embedding_dtype=body["embedding_dtype"],
+                slide_size=(body["slide_size"]["level0_width"], body["slide_size"]["level0_height"])
+                if body.get("slide_size") is not None else None,
             )
         except DatasetError:
             raise

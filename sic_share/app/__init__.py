@@ -1,0 +1,40 @@
+"""The annotation app: click seed patches on a slide or its embedding map, see SIC's annotation at once.
+
+``sic-share app DATASET`` serves one slide of a dataset folder or hub dataset on a
+local web server (Starlette on uvicorn, loopback only by default):
+
+- :func:`launch`: checks everything, then serves until Ctrl-C (what the command calls);
+- :func:`prepare` and :func:`build`: the slide made ready, and the Starlette app over it;
+- :class:`Session`: the loop itself (classes, seeds, undo/redo, the method, exports);
+- :func:`available_methods`: the methods the app offers, from :mod:`sic_share.sic`;
+- :func:`locate_slide` and :func:`open_cached`: a slide's file, decoded once into the
+  sha256-keyed cache and memory-mapped afterwards.
+
+Starlette and uvicorn come with the ``app`` extra: ``pip install 'sic-share[app]'``.
+"""
+
+from __future__ import annotations
+
+from sic_share.app._methods import Method, available_methods
+from sic_share.app._session import EXPORTS, Session, SessionError
+from sic_share.app._slide import WORK_DIMS, CachedSlide, SlideFile, locate_slide, open_cached
+from sic_share.app._server import PROJECTIONS, AppError, AppInfo, build, launch, prepare
+
+__all__ = [
+    "EXPORTS",
+    "PROJECTIONS",
+    "WORK_DIMS",
+    "AppError",
+    "AppInfo",
+    "CachedSlide",
+    "Method",
+    "Session",
+    "SessionError",
+    "SlideFile",
+    "available_methods",
+    "build",
+    "launch",
+    "locate_slide",
+    "open_cached",
+    "prepare",
+]

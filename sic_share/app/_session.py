@@ -1,0 +1,378 @@
+"""The annotation loop on one slide: classes, seeds, undo/redo, the method's result, exports.
+
+A :class:`Session` holds the state the browser edits. Each change records an undo
+step and re-runs the chosen method on the cached working matrix; results are kept
+by state, so undo and redo show an earlier result at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sic_share.app._methods import Fit, Method, available_methods, fit_method
+from sic_share.app._slide import CachedSlide
+from sic_share.errors import SeedError, SicShareError
+
+__all__ = ["EXPORTS", "Session", "SessionError"]
+
+#: Export formats: the writers of ``sic-share sic`` (:func:`sic_share.viz.write_result`), and file names.
+EXPORTS = {
+    "geojson": ("geojson", "{slide}-sic.geojson", "application/geo+json"),
+    "tissuumaps": ("tissuumaps", "{slide}-tissuumaps.csv", "text/csv"),
+    "png": ("png", "{slide}-sic.png", "image/png"),
+    "parquet": ("parquet", "{slide}-sic.parquet", "application/vnd.apache.parquet"),
+    "csv": ("csv", "{slide}-sic.csv", "text/csv"),
+}
+_DEFAULT_CLASSES = ("background", "lesion")
+_KEPT_RESULTS = 64
+_MAX_CLASSES = 32
+
+
+class SessionError(SicShareError, ValueError):
+    """A request the loop cannot carry out (unknown class, method, patch index): one sentence for the page."""
+
+
+@dataclass(frozen=True)
+class _State:
+    seed_index: np.ndarray  # int64, sorted, unique
+    seed_class: np.ndarray  # int8, class index of each
+    classes: tuple[tuple[str, str], ...]  # (name, "#rrggbb")
+    method: str
+    rule: str | None
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.seed_index.tobytes(), self.seed_class.tobytes(), len(self.classes), self.method, self.rule)
+
+
+@dataclass
+class _Outcome:
+    labels: np.ndarray
+    confidence: np.ndarray | None
+    message: str
+    seconds: float
+    rounds: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Session:
+    """The state of one annotation session over a cached slide.
+
+    Parameters
+    ----------
+    slide : CachedSlide
+    classes : sequence of str, optional
+        Initial class names; default: the dataset's ground-truth classes, else
+        ``background, lesion``. For two classes the first is the negative one.
+    random_state : int, default=0
+        Seed of every fit (the same seeds give the same annotation).
+    """
+
+    def __init__(self, slide: CachedSlide, *, classes: Sequence[str] | None = None, random_state: int = 0) -> None:
+        from sic_share.viz import class_colors, hex_color
+
+        self.slide = slide
+        self.random_state = random_state
+        self.methods: dict[str, Method] = available_methods()
+        names = tuple(classes or slide.metadata.classes or _DEFAULT_CLASSES)
+        colours = [hex_color(c) for c in class_colors(names)]
+        first = next(iter(self.methods.values()))
+        self._state = _State(np.empty(0, np.int64), np.empty(0, np.int8), tuple(zip(names, colours)),
+                             first.name, first.rules[0] if first.rules else None)
+        self._undo: list[_State] = []
+        self._redo: list[_State] = []
+        self._results: OrderedDict[tuple[Any, ...], _Outcome] = OrderedDict()
+        self._lock = threading.Lock()
+        self.revision = 0
+        self._X = slide.work_matrix()
+
+    # -- reading ----------------------------------------------------------------------------------
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._state.classes)
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        return tuple(colour for _, colour in self._state.classes)
+
+    def seed_labels(self) -> np.ndarray:
+        """Seed class per patch (-1 none), int8."""
+        dense = np.full(len(self.slide), -1, np.int8)
+        dense[self._state.seed_index] = self._state.seed_class
+        return dense
+
+    def outcome(self) -> _Outcome:
+        """The method's result for the current state (computed when not kept)."""
+        with self._lock:
+            return self._outcome(self._state)
+
+    def response(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as the page draws it: a JSON-able header and the per-patch arrays."""
+        with self._lock:
+            state = self._state
+            result = self._outcome(state)
+            seeds = self.seed_labels()
+            counts = np.bincount(result.labels[result.labels >= 0].astype(np.int64), minlength=len(state.classes))
+            seeded = np.bincount(state.seed_class.astype(np.int64), minlength=len(state.classes))
+            meta = {
+                "revision": self.revision,
+                "classes": [{"name": n, "color": c, "count": int(counts[i]), "seeds": int(seeded[i])}
+                            for i, (n, c) in enumerate(state.classes)],
+                "method": state.method,
+                "rule": state.rule,
+                "message": result.message,
+                "seconds": result.seconds,
+                "rounds": result.rounds,
+                "can_undo": bool(self._undo),
+                "can_redo": bool(self._redo),
+                "has_confidence": result.confidence is not None,
+            }
+            arrays = {"labels": result.labels, "seeds": seeds}
+            if result.confidence is not None:
+                arrays["confidence"] = np.round(result.confidence * 255).astype(np.uint8)
+            return meta, arrays
+
+    # -- changing ---------------------------------------------------------------------------------
+    def _change(self, new: _State) -> None:
+        with self._lock:
+            if new.key() == self._state.key() and new.classes == self._state.classes:
+                return
+            self._undo.append(self._state)
+            self._redo.clear()
+            self._state = new
+            self.revision += 1
+            self._outcome(new)
+
+    def _class_index(self, value: Any) -> int:
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(self._state.classes):
+            raise SessionError(f"class {value!r} is not one of the {len(self._state.classes)} classes")
+        return index
+
+    def _indices(self, values: Any) -> np.ndarray:
+        try:
+            index = np.asarray(values, np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise SessionError("patch indices should be whole numbers") from None
+        if index.size and (index.min() < 0 or index.max() >= len(self.slide)):
+            raise SessionError(f"patch index {int(index.max())} is not on this slide of {len(self.slide)} patches")
+        return np.unique(index)
+
+    def add_seeds(self, indices: Any, class_index: Any) -> None:
+        """Seed ``indices`` with a class (a patch seeded before changes class)."""
+        c = self._class_index(class_index)
+        add = self._indices(indices)
+        s = self._state
+        keep = ~np.isin(s.seed_index, add)
+        index = np.concatenate([s.seed_index[keep], add])
+        cls = np.concatenate([s.seed_class[keep], np.full(add.size, c, np.int8)])
+        order = np.argsort(index, kind="stable")
+        self._change(_State(index[order], cls[order], s.classes, s.method, s.rule))
+
+    def remove_seeds(self, indices: Any) -> None:
+        """Unseed ``indices``."""
+        drop = self._indices(indices)
+        s = self._state
+        keep = ~np.isin(s.seed_index, drop)
+        self._change(_State(s.seed_index[keep], s.seed_class[keep], s.classes, s.method, s.rule))
+
+    def add_class(self, name: str, color: str | None = None) -> None:
+        """A new class at the end of the list."""
+        from sic_share.viz import class_colors, hex_color
+
+        s = self._state
+        if len(s.classes) >= _MAX_CLASSES:
+            raise SessionError(f"{_MAX_CLASSES} classes is the most the app draws: rename one instead")
+        name = self._new_name(name)
+        names = (*self.classes, name)
+        colour = hex_color(class_colors(names, {name: color} if color else None)[-1])
+        self._change(_State(s.seed_index, s.seed_class, (*s.classes, (name, colour)), s.method, s.rule))
+
+    def rename_class(self, class_index: Any, name: str, color: str | None = None) -> None:
+        """Rename (and optionally recolour) a class."""
+        from sic_share.viz import class_colors, hex_color
+
+        c = self._class_index(class_index)
+        s = self._state
+        old_name, old_colour = s.classes[c]
+        name = old_name if name.strip() == old_name else self._new_name(name)
+        colour = hex_color(class_colors([name], {name: color})[0]) if color else old_colour
+        classes = tuple((name, colour) if i == c else pair for i, pair in enumerate(s.classes))
+        self._change(_State(s.seed_index, s.seed_class, classes, s.method, s.rule))
+
+    def _new_name(self, name: Any) -> str:
+        text = str(name or "").strip()
+        if not text or len(text) > 64:
+            raise SessionError("a class name should be 1-64 characters")
+        if text.casefold() in {n.casefold() for n in self.classes}:
+            raise SessionError(f"there is already a class {text!r}: choose another name")
+        return text
+
+    def set_method(self, name: str, rule: str | None = None) -> None:
+        """Choose the method (and its rule)."""
+        if name not in self.methods:
+            raise SessionError(f"method {name!r} is not one of {', '.join(self.methods)}")
+        method = self.methods[name]
+        if method.rules:
+            rule = rule if rule is not None else method.rules[0]
+            if rule not in method.rules:
+                raise SessionError(f"rule {rule!r} is not one of {', '.join(method.rules)} for {name}")
+        else:
+            rule = None
+        s = self._state
+        self._change(_State(s.seed_index, s.seed_class, s.classes, name, rule))
+
+    def undo(self) -> None:
+        with self._lock:
+            if self._undo:
+                self._redo.append(self._state)
+                self._state = self._undo.pop()
+                self.revision += 1
+
+    def redo(self) -> None:
+        with self._lock:
+            if self._redo:
+                self._undo.append(self._state)
+                self._state = self._redo.pop()
+                self.revision += 1
+
+    # -- the method -------------------------------------------------------------------------------
+    def _outcome(self, state: _State) -> _Outcome:
+        key = state.key()
+        if key in self._results:
+            self._results.move_to_end(key)
+            return self._results[key]
+        result = self._fit(state)
+        self._results[key] = result
+        while len(self._results) > _KEPT_RESULTS:
+            self._results.popitem(last=False)
+        return result
+
+    def _fit(self, state: _State) -> _Outcome:
+        n = len(self.slide)
+        none = np.full(n, -1, np.int8)
+        present = np.unique(state.seed_class).astype(np.int64)
+        names = [name for name, _ in state.classes]
+        if present.size < 2:
+            need = "seed patches of at least two classes" if present.size == 0 else (
+                f"seed a class other than {names[int(present[0])]!r}")
+            return _Outcome(none, None, f"{need} to start", 0.0)
+        remap = np.full(len(names), -1, np.int64)
+        remap[present] = np.arange(present.size)
+        seeds = np.full(n, -1, np.int64)
+        seeds[state.seed_index] = remap[state.seed_class.astype(np.int64)]
+        start = time.perf_counter()
+        try:
+            fit: Fit = fit_method(self.methods[state.method], state.rule, self._X, seeds, int(present.size),
+                                  random_state=self.random_state)
+        except SicShareError as exc:
+            return _Outcome(none, None, str(exc), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        labels = present[fit.labels.astype(np.int64)].astype(np.int8)
+        missing = [names[i] for i in range(len(names)) if i not in set(present.tolist())]
+        message = (f"{', '.join(map(repr, missing))} {'has' if len(missing) == 1 else 'have'} no seed yet: "
+                   "left out") if missing else ""
+        return _Outcome(labels, fit.confidence, message, seconds, fit.rounds)
+
+    # -- files ------------------------------------------------------------------------------------
+    def export(self, fmt: str, *, tiles: bool = False) -> tuple[bytes, str, str]:
+        """The current annotation as a file: ``(bytes, file name, media type)``.
+
+        Written by :func:`sic_share.viz.write_result`, the writer ``sic-share sic`` uses.
+        """
+        from sic_share.viz import write_result
+
+        if fmt not in EXPORTS:
+            raise SessionError(f"export format {fmt!r} is not one of {', '.join(EXPORTS)}")
+        kind, pattern, media = EXPORTS[fmt]
+        with self._lock:
+            state = self._state
+            result = self._outcome(state)
+        if not (result.labels >= 0).any():
+            raise SessionError("nothing to export yet: seed patches of at least two classes first")
+        name = pattern.format(slide=self.slide.slide_id)
+        with tempfile.TemporaryDirectory(prefix="sic-share-app-") as tmp:
+            path = write_result(Path(tmp) / name, kind, slide_id=self.slide.slide_id, coords=self.slide.coords,
+                                labels=result.labels, classes=[n for n, _ in state.classes],
+                                patch_size=self.slide.patch_size, colors=[c for _, c in state.classes], tiles=tiles)
+            return path.read_bytes(), name, media
+
+    def save_seeds(self, fmt: str) -> tuple[bytes, str, str]:
+        """The seeds as QuPath GeoJSON points or a CSV ``x,y,label`` at the seeded patches' centres."""
+        with self._lock:
+            state = self._state
+        xy = self.slide.coords[state.seed_index].astype(np.int64)
+        names = [n for n, _ in state.classes]
+        slide = self.slide.slide_id
+        if fmt == "csv":
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(["x", "y", "label"])
+            writer.writerows((int(x), int(y), names[c]) for (x, y), c in zip(xy.tolist(), state.seed_class.tolist()))
+            return text.getvalue().encode(), f"{slide}-seeds.csv", "text/csv"
+        if fmt != "geojson":
+            raise SessionError(f"seed format {fmt!r} is not geojson or csv")
+        from sic_share.viz import class_colors
+
+        rgb = {n: list(c) for n, c in zip(names, class_colors(names, [c for _, c in state.classes]))}
+        features = [{
+            "type": "Feature", "id": str(uuid.uuid4()),
+            "geometry": {"type": "Point", "coordinates": [int(x), int(y)]},
+            "properties": {"objectType": "annotation",
+                           "classification": {"name": names[c], "color": rgb[names[c]]}},
+        } for (x, y), c in zip(xy.tolist(), state.seed_class.tolist())]
+        body = json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
+        return body.encode(), f"{slide}-seeds.geojson", "application/geo+json"
+
+    def load_seeds(self, data: bytes, filename: str) -> str | None:
+        """Add the seeds of a QuPath GeoJSON or CSV file; unknown class names become new classes.
+
+        Returns a warning on what did not land, or None.
+        """
+        from sic_share.sic import read_seeds
+        from sic_share.viz import class_colors, hex_color
+
+        suffix = Path(filename or "seeds").suffix.lower()
+        if suffix not in (".geojson", ".json", ".csv"):
+            raise SessionError(f"seeds file {filename!r} should be QuPath GeoJSON (.geojson, .json) or CSV (.csv)")
+        with tempfile.TemporaryDirectory(prefix="sic-share-app-") as tmp:
+            path = Path(tmp) / Path(filename).name
+            path.write_bytes(data)
+            try:
+                seeds = read_seeds(path, self.slide.coords, self.slide.patch_size, None)
+            except SeedError as exc:
+                raise SessionError(str(exc)) from None
+        s = self._state
+        classes = list(s.classes)
+        index = {n.casefold(): i for i, (n, _) in enumerate(classes)}
+        for name in seeds.classes:
+            if name.casefold() not in index:
+                index[name.casefold()] = len(classes)
+                classes.append((name, ""))
+        names = [n for n, _ in classes]
+        palette = [hex_color(c) for c in class_colors(names)]
+        classes = [(n, c or palette[i]) for i, (n, c) in enumerate(classes)]
+        remap = np.array([index[n.casefold()] for n in seeds.classes], np.int8)
+        got = np.flatnonzero(seeds.labels >= 0)
+        new_class = remap[seeds.labels[got].astype(np.int64)]
+        keep = ~np.isin(s.seed_index, got)
+        index_all = np.concatenate([s.seed_index[keep], got.astype(np.int64)])
+        cls_all = np.concatenate([s.seed_class[keep], new_class])
+        order = np.argsort(index_all, kind="stable")
+        self._change(_State(index_all[order], cls_all[order], tuple(classes), s.method, s.rule))
+        return seeds.summary()

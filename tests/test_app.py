@@ -1,0 +1,325 @@
+"""The annotation app without a browser: its cache, its loop, its HTTP API, and every way it refuses to start.
+
+The browser tests are in test_app_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BUCKET, DATA, assert_one_line_error, make_dataset, make_publisher
+from sic_share.app import Session, SessionError, WORK_DIMS, locate_slide, open_cached, prepare
+from sic_share.app._binary import pack, unpack
+from sic_share.dataset import ModelInfo, Patching, SlideMetadata, read_slide, write_slide
+from sic_share.signing import sign_dataset
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "crc", slides=2, n=400, dim=16)
+
+
+def test_binary_bodies_round_trip_typed_arrays():
+    arrays = {"a": np.arange(5, dtype=np.int8), "b": np.linspace(0, 1, 6, dtype=np.float32).reshape(3, 2),
+              "c": np.array([7, 8], np.int32)}
+    body = pack({"x": 1}, arrays)
+    meta, got = unpack(body)
+    assert meta == {"x": 1}
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(got[name], value)
+    header = int.from_bytes(body[:4], "little")
+    start = 4 + header
+    assert start % 8 == 0  # every array can be viewed in place as a typed array
+    assert all((start + spec["offset"]) % 8 == 0 for spec in json.loads(body[4:start])["arrays"].values())
+
+
+def test_cache_is_keyed_by_sha256_and_warm_opens_do_not_read_parquet(dataset, tmp_path, monkeypatch):
+    located = locate_slide(dataset, "s1")
+    cold = open_cached(located)
+    truth = read_slide(located.path, dtype=np.float16)
+    np.testing.assert_array_equal(cold.embeddings, truth.embeddings)
+    np.testing.assert_array_equal(cold.coords, truth.coords)
+    assert cold.embeddings.dtype == np.float16 and isinstance(cold.embeddings, np.memmap)
+    from sic_share.signing import sha256_file
+
+    assert cold.digest == sha256_file(located.path)
+    assert cold.folder.name == f".{cold.digest}.app"
+
+    import sic_share.app._slide as slide_module
+
+    monkeypatch.setattr(slide_module, "read_slide", lambda *a, **k: pytest.fail("warm open read the Parquet file"))
+    monkeypatch.setattr("sic_share.signing.sha256_file", lambda *a: pytest.fail("warm open hashed the file"))
+    warm = open_cached(located)
+    assert warm.folder == cold.folder
+    np.testing.assert_array_equal(warm.embeddings, truth.embeddings)
+
+
+def test_a_changed_slide_file_gets_a_new_cache(dataset):
+    located = locate_slide(dataset, "s0")
+    first = open_cached(located)
+    make_dataset(dataset, slides=1, n=300, dim=16, seed=7)  # rewrites s0 with other patches
+    second = open_cached(locate_slide(dataset, "s0"))
+    assert second.digest != first.digest and len(second) == 300
+
+
+def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path):
+    rng = np.random.default_rng(0)
+    n, dim = 600, 128
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n]
+    truth = (grid[:, 0] > side // 2).astype(np.int8)
+    emb = rng.normal(0, 1, (n, dim)) + truth[:, None] * rng.normal(0, 3, dim)
+    meta = SlideMetadata(ModelInfo("wide", dim, "test"), Patching(256, 256, 0.5, 0.5, 128), ("normal", "tumour"))
+    write_slide(tmp_path / "w" / "slides" / "w.parquet", slide_id="w", metadata=meta,
+                coords=(grid * 128 + 128).astype(np.int32), embeddings=emb, labels=truth)
+    slide = open_cached(locate_slide(tmp_path / "w", None))
+    work = slide.work_matrix()
+    assert work.shape == (n, WORK_DIMS) and (slide.folder / f"work{WORK_DIMS}.npy").exists()
+    session = Session(slide)
+    session.add_seeds(np.flatnonzero(truth == 0)[:3], 0)
+    session.add_seeds(np.flatnonzero(truth == 1)[:3], 1)
+    labels = session.outcome().labels
+    assert (labels == truth).mean() > 0.95
+
+
+def test_session_loop_matches_run_sic_and_undoes(dataset, tmp_path):
+    from sic_share.sic import run_sic
+
+    slide = open_cached(locate_slide(dataset, "s0"))
+    session = Session(slide)
+    assert session.classes == ("normal", "tumour")  # the dataset's classes
+    meta, arrays = session.response()
+    assert "at least two classes" in meta["message"] and (arrays["labels"] == -1).all()
+    truth = slide.truth
+    session.add_seeds(np.flatnonzero(truth == 0)[:2], 0)
+    session.add_seeds(np.flatnonzero(truth == 1)[:2], 1)
+    two = session.outcome().labels.copy()
+    data, name, _ = session.save_seeds("csv")
+    (tmp_path / name).write_bytes(data)
+    expected = run_sic(dataset, tmp_path / name, slide_id="s0", classes=("normal", "tumour"))
+    np.testing.assert_array_equal(two, expected.labels)
+
+    session.add_class("stroma")
+    session.add_seeds([int(np.flatnonzero(truth == 1)[5])], 2)
+    assert session.response()[0]["classes"][2]["seeds"] == 1
+    session.undo()
+    session.undo()
+    assert session.classes == ("normal", "tumour")
+    np.testing.assert_array_equal(session.outcome().labels, two)
+    session.redo()
+    assert session.classes == ("normal", "tumour", "stroma")
+    meta, _ = session.response()
+    assert "'stroma' has no seed yet" in meta["message"]
+
+    with pytest.raises(SessionError, match="already a class"):
+        session.add_class("Normal")
+    with pytest.raises(SessionError, match="not on this slide"):
+        session.add_seeds([10_000], 0)
+    with pytest.raises(SessionError, match="not one of"):
+        session.set_method("nope")
+
+
+def test_seeds_load_back_and_exports_use_the_sic_writers(dataset, tmp_path):
+    import shapely.geometry
+
+    slide = open_cached(locate_slide(dataset, "s0"))
+    session = Session(slide)
+    with pytest.raises(SessionError, match="nothing to export"):
+        session.export("geojson")
+    session.add_seeds([0, 5], 0)
+    session.add_seeds([1, 7], 1)
+    geo, name, _ = session.save_seeds("geojson")
+    assert name.endswith(".geojson")
+    fresh = Session(slide)
+    assert fresh.load_seeds(geo, name) is None
+    np.testing.assert_array_equal(fresh.seed_labels(), session.seed_labels())
+    fresh.load_seeds(b"x,y,label\n128,128,stroma\n", "more.csv")
+    assert fresh.classes == ("normal", "tumour", "stroma")
+    with pytest.raises(SessionError, match="GeoJSON"):
+        fresh.load_seeds(b"", "seeds.txt")
+
+    labels = session.outcome().labels
+    body, name, _ = session.export("geojson")
+    doc = json.loads(body)
+    names = {f["properties"]["classification"]["name"] for f in doc["features"]}
+    assert names == {"normal", "tumour"}
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in doc["features"])
+    for fmt in ("tissuumaps", "csv"):
+        text = session.export(fmt)[0].decode()
+        assert len(text.strip().splitlines()) == len(labels) + 1
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(session.export("parquet")[0]))
+    np.testing.assert_array_equal(table.column("label").to_numpy(), labels)
+    assert session.export("png")[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def api(dataset):
+    """The Starlette app over a prepared slide, called in-process through ASGI."""
+    import asyncio
+
+    from sic_share.app import build
+
+    application = build(prepare(dataset, slide_id="s0"))
+
+    def call(method: str, path: str, body: bytes = b"", query: str = "") -> tuple[int, dict, bytes]:
+        sent = {"body": body, "done": False}
+        got: dict = {"status": 0, "headers": {}, "body": b""}
+
+        async def receive():
+            if sent["done"]:
+                return {"type": "http.disconnect"}
+            sent["done"] = True
+            return {"type": "http.request", "body": sent["body"], "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                got["status"] = message["status"]
+                got["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+            elif message["type"] == "http.response.body":
+                got["body"] += message.get("body", b"")
+
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+                 "query_string": query.encode(), "headers": [(b"content-type", b"application/json")],
+                 "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "http_version": "1.1"}
+        asyncio.run(application(scope, receive, send))
+        return got["status"], got["headers"], got["body"]
+
+    return call
+
+
+def test_api_arrays_state_and_errors(api):
+    status, headers, body = api("GET", "/api/arrays.bin")
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    meta, arrays = unpack(body)
+    assert arrays["coords"].dtype == np.int32 and arrays["coords"].shape == (400, 2)
+    assert arrays["rgb"].dtype == np.uint8 and arrays["layout"].dtype == np.float32
+    status, _, body = api("POST", "/api/seeds", json.dumps({"class": 0, "indices": [0, 5]}).encode())
+    status, _, body = api("POST", "/api/seeds", json.dumps({"class": 1, "indices": [1, 7]}).encode())
+    meta, arrays = unpack(body)
+    assert status == 200 and meta["can_undo"] and (arrays["labels"] >= 0).all()
+    assert sum(c["count"] for c in meta["classes"]) == 400
+    status, _, body = api("POST", "/api/seeds", json.dumps({"class": 5, "indices": [0]}).encode())
+    assert status == 400 and json.loads(body) == {"error": "class 5 is not one of the 2 classes"}
+    status, _, body = api("POST", "/api/seeds", b"not json")
+    assert status == 400 and "not JSON" in json.loads(body)["error"]
+    status, headers, body = api("GET", "/api/export", query="format=geojson")
+    assert status == 200 and 'filename="s0-sic.geojson"' in headers["content-disposition"]
+    status, _, body = api("GET", "/map.png")
+    assert body[:8] == b"\x89PNG\r\n\x1a\n"
+    status, _, _ = api("GET", "/tiles/slide.dzi")
+    assert status == 404  # no --image
+    status, _, body = api("GET", "/")
+    assert b"/static/openseadragon/openseadragon.min.js" in body
+    assert b"http://" not in body and b"https://" not in body  # nothing from the internet
+
+
+def test_image_tiles_are_deep_zoom_jpegs_of_the_slide(tmp_path):
+    pytest.importorskip("openslide")
+    from sic_share.app._tiles import SlideTiles
+
+    tiles = SlideTiles(DATA / "cmu_small_region.svs")
+    try:
+        assert tiles.dimensions == (2220, 2967)
+        assert 'Width="2220"' in tiles.dzi() and 'Height="2967"' in tiles.dzi()
+        assert tiles.tile(12, 0, 0)[:3] == b"\xff\xd8\xff"
+        with pytest.raises(ValueError):
+            tiles.tile(12, 99, 99)
+    finally:
+        tiles.close()
+
+
+# -- refusing to start: one line, exit 1, nothing left running ---------------------------------------
+
+
+def _nothing_started(before: int) -> None:
+    assert threading.active_count() == before
+
+
+def test_missing_dataset_or_slide_is_one_line(cli, dataset, tmp_path):
+    before = threading.active_count()
+    assert_one_line_error(cli("app", tmp_path / "nowhere", "--no-browser", "--port", "0"),
+                          "neither a dataset folder")
+    assert_one_line_error(cli("app", dataset, "--slide", "s9", "--no-browser", "--port", "0"), "has no slide 's9'")
+    assert_one_line_error(cli("app", dataset, "--no-browser", "--port", "0"), "has 2 slides: choose one with --slide")
+    _nothing_started(before)
+
+
+def test_port_in_use_is_one_line(cli, dataset):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    before = threading.active_count()
+    try:
+        assert_one_line_error(cli("app", dataset, "--slide", "s0", "--no-browser", "--port", port),
+                              f"port {port} on 127.0.0.1 is in use")
+    finally:
+        holder.close()
+    _nothing_started(before)
+
+
+def test_remote_host_needs_allow_remote(cli, dataset):
+    assert_one_line_error(cli("app", dataset, "--slide", "s0", "--no-browser", "--host", "0.0.0.0"),
+                          "--allow-remote")
+
+
+def test_image_of_another_size_is_one_line(cli, dataset):
+    pytest.importorskip("openslide")
+    before = threading.active_count()
+    assert_one_line_error(
+        cli("app", dataset, "--slide", "s0", "--no-browser", "--port", "0", "--image", DATA / "stardist_histo.jpg"),
+        "is 500 x 300 px at level 0", "give the slide this dataset was exported from")
+    assert_one_line_error(
+        cli("app", dataset, "--slide", "s0", "--no-browser", "--port", "0", "--image", DATA / "missing.svs"),
+        "does not exist")
+    _nothing_started(before)
+
+
+def test_hub_dataset_opens_from_verified_cache_and_refusal_is_one_line(cli, tmp_path, as_user):
+    from sic_share.hub import BlobCache
+
+    name = f"crc{secrets.token_hex(4)}"
+    hub = f"s3://{BUCKET}/"
+    lab_b = make_publisher("lab-b", tmp_path / "keys-b")
+    root = make_dataset(tmp_path / "crc-b", slides=1, n=100)
+    sign_dataset(root, name=name, key_path=lab_b.private)
+    as_user("lab-b")
+    assert cli("publish", root, "--hub", hub).code == 0
+    as_user("lab-a")  # lab-a's policy reads only lab-a/*
+    assert_one_line_error(cli("app", f"lab-b/{name}", "--hub", hub, "--no-browser", "--port", "0"),
+                          "refused", "AccessDenied")
+    as_user("reader")
+    prepared = prepare(f"lab-b/{name}", hub=hub)
+    blob = BlobCache().path(prepared.slide.digest)
+    assert blob.exists() and prepared.slide.folder == blob.with_name(f".{prepared.slide.digest}.app")
+    assert prepared.slide.source == f"lab-b/{name}@1" and len(prepared.slide) == 100
+
+
+def test_slide_size_round_trips_and_a_recorded_size_must_match_the_image(tmp_path, cli):
+    pytest.importorskip("openslide")
+    from sic_share.dataset import read_slide_metadata
+
+    coords = np.array([[128, 128], [256, 128]], np.int32)
+    meta = SlideMetadata(ModelInfo("m", 4, "test"), Patching(256, 256, 0.5, 0.5, 128), (), slide_size=(501, 300))
+    path = write_slide(tmp_path / "d" / "slides" / "a.parquet", slide_id="a", metadata=meta, coords=coords,
+                       embeddings=np.ones((2, 4)))
+    assert read_slide_metadata(path)[0].slide_size == (501, 300)
+    assert SlideMetadata.from_json(meta.to_json(), "x") == meta
+    plain = SlideMetadata(ModelInfo("m", 4, "test"), Patching(256, 256, 0.5, 0.5, 128))
+    assert b"slide_size" not in plain.to_json() and plain.slide_size is None
+    assert_one_line_error(cli("app", tmp_path / "d", "--no-browser", "--port", "0", "--image",
+                              DATA / "stardist_histo.jpg"), "is 500 x 300 px", "slide is 501 x 300 px")

@@ -1,0 +1,221 @@
+"""The annotation app in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Each test starts ``sic-share app`` as a user would (a subprocess on a free loopback
+port), clicks in the page, and checks what the page shows against the library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, make_dataset
+from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
+
+CHROMIUM = "/usr/bin/chromium"
+pytest.importorskip("starlette")
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+
+
+class App:
+    """``sic-share app ...`` running in a subprocess; ``url`` once it listens."""
+
+    def __init__(self, args: list[str], home: Path) -> None:
+        env = {**os.environ, "SIC_SHARE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "sic_share.cli", "app", *map(str, args),
+                                      "--port", "0", "--no-browser"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(f"the app did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = match.group(1)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=20)
+        return self.proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def pixel_free(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    dataset = make_dataset(root / "crc", slides=2, n=400, dim=16)
+    app = App([dataset, "--slide", "s0"], root / "home")
+    yield app, dataset
+    code, out = app.stop()
+    assert code == 0 and "stopped" in out
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1300, "height": 760}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda r: errors.append(f"left loopback: {r.url}") if not r.url.startswith(
+        ("http://127.0.0.1", "data:", "blob:")) else None)
+    page.goto(url)
+    page.wait_for_function("window.sicApp && sicApp.ready && sicApp.viewerOpen", timeout=20_000)
+    return page, errors
+
+
+def wait_revision(page, revision: int) -> None:
+    page.wait_for_function(f"sicApp.revision >= {revision} && sicApp.overlayDraws > 0", timeout=20_000)
+    page.wait_for_timeout(50)
+
+
+def click_patch(page, index: int) -> None:
+    x, y = page.evaluate(f"sicApp.slidePointOf({index})")
+    page.mouse.click(x, y)
+
+
+def pick_class(page, index: int) -> None:
+    page.locator("#classes li").nth(index).locator(".name").click()
+
+
+def download(page, selector: str, tmp_path: Path) -> Path:
+    with page.expect_download() as info:
+        page.click(selector)
+    target = tmp_path / info.value.suggested_filename
+    info.value.save_as(target)
+    return target
+
+
+def test_two_then_three_classes_undo_and_export(browser, pixel_free, tmp_path):
+    import shapely.geometry
+
+    from sic_share.sic import run_sic
+
+    app, dataset = pixel_free
+    page, errors = open_page(browser, app.url)
+    truth = np.asarray(__import__("sic_share.dataset", fromlist=["read_slide"]).read_slide(
+        dataset / "slides" / "s0.parquet").labels)
+    normal, tumour = np.flatnonzero(truth == 0), np.flatnonzero(truth == 1)
+    revision = page.evaluate("sicApp.revision")
+    # two classes, seeded by clicks on the slide (the embedding map: no pixels)
+    for cls, patch in ((0, normal[0]), (0, normal[1]), (1, tumour[0]), (1, tumour[1])):
+        pick_class(page, cls)
+        click_patch(page, int(patch))
+        revision += 1
+        wait_revision(page, revision)
+    seeds_csv = download(page, "#save-seeds-csv", tmp_path)
+    expected = run_sic(dataset, seeds_csv, slide_id="s0", classes=("normal", "tumour"))
+    two = page.evaluate("sicApp.overlayCounts()")
+    assert two == expected.counts and sum(two.values()) == 400
+
+    # a third class: added in the page, one seed clicked in the scatter, one lassoed on the slide
+    page.fill("#new-class", "stroma")
+    page.click("#add-class")
+    revision += 1
+    wait_revision(page, revision)
+    page.wait_for_function("document.querySelector('#classes li.current .name').textContent === 'stroma'")
+    x, y = page.evaluate(f"sicApp.scatterPointOf({int(tumour[5])})")
+    page.mouse.move(x, y)
+    assert page.evaluate("!document.querySelector('.hover-mark').hidden")  # linked: the patch shows on the slide
+    page.mouse.click(x, y)
+    revision += 1
+    wait_revision(page, revision)
+    page.check("input[name=tool][value=lasso]")
+    cx, cy = page.evaluate(f"sicApp.slidePointOf({int(tumour[9])})")
+    r = page.evaluate("sicApp.slideCellPixels()") / 3
+    page.mouse.move(cx - r, cy - r)
+    page.mouse.down()
+    for dx, dy in ((r, -r), (r, r), (-r, r), (-r, -r)):
+        page.mouse.move(cx + dx, cy + dy, steps=3)
+    page.mouse.up()
+    revision += 1
+    wait_revision(page, revision)
+    seeds_csv = download(page, "#save-seeds-csv", tmp_path)
+    assert seeds_csv.read_text().count("stroma") == 2
+    expected3 = run_sic(dataset, seeds_csv, slide_id="s0", classes=("normal", "tumour", "stroma"))
+    three = page.evaluate("sicApp.overlayCounts()")
+    assert three == expected3.counts and three["stroma"] > 0
+
+    # undo the two stroma seeds: the two-class annotation is back; redo brings the third class back
+    page.click("#undo")
+    page.click("#undo")
+    wait_revision(page, revision + 2)
+    assert page.evaluate("sicApp.overlayCounts()") == {**two, "stroma": 0}
+    page.keyboard.press("Control+Shift+Z")
+    page.click("#redo")
+    wait_revision(page, revision + 4)
+    assert page.evaluate("sicApp.overlayCounts()") == three
+
+    # export QuPath GeoJSON through the sic writers: shapely reads every class
+    geojson = download(page, "button[data-export=geojson]:not([data-tiles])", tmp_path)
+    features = json.loads(geojson.read_text())["features"]
+    shapes = {f["properties"]["classification"]["name"]: shapely.geometry.shape(f["geometry"]) for f in features}
+    assert set(shapes) == {"normal", "tumour", "stroma"}
+    assert all(s.is_valid and s.area > 0 for s in shapes.values())
+    assert errors == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def with_image(tmp_path_factory):
+    """A dataset on the grid of the real slide tests/data/cmu_small_region.svs (2220 x 2967 px)."""
+    pytest.importorskip("openslide")
+    root = tmp_path_factory.mktemp("app-image")
+    xs, ys = np.arange(128, 2220 - 127, 128), np.arange(128, 2967 - 127, 128)
+    coords = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.int32)
+    rng = np.random.default_rng(0)
+    truth = (coords[:, 0] > 1100).astype(np.int8)
+    emb = rng.normal(0, 1, (len(coords), 16)) + truth[:, None] * 4
+    meta = SlideMetadata(ModelInfo("test-model", 16, "test"), Patching(256, 256, 0.5, 0.5, 128), ("normal", "tumour"))
+    write_slide(root / "cmu" / "slides" / "c0.parquet", slide_id="c0", metadata=meta, coords=coords,
+                embeddings=emb, labels=truth)
+    app = App([root / "cmu", "--image", DATA / "cmu_small_region.svs"], root / "home")
+    yield app, truth
+    code, _ = app.stop()
+    assert code == 0
+
+
+def test_image_mode_shows_real_tiles_under_the_annotation(browser, with_image):
+    import urllib.request
+
+    app, truth = with_image
+    dzi = urllib.request.urlopen(f"{app.url}/tiles/slide.dzi").read().decode()
+    assert 'Width="2220"' in dzi and 'Height="2967"' in dzi
+    page, errors = open_page(browser, app.url)
+    page.wait_for_function("sicApp.tilesLoaded > 0", timeout=20_000)
+    tiles = [r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+             if "/tiles/slide_files/" in r]
+    assert tiles
+    body = urllib.request.urlopen(tiles[0]).read()
+    assert body[:3] == b"\xff\xd8\xff"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(body)).format == "JPEG"
+    revision = page.evaluate("sicApp.revision")
+    for cls, patch in ((0, np.flatnonzero(truth == 0)[3]), (1, np.flatnonzero(truth == 1)[3])):
+        pick_class(page, cls)
+        click_patch(page, int(patch))
+        revision += 1
+        wait_revision(page, revision)
+    counts = page.evaluate("sicApp.overlayCounts()")
+    assert counts == {"normal": int((truth == 0).sum()), "tumour": int((truth == 1).sum())}
+    assert errors == []
+    page.close()
