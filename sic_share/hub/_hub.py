@@ -140,8 +140,19 @@ def _refusals(fs: fsspec.AbstractFileSystem, base: str, url: str, doing: str, ne
         raise HubError(f"the hub {url} refused {doing} ({code}): {hint}") from None
 
 
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "s3" in protocols
+
+
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Create ``path`` holding ``data`` only if it does not exist (FileExistsError otherwise)."""
+    """Create ``path`` holding ``data`` only if it does not exist (FileExistsError otherwise).
+
+    On S3 this is one ``PutObject`` with ``If-None-Match: *``, never a multipart
+    upload: Ceph RGW (16.2) ignores the condition on ``CompleteMultipartUpload``.
+    Any 412 means the key exists: RGW's carries no ``<Condition>`` element, which
+    s3fs needs to raise ``FileExistsError`` (it raises ``OSError(EINVAL)``).
+    """
     if is_local(fs):
         # Write under a temporary name, then hard-link: the link fails if the
         # target exists, and readers never see a half-written file.
@@ -152,8 +163,45 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> 
             os.link(tmp, path)
         finally:
             os.unlink(tmp)
+    elif _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except OSError as exc:
+            if _server_code(exc) in ("PreconditionFailed", "412"):
+                raise FileExistsError(path) from None
+            raise
+        finally:
+            fs.invalidate_cache(path)
     else:
         fs.pipe_file(path, data, mode="create")
+
+
+def _refuse_versioned_bucket(fs: fsspec.AbstractFileSystem, base: str) -> None:
+    """Refuse an S3 hub whose bucket has versioning enabled: the envelope's create may not be exclusive there.
+
+    Ceph RGW (16.2) ignores ``If-None-Match`` on a bucket with versioning
+    enabled and overwrites the object; with versioning suspended it honours it
+    (both measured). The client cannot tell which server it talks to, so an
+    enabled bucket is refused everywhere. Where the credentials may not read the
+    versioning status (``s3:GetBucketVersioning``) nothing can be told and the
+    publish goes on; hub/rgw/make_hub.py grants it to every hub user.
+    """
+    if not _is_s3(fs):
+        return
+    bucket = fs.split_path(base)[0]
+    try:
+        status = fs.call_s3("get_bucket_versioning", Bucket=bucket).get("Status")
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or _server_code(exc) in ("NotImplemented", "501"):
+            return  # not allowed to ask, or a server without versioning: nothing to tell
+        raise
+    if status == "Enabled":
+        raise HubError(
+            f"the hub bucket {bucket} has versioning enabled, where Ceph RGW ignores If-None-Match and a published "
+            f"version could be overwritten: ask the hub's operator to suspend versioning on {bucket}, "
+            "or publish to a bucket without it"
+        )
 
 
 def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, progress: Progress | None = None) -> str:
@@ -182,6 +230,7 @@ def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, prog
     with _refusals(fs, base, url, "the upload", f"write under {manifest.publisher}/"):
         if fs.exists(envelope_path):
             raise already
+        _refuse_versioned_bucket(fs, base)
         names = sorted(manifest.files)
         for i, fname in enumerate(names):
             target = join(dest, fname)
