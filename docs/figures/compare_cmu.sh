@@ -14,14 +14,15 @@ set -x
 # SimCLR fine-tune on the slide at hand (skipped when the checkpoint exists: it takes a while on a CPU)
 [ -f "$D/lite0-simclr.pt" ] || sic-share pretrain tests/data/cmu_small_region.svs --out "$D/lite0-simclr.pt" \
     --model efficientnet_lite0.in1k --epochs 3 --batch-size 64 --max-patches 384 --stride 32 --device cpu
-rm -rf "$D/cmu"
-sic-share export tests/data/cmu_small_region.svs --out "$D/cmu" --no-sign \
+[ -d "$D/cmu" ] || sic-share export tests/data/cmu_small_region.svs --out "$D/cmu" --no-sign \
     --model handcrafted --model efficientnet_lite0.in1k --model efficientnet_lite0="$D/lite0-simclr.pt" \
     --patch-size 128 --stride 64 --masks tests/data/cmu_small_region_epidermis.png --classes other,epidermis
 M="$D/cmu/handcrafted $D/cmu/efficientnet_lite0.in1k $D/cmu/efficientnet_lite0"
+# the default method, then SIC (both rules): paired seeds, the same patches for every model and method
 sic-share benchmark $M --clicks 1,3,5 --folds 5 \
     --plot docs/figures/compare_cmu_box.png --csv "$D/folds.csv" --json "$D/benchmark.json"
-sic-share benchmark $M --clicks 1,3,5 --folds 5 --rule paper
+sic-share benchmark $M --clicks 1,3,5 --folds 5 --method sic
+sic-share benchmark $M --clicks 1,3,5 --folds 5 --method sic --rule paper
 sic-share similarity "$D/cmu/handcrafted" "$D/cmu/efficientnet_lite0.in1k"
 sic-share similarity "$D/cmu/efficientnet_lite0.in1k" "$D/cmu/efficientnet_lite0"
 sic-share similarity "$D/cmu/handcrafted" "$D/cmu/efficientnet_lite0"
