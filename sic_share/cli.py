@@ -710,6 +710,21 @@ DatasetArg = Annotated[str, typer.Argument(help="Dataset folder, or hub referenc
 SlideOption = Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")]
 
 
+def _method_options(method: str, **given: object) -> None:
+    """An unknown --method, or an option of another method, as one line naming the flags."""
+    from sic_share.sic import list_methods, method_info
+
+    if method not in list_methods():
+        raise SicShareError(f"--method {method!r} is not known: use one of {', '.join(list_methods())}")
+    info = method_info(method)
+    for key, value in given.items():
+        if value is not None and key not in info.options:
+            takers = [m for m in list_methods() if key in method_info(m).options]
+            flag = "--" + key.replace("_", "-")
+            raise SicShareError(f"{flag} applies to --method {' or '.join(takers)} only, not to --method {method}: "
+                                f"drop {flag} or add --method {takers[0]}")
+
+
 @app.command("sic")
 def sic(
     dataset: DatasetArg,
@@ -722,37 +737,57 @@ def sic(
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="parquet, csv, geojson, tissuumaps or png.")
     ] = None,
-    rule: Annotated[str, typer.Option("--rule", help="'structure' (ours) or 'paper' (Algorithm 1 as published).")] = "structure",
-    score: Annotated[str, typer.Option("--score", help="Score on the seeds: f1 or accuracy.")] = "f1",
+    method: Annotated[str, typer.Option("--method", help="spreading (default: label spreading over embedding and grid neighbours), sic, prototype or logreg.")] = "spreading",
+    rule: Annotated[Optional[str], typer.Option("--rule", help="--method sic: 'structure' (ours, default), 'paper' (Algorithm 1 as published) or 'authors' (DEPICTER's code).")] = None,
+    score: Annotated[Optional[str], typer.Option("--score", help="--method sic: score on the seeds, f1 (default) or accuracy.")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise embeddings first (DEPICTER does).")] = False,
+    smooth: Annotated[Optional[float], typer.Option("--smooth", help="Weight of grid neighbours when smoothing the result on the patch grid, 0-0.99 (0: off).")] = None,
+    confidence: Annotated[bool, typer.Option("--confidence", help="Add per-patch confidence: a column (parquet, csv, tissuumaps) or QuPath measurements (geojson).")] = False,
+    confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write the confidence as a PNG layer (red where the method hesitates).")] = None,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="random_state of the clustering.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
-    """Seeded Iterative Clustering: label every patch of a slide from a few seeds."""
+    """Label every patch of a slide from a few seeds (label spreading by default; SIC with --method sic)."""
     from sic_share.sic import run_sic
-    from sic_share.viz import format_for, write_result
+    from sic_share.viz import format_for, write_confidence_png, write_result
     from sic_share.viz._common import check_target
 
-    if rule not in ("structure", "paper"):
-        raise SicShareError(f"--rule {rule!r} is not known: use 'structure' or 'paper'")
-    if score not in ("f1", "accuracy"):
+    _method_options(method, rule=rule, score=score)
+    if rule is not None and rule not in ("structure", "paper", "authors"):
+        raise SicShareError(f"--rule {rule!r} is not known: use 'structure', 'paper' or 'authors'")
+    if score is not None and score not in ("f1", "accuracy"):
         raise SicShareError(f"--score {score!r} is not known: use 'f1' or 'accuracy'")
+    if smooth is not None and not 0 <= smooth < 1:
+        raise SicShareError(f"--smooth {smooth:g} should be in [0, 1): the weight of a patch's grid neighbours")
     kind = format_for(out_path, fmt)  # a bad format or a missing folder fails before any work
+    if confidence and kind == "png":
+        raise SicShareError(f"a PNG overlay cannot hold a confidence per patch: drop --confidence and write it as "
+                            f"its own layer with --confidence-png FILE, or write .parquet, .csv or .geojson")
     check_target(out_path)
+    if confidence_png is not None:
+        _check_suffix(confidence_png, ".png", "--confidence-png")
+        check_target(confidence_png)
     names = tuple(c.strip() for c in classes.split(",")) if classes else None
-    result = run_sic(dataset, seeds, slide_id=slide, classes=names, hub=hub, rule=rule, score=score,
-                     normalize=normalize, random_state=seed)
+    result = run_sic(dataset, seeds, slide_id=slide, classes=names, hub=hub, method=method, rule=rule, score=score,
+                     normalize=normalize, smooth=smooth, random_state=seed)
     note = result.seeds.summary()
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
     write_result(out_path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
-                 classes=result.classes, patch_size=result.patch_size, tiles=tiles)
+                 classes=result.classes, patch_size=result.patch_size, tiles=tiles,
+                 confidence=result.confidence if confidence else None)
+    if confidence_png is not None:
+        write_confidence_png(confidence_png, coords=result.slide.coords, confidence=result.confidence,
+                             patch_size=result.patch_size)
     counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
-    rounds = result.estimator.n_rounds_
+    rounds = result.n_rounds
+    how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
+    unsure = float((result.confidence < 0.5).mean())
     out.print(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled ({counts}) "
-              f"from {int((result.seeds.labels >= 0).sum())} seeded patches, {rounds} refinement{'s' * (rounds != 1)}; "
-              f"wrote {kind} {out_path}", highlight=False)
+              f"from {int((result.seeds.labels >= 0).sum())} seeded patches, {how}; {unsure:.0%} of patches "
+              f"with confidence < 0.5; wrote {kind} {out_path}"
+              + (f" and {confidence_png}" if confidence_png is not None else ""), highlight=False)
 
 
 # --- seeing and comparing embeddings -----------------------------------------------------------
@@ -863,8 +898,9 @@ def benchmark(
     folds: Annotated[int, typer.Option("--folds", help="Random seed draws per slide and click count.")] = 5,
     score: Annotated[str, typer.Option("--score", help="f1 (of the positive class; macro for more classes) or accuracy.")] = "f1",
     positive: Annotated[Optional[str], typer.Option("--positive", help="Score this class against the rest.")] = None,
-    rule: Annotated[str, typer.Option("--rule", help="SIC rule: structure or paper.")] = "structure",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model.", min=0, max=2**32 - 1)] = 0,
+    method: Annotated[str, typer.Option("--method", help="Annotation methods to compare, e.g. spreading,sic,prototype,logreg (paired seeds).")] = "spreading",
+    rule: Annotated[Optional[str], typer.Option("--rule", help="--method sic: structure (default), paper or authors.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model and method.", min=0, max=2**32 - 1)] = 0,
     jobs: Annotated[int, typer.Option("--jobs", help="Slides run in parallel.")] = 1,
     skip_small: Annotated[
         bool, typer.Option("--skip-small", help="Skip slides with fewer patches of a class than clicks (else an error).")
@@ -874,11 +910,17 @@ def benchmark(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Box plot PNG (the paper's Figure 2).")] = None,
     hub: HubOption = None,
 ) -> None:
-    """The paper's protocol: random seeds inside each class, SIC, every patch scored against the truth."""
+    """The paper's protocol: random seeds inside each class, each method, every patch scored against the truth."""
     from sic_share.compare import run_benchmark
 
+    names = [m.strip() for m in method.split(",")]
+    for name in names:
+        _method_options(name)
+    if rule is not None and "sic" not in names:
+        raise SicShareError(f"--rule applies to --method sic only, not to --method {method}: drop --rule or add sic "
+                            f"(--method {method},sic)")
     result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed, jobs=jobs,
-                           hub=hub, rule=rule, positive=positive, skip_small=skip_small, csv_path=csv_path,
+                           hub=hub, rule=rule, method=names, positive=positive, skip_small=skip_small, csv_path=csv_path,
                            json_path=json_path, plot_path=plot)
     sys.stdout.write(result.to_text())  # skipped slides are listed under the table
     written = [str(p) for p in (csv_path, json_path, plot) if p is not None]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sic_share.errors import LabelError
-from sic_share.export._labels import LabelRaster, geojson_labels, mask_labels, patch_labels
+from sic_share.annotations import LabelRaster, geojson_labels, mask_labels, patch_labels
 
 SLIDE = (4096, 3072)  # level-0 width, height
 PATCH = 256

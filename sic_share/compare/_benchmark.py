@@ -29,6 +29,7 @@ from sic_share.compare._data import (
 )
 from sic_share.dataset import read_slide
 from sic_share.errors import DatasetError, SeedError, SicShareError
+from sic_share.sic import DEFAULT_METHOD, list_methods
 from sic_share.viz._common import atomic_write, check_target
 
 __all__ = ["BenchmarkResult", "FoldRow", "SlideScore", "SummaryRow", "Skipped", "run_benchmark"]
@@ -61,7 +62,9 @@ class FoldRow:
         Wall time of the SIC fit alone.
     seeds : str
         The seed patches as ``x:y:class`` separated by ``;``, read from this dataset's
-        own coordinates (identical for every model: that is the paired design).
+        own coordinates (identical for every model and method: that is the paired design).
+    method : str
+        The annotation method (see :func:`sic_share.sic.list_methods`).
     """
 
     dataset: str
@@ -75,11 +78,12 @@ class FoldRow:
     n_rounds: int
     fit_seconds: float
     seeds: str
+    method: str = DEFAULT_METHOD
 
 
 @dataclass(frozen=True)
 class SlideScore:
-    """One model on one slide at one click count: the best fold and the mean over folds."""
+    """One model and method on one slide at one click count: the best fold and the mean over folds."""
 
     dataset: str
     model: str
@@ -89,11 +93,12 @@ class SlideScore:
     mean: float
     n_patches: int
     positive_ratio: float
+    method: str = DEFAULT_METHOD
 
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One model at one click count, over slides: mean and standard deviation (ddof=1)."""
+    """One model and method at one click count, over slides: mean and standard deviation (ddof=1)."""
 
     dataset: str
     model: str
@@ -103,6 +108,7 @@ class SummaryRow:
     best_std: float
     mean_mean: float
     mean_std: float
+    method: str = DEFAULT_METHOD
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,8 @@ class BenchmarkResult:
         Class names of the task SIC solved (binary: negative, positive).
     score : str
         ``"f1"`` or ``"accuracy"``.
-    rule : str
-        SIC's acceptance rule.
+    rule : str or None
+        SIC's acceptance rule (None: SIC's default, or no SIC run).
     clicks : tuple of int
     folds : int
     seed : int
@@ -139,13 +145,15 @@ class BenchmarkResult:
         Slides left out, with the reason.
     wall_seconds : float
         Wall time of the whole run (reading, seeding, SIC, scoring).
+    methods : tuple of str
+        The annotation methods compared, in the order given.
     """
 
     datasets: tuple[str, ...]
     models: tuple[str, ...]
     classes: tuple[str, ...]
     score: str
-    rule: str
+    rule: str | None
     clicks: tuple[int, ...]
     folds: int
     seed: int
@@ -153,6 +161,7 @@ class BenchmarkResult:
     skipped: tuple[Skipped, ...] = ()
     wall_seconds: float = 0.0
     _labels: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
 
     # ------------------------------------------------------------ tables
     @property
@@ -165,30 +174,45 @@ class BenchmarkResult:
         return self._labels.get(dataset, dataset)
 
     def slides(self) -> list[SlideScore]:
-        """Best fold and mean over folds of every (dataset, slide, clicks)."""
-        groups: dict[tuple[str, str, int], list[FoldRow]] = {}
+        """Best fold and mean over folds of every (dataset, method, slide, clicks)."""
+        groups: dict[tuple[str, str, str, int], list[FoldRow]] = {}
         for r in self.rows:
-            groups.setdefault((r.dataset, r.slide_id, r.clicks), []).append(r)
+            groups.setdefault((r.dataset, r.method, r.slide_id, r.clicks), []).append(r)
         out = []
-        for (dataset, slide_id, clicks), rows in groups.items():
+        for (dataset, method, slide_id, clicks), rows in groups.items():
             scores = np.array([r.score for r in rows])
             out.append(SlideScore(dataset, rows[0].model, slide_id, clicks, float(scores.max()), float(scores.mean()),
-                                  rows[0].n_patches, rows[0].positive_ratio))
+                                  rows[0].n_patches, rows[0].positive_ratio, method))
         return out
 
     def summary(self) -> list[SummaryRow]:
-        """Mean ± std over slides of the best fold and of the mean over folds, per dataset x clicks."""
+        """Mean ± std over slides of the best fold and of the mean over folds, per dataset x method x clicks."""
         per = self.slides()
         out = []
         for dataset, model in zip(self.datasets, self.models, strict=True):
-            for clicks in self.clicks:
-                rows = [s for s in per if s.dataset == dataset and s.clicks == clicks]
-                if not rows:
-                    continue
-                best = np.array([s.best for s in rows])
-                mean = np.array([s.mean for s in rows])
-                out.append(SummaryRow(dataset, model, clicks, len(rows), float(best.mean()), _std(best),
-                                      float(mean.mean()), _std(mean)))
+            for method in self.methods:
+                for clicks in self.clicks:
+                    rows = [s for s in per if s.dataset == dataset and s.method == method and s.clicks == clicks]
+                    if not rows:
+                        continue
+                    best = np.array([s.best for s in rows])
+                    mean = np.array([s.mean for s in rows])
+                    out.append(SummaryRow(dataset, model, clicks, len(rows), float(best.mean()), _std(best),
+                                          float(mean.mean()), _std(mean), method))
+        return out
+
+    def series(self) -> list[tuple[str, str, str]]:
+        """(dataset, method, name) of every compared series: the model, the method, or both when both vary."""
+        out = []
+        for dataset in self.datasets:
+            for method in self.methods:
+                if len(self.methods) == 1:
+                    name = self.label(dataset)
+                elif len(self.datasets) == 1:
+                    name = method
+                else:
+                    name = f"{self.label(dataset)} / {method}"
+                out.append((dataset, method, name))
         return out
 
     @property
@@ -200,11 +224,12 @@ class BenchmarkResult:
     def to_text(self) -> str:
         """A table per model x clicks, then the skipped slides."""
         n_slides = len({r.slide_id for r in self.rows})
-        head = [f"SIC {self.score_name} per slide over {n_slides} slides, {self.folds} folds of random seeds "
-                f"(rule={self.rule}, seed={self.seed}); mean ± std over slides"]
-        table = [("model", "clicks", "slides", f"best of {self.folds} folds", "mean over folds")]
+        rule = f", rule={self.rule}" if self.rule is not None else ""
+        head = [f"{self.score_name} per slide over {n_slides} slides, {self.folds} folds of random seeds "
+                f"(method={','.join(self.methods)}{rule}, seed={self.seed}); mean ± std over slides"]
+        table = [("model", "method", "clicks", "slides", f"best of {self.folds} folds", "mean over folds")]
         for s in self.summary():
-            table.append((self.label(s.dataset), str(s.clicks), str(s.n_slides),
+            table.append((self.label(s.dataset), s.method, str(s.clicks), str(s.n_slides),
                           f"{s.best_mean:.3f} ± {s.best_std:.3f}", f"{s.mean_mean:.3f} ± {s.mean_std:.3f}"))
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines = head + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
@@ -231,7 +256,8 @@ class BenchmarkResult:
         return {
             "protocol": "Chelebian et al. Figure 2: random seed patches per class, SIC, score every labelled patch",
             "datasets": [{"name": d, "model": m} for d, m in zip(self.datasets, self.models, strict=True)],
-            "classes": list(self.classes), "score": self.score, "rule": self.rule, "clicks": list(self.clicks),
+            "classes": list(self.classes), "score": self.score, "rule": self.rule, "methods": list(self.methods),
+            "clicks": list(self.clicks),
             "folds": self.folds, "seed": self.seed, "wall_seconds": self.wall_seconds,
             "fit_seconds": self.fit_seconds,
             "summary": [asdict(s) for s in self.summary()],
@@ -273,7 +299,8 @@ class BenchmarkResult:
         from matplotlib.figure import Figure
 
         per = self.slides()
-        n_models = len(self.datasets)
+        series = self.series()
+        n_models = len(series)
         fig = Figure(figsize=(max(5.0, 1.6 + 1.1 * len(self.clicks) * max(n_models, 1)), 4.2), dpi=120)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
@@ -281,10 +308,10 @@ class BenchmarkResult:
         colors = [f"C{i % 10}" for i in range(n_models)]
         rng = np.random.default_rng(0)
         handles = []
-        for j, dataset in enumerate(self.datasets):
+        for j, (dataset, method, name) in enumerate(series):
             positions, data = [], []
             for i, clicks in enumerate(self.clicks):
-                values = [s.best for s in per if s.dataset == dataset and s.clicks == clicks]
+                values = [s.best for s in per if s.dataset == dataset and s.method == method and s.clicks == clicks]
                 if values:
                     positions.append(i + (j - (n_models - 1) / 2) * width)
                     data.append(values)
@@ -297,7 +324,7 @@ class BenchmarkResult:
             for p, values in zip(positions, data, strict=True):
                 jitter = rng.uniform(-width * 0.25, width * 0.25, len(values))
                 ax.scatter(p + jitter, values, s=10, color=colors[j], edgecolors="none", zorder=3)
-            handles.append((box["boxes"][0], self.label(dataset)))
+            handles.append((box["boxes"][0], name))
         ax.set_xticks(range(len(self.clicks)))
         ax.set_xticklabels([str(c) for c in self.clicks])
         ax.set_xlim(-0.6, len(self.clicks) - 0.4)
@@ -306,7 +333,7 @@ class BenchmarkResult:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
         n_slides = len({s.slide_id for s in per})
-        ax.set_title(f"SIC per slide, best of {self.folds} folds ({n_slides} slides)", fontsize=11)
+        ax.set_title(f"{', '.join(self.methods)} per slide, best of {self.folds} folds ({n_slides} slides)", fontsize=11)
         if handles:
             ax.legend([h for h, _ in handles], [name for _, name in handles], loc="lower right", fontsize=8,
                       framealpha=0.9)
@@ -344,8 +371,9 @@ class _Task:
     draws: tuple[_Draw, ...]
     n_classes: int
     score: str
-    rule: str
+    rule: str | None
     positive_ratio: float
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
 
 
 def _score(truth: np.ndarray, pred: np.ndarray, n_classes: int, score: str) -> float:
@@ -363,18 +391,36 @@ def _run_task(task: _Task) -> list[FoldRow]:
     coords = slide.coords[task.rows]
     out = []
     for d in task.draws:
-        pred, est, seconds = fit_sic(slide.embeddings, task.rows, d.rows, d.classes, task.n_classes,
-                                     score=task.score, rule=task.rule, random_state=d.random_state)
         seeds = ";".join(f"{x}:{y}:{c}" for (x, y), c in zip(coords[d.rows].tolist(), d.classes.tolist(), strict=True))
-        out.append(FoldRow(task.dataset, task.model, task.slide_id, d.clicks, d.fold,
-                           _score(task.truth, pred, task.n_classes, task.score), int(task.rows.size),
-                           task.positive_ratio, int(est.n_rounds_), seconds, seeds))
+        for method in task.methods:  # the same seeds and random_state for every method: paired
+            pred, est, seconds = fit_sic(slide.embeddings, task.rows, d.rows, d.classes, task.n_classes,
+                                         score=task.score, rule=task.rule, random_state=d.random_state,
+                                         method=method, coords=slide.coords)
+            out.append(FoldRow(task.dataset, task.model, task.slide_id, d.clicks, d.fold,
+                               _score(task.truth, pred, task.n_classes, task.score), int(task.rows.size),
+                               task.positive_ratio, int(getattr(est, "n_rounds_", 0)), seconds, seeds, method))
     return out
 
 
-def _check_settings(clicks: Sequence[int], folds: int, score: str, rule: str, jobs: int) -> tuple[int, ...]:
+def _check_methods(method: str | Sequence[str], rule: str | None) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in method.split(",")) if isinstance(method, str) else tuple(method)
+    known = list_methods()
+    if not names or not all(names):
+        raise SicShareError(f"method={method!r} should name methods such as {','.join(known)}")
+    for name in names:
+        if name not in known:
+            raise SeedError(f"method {name!r} is not known: use one of {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise SicShareError(f"method={method!r} names a method twice: name each once")
+    if rule is not None and "sic" not in names:
+        raise SeedError(f"rule={rule!r} applies to method 'sic' only, not to {', '.join(names)}: drop it or add sic")
+    return names
+
+
+def _check_settings(clicks: Sequence[int], folds: int, score: str, rule: str | None, jobs: int) -> tuple[int, ...]:
     check_choice(score, SCORES, "score")
-    check_choice(rule, RULES, "rule")
+    if rule is not None:
+        check_choice(rule, RULES, "rule")
     try:
         counts = tuple(sorted({int(c) for c in clicks}))
     except (TypeError, ValueError):
@@ -413,7 +459,8 @@ def run_benchmark(
     seed: int = 0,
     jobs: int = 1,
     hub: str | None = None,
-    rule: str = "structure",
+    rule: str | None = None,
+    method: str | Sequence[str] = DEFAULT_METHOD,
     positive: str | None = None,
     skip_small: bool = False,
     csv_path: str | os.PathLike[str] | None = None,
@@ -446,8 +493,13 @@ def run_benchmark(
         Worker processes (-1: one per CPU); each holds one slide at a time.
     hub : str, optional
         Hub for dataset references.
-    rule : {"structure", "paper"}, default="structure"
-        SIC's acceptance rule (see :class:`~sic_share.sic.SeededIterativeClustering`).
+    rule : {"structure", "paper", "authors"}, optional
+        SIC's acceptance rule (see :class:`~sic_share.sic.SeededIterativeClustering`);
+        only with method ``sic`` (None: its default, ``structure``).
+    method : str or sequence of str, default="spreading"
+        Annotation methods to compare (``"a,b,c"`` or a list; see
+        :func:`sic_share.sic.list_methods`). Every method gets the same seed patches
+        and the same ``random_state`` per fold (paired, as models are).
     positive : str, optional
         Make the task binary: this class against all the others. By default two
         classes are binary with the second as positive, and more classes run
@@ -513,6 +565,7 @@ def run_benchmark(
     """
     start = time.perf_counter()
     counts = _check_settings(clicks, folds, score, rule, jobs)
+    methods = _check_methods(method, rule)
     for path in (csv_path, json_path, plot_path, text_path):
         if path is not None:
             check_target(path)
@@ -611,7 +664,7 @@ def run_benchmark(
         ratio = float(found[1] / found.sum()) if k == 2 else float(found.min() / found.sum())
         for ds, r in zip(opened, rows, strict=True):
             tasks.append(_Task(ds.name, ds.model, ds.files[slide_id], ds.dtype, slide_id, r, truth, tuple(draws),
-                               k, score, rule, ratio))
+                               k, score, rule, ratio, methods))
     if jobs == 1 or len(tasks) == 1:
         results = [_run_task(t) for t in tasks]
     else:
@@ -619,7 +672,9 @@ def run_benchmark(
 
         results = Parallel(n_jobs=jobs)(delayed(_run_task)(t) for t in tasks)
     order = {ds.name: i for i, ds in enumerate(opened)}
-    fold_rows = sorted((r for rs in results for r in rs), key=lambda r: (order[r.dataset], r.slide_id, r.clicks, r.fold))
+    method_order = {m: i for i, m in enumerate(methods)}
+    fold_rows = sorted((r for rs in results for r in rs),
+                       key=lambda r: (order[r.dataset], method_order[r.method], r.slide_id, r.clicks, r.fold))
 
     models = tuple(ds.model for ds in opened)
     unique = len(set(models)) == len(models)
@@ -627,7 +682,7 @@ def run_benchmark(
         datasets=tuple(ds.name for ds in opened), models=models, classes=task_classes, score=score, rule=rule,
         clicks=counts, folds=folds, seed=seed, rows=tuple(fold_rows), skipped=tuple(skipped),
         wall_seconds=time.perf_counter() - start,
-        _labels={ds.name: (ds.model if unique else ds.name) for ds in opened},
+        _labels={ds.name: (ds.model if unique else ds.name) for ds in opened}, methods=methods,
     )
     if csv_path is not None:
         result.write_csv(csv_path)

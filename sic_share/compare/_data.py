@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from sic_share.dataset import SlideMetadata, read_slide, read_slide_metadata, slide_files
 from sic_share.errors import DatasetError, SeedError
-from sic_share.sic import SeededIterativeClustering
+from sic_share.sic import create_method
 
 #: Below this many patches a SIC fit runs on one thread (see :func:`fit_sic`).
 SINGLE_THREAD_BELOW = 100_000
@@ -22,7 +22,7 @@ SINGLE_THREAD_BELOW = 100_000
 __all__ = ["Dataset", "open_dataset", "read_keys", "pack", "align", "seed_rng", "draw_seed_rows", "fit_sic"]
 
 SCORES = ("f1", "accuracy")
-RULES = ("structure", "paper")
+RULES = ("structure", "paper", "authors")
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,12 @@ def draw_seed_rows(truth: np.ndarray, n_classes: int, clicks: int, rng: np.rando
 
 def fit_sic(
     X: np.ndarray, rows: np.ndarray, seed_rows: np.ndarray, seed_classes: np.ndarray, n_classes: int, *,
-    score: str, rule: str, random_state: int,
-) -> tuple[np.ndarray, SeededIterativeClustering, float]:
-    """Run SIC on the patches ``X[rows]`` with seeds at positions ``seed_rows`` of ``rows``.
+    score: str, rule: str | None, random_state: int, method: str = "sic", coords: np.ndarray | None = None,
+) -> tuple[np.ndarray, object, float]:
+    """Run ``method`` (SIC by default) on the patches ``X[rows]`` with seeds at positions ``seed_rows`` of ``rows``.
+
+    ``score`` and ``rule`` go to SIC only; ``coords`` (level-0 centres of ``X``'s rows,
+    in ``X``'s order) let methods use the patch grid.
 
     When ``rows`` covers every row of ``X`` (a permutation: the usual case of datasets on
     one grid), SIC runs on ``X`` itself, without a copy, and the labels are read back
@@ -170,20 +173,21 @@ def fit_sic(
     -------
     labels : ndarray of shape (len(rows),)
         Class of each patch, in the order of ``rows``.
-    estimator : SeededIterativeClustering
+    estimator : estimator
     seconds : float
         Wall time of ``fit`` alone.
     """
     if rows.size == X.shape[0]:
-        data, native = X, rows
+        data, native, where = X, rows, coords
     else:
-        data, native = X[rows], np.arange(rows.size)
+        data, native, where = X[rows], np.arange(rows.size), None if coords is None else coords[rows]
     seeds = np.full(data.shape[0], -1, np.int64)
     seeds[native[seed_rows]] = seed_classes
-    estimator = SeededIterativeClustering(n_classes=n_classes, score=score, rule=rule, random_state=random_state)
+    options = {"score": score, "rule": rule} if method == "sic" else {}
+    estimator = create_method(method, n_classes=n_classes, random_state=random_state, **options)
     with threadpool_limits(1 if data.shape[0] < SINGLE_THREAD_BELOW else None):
         start = time.perf_counter()
-        estimator.fit(data, seeds)
+        estimator.fit(data, seeds, where)
         seconds = time.perf_counter() - start
     return np.asarray(estimator.labels_)[native], estimator, seconds
 

@@ -231,6 +231,7 @@ class _Plan:
     grid: object  # sic_share.slides.PatchGrid
     labels: np.ndarray | None
     regions: list[np.ndarray]  # indices into grid.coords, one array per region
+    slide_size: tuple[int, int] | None = None  # level-0 (width, height), recorded in the footer
 
 
 def _regions(coords: np.ndarray, stride0: float, block: int) -> list[np.ndarray]:
@@ -455,7 +456,7 @@ def export_slides(
     from torch.utils.data import DataLoader
 
     from sic_share.encoders import create_encoder
-    from sic_share.export._labels import geojson_labels, mask_labels, patch_labels
+    from sic_share.annotations import geojson_labels, mask_labels, patch_labels
     from sic_share.slides import make_grid, open_slide
 
     options = options or ExportOptions()
@@ -517,6 +518,7 @@ def export_slides(
             with open_slide(path, mpp=mpp) as reader:
                 grid = make_grid(reader, target_mpp=options.target_mpp, size_px=options.size_px,
                                  stride_px=options.stride_px, min_tissue=options.min_tissue)
+                slide_size = (int(reader.dimensions[0]), int(reader.dimensions[1]))
                 # Read from the coarsest level that still gives every model its input size.
                 level = reader.best_level_for_downsample(read_mpp / grid.level0_mpp)
                 if level > grid.level:
@@ -553,7 +555,7 @@ def export_slides(
         stride0 = grid.stride_px * grid.target_mpp / grid.level0_mpp
         block = max(1, int(math.sqrt(options.batch_size)))
         mpp_of[len(plans)] = mpp
-        plans.append(_Plan(path, stem, slide_id, grid, labels, _regions(grid.coords, stride0, block)))
+        plans.append(_Plan(path, stem, slide_id, grid, labels, _regions(grid.coords, stride0, block), slide_size))
 
     # the holder's private map (never in a dataset): pseudonym -> slide name and file
     SlideMap.beside(options.secret_path).record(
@@ -587,7 +589,8 @@ def export_slides(
         patching = Patching(g.size_px, g.level0_size, float(g.level0_mpp), float(g.target_mpp), g.stride_px)
         return [
             SlideWriter(folder / SLIDES_DIR / f"{plan.slide_id}.parquet", slide_id=plan.slide_id,
-                        metadata=SlideMetadata(encoder.info(), patching, classes, options.dtype))
+                        metadata=SlideMetadata(encoder.info(), patching, classes, options.dtype,
+                                               slide_size=plan.slide_size))
             for encoder, folder in zip(encoders, report.datasets.values())
         ]
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from sic_share.dataset import SlideData, near_slides, read_slide, slide_files
 from sic_share.errors import DatasetError, HubError, SeedError
+from sic_share.sic._methods import DEFAULT_METHOD, create_method
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
-from sic_share.sic._sic import SeededIterativeClustering
 
 __all__ = ["SicResult", "load_slide", "map_seeds", "run_sic"]
 
@@ -30,18 +30,31 @@ class SicResult:
         Class index of every patch.
     classes : tuple of str
         Class names, index order.
-    estimator : SeededIterativeClustering
-        The fitted estimator (``scores_``, ``n_rounds_``).
+    estimator : estimator
+        The fitted estimator of ``method`` (SIC's has ``scores_`` and ``n_rounds_``).
     source : str
         The dataset folder, or the hub reference with its version.
+    method : str
+        The method's name (see :func:`~sic_share.sic.list_methods`).
+    confidence : ndarray of shape (n_patches,), float32
+        Per-patch confidence in [0, 1] (the estimator's ``confidence_``): low where
+        the method hesitates, where the next seed helps most.
     """
 
     slide: SlideData
     seeds: Seeds
     labels: np.ndarray
     classes: tuple[str, ...]
-    estimator: SeededIterativeClustering
+    estimator: object
     source: str
+    method: str = DEFAULT_METHOD
+    confidence: np.ndarray | None = None
+
+    @property
+    def n_rounds(self) -> int | None:
+        """SIC's accepted refinements; None for methods without rounds."""
+        rounds = getattr(self.estimator, "n_rounds_", None)
+        return None if rounds is None else int(rounds)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -126,12 +139,14 @@ def run_sic(
     slide_id: str | None = None,
     classes: tuple[str, ...] | None = None,
     hub: str | None = None,
-    rule: str = "structure",
-    score: str = "f1",
+    method: str = DEFAULT_METHOD,
+    rule: str | None = None,
+    score: str | None = None,
     normalize: bool = False,
+    smooth: float | None = None,
     random_state: int | None = 0,
 ) -> SicResult:
-    """Label every patch of one slide from a few seeds.
+    """Label every patch of one slide from a few seeds, with the method asked for.
 
     Parameters
     ----------
@@ -147,13 +162,25 @@ def run_sic(
         (background) class and the second the positive one SIC refines. When
         None: the dataset's ground-truth class names if the seeds use them,
         else the seeds' names sorted.
-    rule, score, normalize, random_state
-        See :class:`SeededIterativeClustering`.
+    method : str, default="spreading"
+        A registered method (:func:`~sic_share.sic.list_methods`): ``spreading``
+        (the default, chosen by the evaluation in ``benchmarks/sic.py``), ``sic``,
+        ``prototype`` or ``logreg``.
+    rule, score : str, optional
+        SIC's options (``method="sic"`` only; given to another method they are an
+        error). See :class:`SeededIterativeClustering`.
+    normalize : bool, default=False
+        L2-normalise embeddings first (every method).
+    smooth : float, optional
+        Weight of grid neighbours in the final smoothing; None keeps the method's default.
+    random_state : int, default=0
 
     Returns
     -------
     SicResult
     """
+    # an unknown method, or an option of another method, fails before any reading
+    create_method(method, rule=rule, score=score, normalize=normalize or None, smooth=smooth)
     slide, where = load_slide(dataset, slide_id, hub)
     mapped = map_seeds(seeds, slide, tuple(classes) if classes else None)
     n_classes = len(mapped.classes)
@@ -173,9 +200,9 @@ def run_sic(
     if missing:
         raise SeedError(f"no seed marks a patch of {', '.join(map(repr, missing))}: SIC needs seeds of every class, "
                         "add some or leave the class out of --classes")
-    estimator = SeededIterativeClustering(
-        n_classes=n_classes, rule=rule, score=score, normalize=normalize, random_state=random_state
-    )
-    estimator.fit(slide.embeddings, mapped.labels)
+    estimator = create_method(method, n_classes=n_classes, random_state=random_state, rule=rule, score=score,
+                              normalize=normalize or None, smooth=smooth)
+    estimator.fit(slide.embeddings, mapped.labels, slide.coords)
     labels = np.asarray(estimator.labels_, dtype=np.int8)
-    return SicResult(slide, mapped, labels, mapped.classes, estimator, where)
+    confidence = np.asarray(estimator.confidence_, dtype=np.float32)
+    return SicResult(slide, mapped, labels, mapped.classes, estimator, where, method, confidence)

@@ -32,7 +32,7 @@ from shapely.errors import GEOSException
 from shapely.geometry import shape
 
 from sic_share.errors import SeedError
-from sic_share.export._labels import class_name, geojson_features
+from sic_share.annotations import class_name, geojson_features
 
 __all__ = ["MissedSeed", "Seeds", "class_counts", "read_seeds"]
 
@@ -527,7 +527,7 @@ def read_seeds(
 
     Conflicts. Where polygons of different classes overlap, the smaller
     polygon wins, whatever the file order (necrosis drawn inside tumour is
-    necrosis), as in :func:`sic_share.export.geojson_labels`. Points and patch
+    necrosis), as in :func:`sic_share.annotations.geojson_labels`. Points and patch
     indices are deliberate clicks: they override polygons, and two of them of
     different classes on one patch are an error naming the patch, since
     neither "last wins" nor "first wins" is what the user meant. Duplicates of

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,38 +10,25 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 from sklearn.metrics import accuracy_score, f1_score, pairwise_distances_argmin
 from sklearn.utils import check_random_state
-from sklearn.utils.extmath import randomized_svd
-from threadpoolctl import threadpool_limits
 
 from sic_share.errors import SeedError
-from sic_share.sic._kmeans import (
-    SeededKMeans,
-    _prepare_chunk,
-    as_float32,
-    check_embeddings,
-    check_seeds,
-    class_means,
-    iter_chunks,
-    raise_non_finite,
-)
+from sic_share.sic._confidence import centroid_proba, check_smooth, finish_labels, label_margin
+from sic_share.sic._kmeans import SeededKMeans, check_embeddings, check_seeds
+from sic_share.sic._project import project
 
 __all__ = ["SeededIterativeClustering", "split_is_significant"]
 
 #: Anderson-Darling critical value of G-means (Hamerly & Elkan 2003) at alpha = 1e-4.
 AD_CRITICAL = 1.8692
-#: Points of a cluster projected for the split test; a fixed size makes the test an
+#: Points of each half of a cluster used by the split test; a fixed size makes the test an
 #: effect-size test (a huge cluster is not "significantly non-Gaussian" for tiny quirks).
 AD_SAMPLE = 1000
 #: Fewest patches on either side of a split that the structure test may accept.
 MIN_SPLIT = 20
 #: Most rows a KMeans is fitted on; the other rows get the nearest centre.
 FIT_SAMPLE = 65_536
-#: Rows per chunk of the threaded projection pass: 4 MiB of float32 per thread at dim 1024.
-_PROJECT_ROWS = 1024
-#: Rows drawn to estimate the principal subspace.
-PCA_SAMPLE = 4096
 
-_RULES = ("structure", "paper")
+RULES = ("structure", "paper", "authors")
 _SCORES = ("f1", "accuracy")
 
 
@@ -64,12 +47,13 @@ def anderson_darling(t: np.ndarray) -> float:
 def split_is_significant(
     Z: np.ndarray, labels: np.ndarray, random_state: np.random.RandomState | int | None = None,
 ) -> tuple[bool, float]:
-    """G-means test: is a 2-way split of ``Z`` more than the halves of one Gaussian?
+    """Cross-fitted G-means test: is a 2-way split of ``Z`` more than the halves of one Gaussian?
 
-    Projects at most ``AD_SAMPLE`` random rows of ``Z`` onto the line joining the two
-    sub-cluster means and tests that projection for normality (Anderson-Darling, A*²
-    against 1.8692, alpha = 1e-4). One sub-type cut in two projects to one Gaussian-ish
-    bump; two sub-types project to two bumps.
+    The rows are cut at random into a fitting half and a testing half. On the
+    fitting half, 2-means (started from the two sides of ``labels`` there) finds the
+    split direction; the testing half is projected onto that direction and tested
+    for normality (Anderson-Darling, A*² against 1.8692, alpha = 1e-4). One sub-type
+    cut in two projects to one Gaussian-ish bump; two sub-types to two bumps.
 
     Parameters
     ----------
@@ -80,15 +64,34 @@ def split_is_significant(
     -------
     significant : bool
     statistic : float
-        The A*² statistic (0 when the split is degenerate).
+        The A*² statistic on the testing half (0 when the split is degenerate).
+
+    Notes
+    -----
+    Testing on the rows that chose the direction is anti-conservative: 2-means
+    finds a direction that separates any cloud, and the projection of those same
+    rows onto it is bimodal by construction, more so in more dimensions and on
+    small clusters (it split a pure lesion down to a tenth of its size). The
+    testing half never saw the direction, so under the null (one Gaussian) its
+    projection is Gaussian whatever direction was chosen. Each half is capped at
+    ``AD_SAMPLE`` rows; each side of the split needs ``MIN_SPLIT`` rows.
     """
     n = Z.shape[0]
     if np.bincount(labels, minlength=2).min() < MIN_SPLIT:
         return False, 0.0  # a handful of points is an outlier group, not a tissue sub-type
     rng = check_random_state(random_state)
-    v = Z[labels == 1].mean(axis=0, dtype=np.float64) - Z[labels == 0].mean(axis=0, dtype=np.float64)
-    rows = np.sort(rng.choice(n, size=min(n, AD_SAMPLE), replace=False))
-    stat = anderson_darling(Z[rows] @ v)
+    order = rng.permutation(n)
+    fit_rows, test_rows = np.sort(order[: n // 2][:AD_SAMPLE]), np.sort(order[n // 2:][:AD_SAMPLE])
+    fit_labels = labels[fit_rows]
+    if np.bincount(fit_labels, minlength=2).min() < 2 or test_rows.size < MIN_SPLIT:
+        return False, 0.0
+    A = np.asarray(Z[fit_rows], dtype=np.float64)
+    init = np.vstack([A[fit_labels == 0].mean(axis=0), A[fit_labels == 1].mean(axis=0)])
+    km = KMeans(2, init=init, n_init=1, max_iter=50, random_state=rng).fit(A)
+    v = km.cluster_centers_[1] - km.cluster_centers_[0]
+    if not np.any(v):
+        return False, 0.0
+    stat = anderson_darling(np.asarray(Z[test_rows], dtype=np.float64) @ v)
     return stat > AD_CRITICAL, stat
 
 
@@ -119,12 +122,15 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         Score of a clustering on the seeds: F1 of class 1 for binary SIC (the paper's
         default), macro F1 over classes for multi-class; or accuracy (the authors'
         code).
-    rule : {"structure", "paper"}, default="structure"
-        When to accept a refinement. ``"paper"``: while the seed score does not go
-        down. ``"structure"``: a refinement that raises the seed score is accepted, one
-        that lowers it is refused, and a tie (the seeds cannot tell) is accepted only
-        when the split is significant in the embeddings (G-means test, see
-        :func:`split_is_significant`).
+    rule : {"structure", "paper", "authors"}, default="structure"
+        When to accept a refinement. ``"paper"``: Algorithm 1 as published, while the
+        seed score does not go down. ``"authors"``: DEPICTER's code exactly (accuracy
+        on the seeds whatever ``score`` says, the first refinement compared with 0,
+        break on ``score <= prev``, the fallback computed and thrown away).
+        ``"structure"``: a refinement that raises the seed score is accepted, one that
+        lowers it is refused, and a tie (the seeds cannot tell) is accepted only when
+        the split is significant in the embeddings, tested on rows that did not choose
+        it (cross-fitted G-means test, see :func:`split_is_significant`).
     max_rounds : int, default=10
         Maximum accepted refinements per class.
     normalize : bool, default=False
@@ -133,10 +139,14 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     n_components : int, "auto" or None, default="auto"
         Cluster in a principal subspace of this many dimensions (plus one direction per
         seeded class); None clusters the full embedding. "auto": 32 under
-        ``rule="structure"``; None under ``rule="paper"``, which also fits every KMeans
-        on all rows (no subsample), so that it reproduces Algorithm 1 as published.
+        ``rule="structure"``; None under ``rule="paper"`` and ``rule="authors"``, which
+        also fit every KMeans on all rows (no subsample), as published and coded.
     max_iter : int, default=100
         Maximum Lloyd iterations of each KMeans fit.
+    smooth : float in [0, 1), default=0.0
+        Weight of the grid neighbours when the final class memberships are smoothed on
+        the patch grid (needs ``coords`` in :meth:`fit`); 0 leaves SIC's labels as
+        they are (see :func:`sic_share.sic._grid.smooth_on_grid`).
     random_state : int, RandomState instance or None, default=None
         Controls the PCA sample, plain 2-means initialisation and the split test.
 
@@ -156,6 +166,12 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         ``accepted``.
     components_ : ndarray of shape (n_dims, dim) or None
         Orthonormal basis the clustering ran in; None when it ran on the embedding.
+    proba_ : ndarray of shape (n_samples, n_classes_), float32
+        Soft memberships from the distances to the final class means (see
+        :func:`sic_share.sic._confidence.centroid_proba`).
+    confidence_ : ndarray of shape (n_samples,), float32
+        Membership of a patch's class minus the best other one, in [0, 1]: low where
+        SIC hesitates, which is where a next click helps most.
 
     Notes
     -----
@@ -183,6 +199,12 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
        left, or of fewer than 2 patches, ends the loop.
     5. *Score.* F1 (the paper) by default, accuracy (the authors) on request.
 
+    **``rule="authors"``** reproduces DEPICTER's ``utils/depicter.py`` on top of our
+    seeded k-means: the seed score is accuracy, the first refinement is compared
+    with 0 (so it is kept unless it scores 0), a tie or a lower score breaks the
+    loop, and when only positive seeds remain inside, the plain 2-means fallback is
+    computed, recorded in ``history_`` as refused, and the loop ends.
+
     **Beyond the paper: ``rule="structure"`` (default).** The seed score saturates:
     once every seed is right, it cannot tell a good split of the positive cluster from
     a bad one. Under the authors' code SIC then stops too early (a benign sub-type
@@ -192,7 +214,10 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     lower one refused) and, on a tie, asks the embeddings: it projects at most 1000
     patches of the cluster onto the line joining the two sub-cluster means and
     accepts the split only if that projection is not Gaussian (Anderson-Darling,
-    G-means' critical value at alpha = 1e-4). A fallback is then no longer the last
+    G-means' critical value at alpha = 1e-4). The test is cross-fitted: the direction
+    comes from a 2-means on one random half of the cluster, the normality test runs
+    on the other half, so noise that 2-means can always cut in two does not look
+    significant. A fallback is then no longer the last
     round: splitting continues while it is significant. The test costs O(1000 x
     n_dims) per round, never a pairwise matrix.
 
@@ -220,7 +245,8 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
 
     def __init__(
         self, *, n_classes: int | None = None, score: str = "f1", rule: str = "structure", max_rounds: int = 10,
-        normalize: bool = False, n_components: int | str | None = "auto", max_iter: int = 100, random_state=None,
+        normalize: bool = False, n_components: int | str | None = "auto", max_iter: int = 100, smooth: float = 0.0,
+        random_state=None,
     ) -> None:
         self.n_classes = n_classes
         self.score = score
@@ -229,19 +255,22 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         self.normalize = normalize
         self.n_components = n_components
         self.max_iter = max_iter
+        self.smooth = smooth
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: np.ndarray, seeds: np.ndarray, sample_weight: None = None) -> SeededIterativeClustering:
+    def fit(self, X: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None = None) -> SeededIterativeClustering:
         """Fit on embeddings ``X`` of shape (n_samples, dim) and ``seeds`` of shape (n_samples,).
 
         ``seeds`` holds a class index for each seed patch and -1 elsewhere; binary SIC
-        takes 0 = negative, 1 = positive. Returns ``self``.
+        takes 0 = negative, 1 = positive. ``coords`` (level-0 patch centres, shape
+        (n_samples, 2)) are used only by ``smooth``. Returns ``self``.
         """
-        if self.rule not in _RULES:
-            raise SeedError(f"rule={self.rule!r} is not one of {_RULES}")
+        if self.rule not in RULES:
+            raise SeedError(f"rule={self.rule!r} is not one of {RULES}")
         if self.score not in _SCORES:
             raise SeedError(f"score={self.score!r} is not one of {_SCORES}")
+        smooth = check_smooth(self.smooth)
         X = check_embeddings(X, min_samples=max(2, self.n_classes or 2))
         seeds, k = check_seeds(seeds, X.shape[0], self.n_classes)
         check_embeddings(X, min_samples=k)
@@ -253,6 +282,8 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         self.n_classes_ = k
         labels, _ = self._cluster(Z, seeds, k, rng, owned=owned)
         scores = [self._score(seeds, labels)]
+        # The authors start from score_prev = 0: their first refinement is compared with 0, not scores_[0].
+        self._prev0 = 0.0 if self.rule == "authors" else None
         history: list[dict] = []
         if k > 2:
             targets = list(range(k))
@@ -280,6 +311,12 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
                     active.discard(c)
             if not changed:
                 break
+        proba = centroid_proba(Z, labels, k)
+        if coords is not None and smooth > 0:
+            proba, labels, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=False)
+        else:
+            self.confidence_ = label_margin(proba, labels)
+        self.proba_ = proba
         self.labels_ = labels
         self.scores_ = np.asarray(scores, dtype=np.float64)
         self.n_rounds_ = len(scores) - 1
@@ -290,7 +327,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     def _components(self) -> int | None:
         """Dimensions clustered: ``n_components``; "auto" is 32 for our rule, the full embedding for the paper's."""
         if self.n_components == "auto":
-            return None if self.rule == "paper" else 32
+            return None if self.rule in ("paper", "authors") else 32
         if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
             raise SeedError(f"n_components={self.n_components!r} should be a positive integer, 'auto' or None")
         return self.n_components
@@ -324,7 +361,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
         """
         n = Z.shape[0]
         rows = None
-        if n > FIT_SAMPLE and self.rule != "paper":
+        if n > FIT_SAMPLE and self.rule == "structure":
             rows = rng.choice(n, size=FIT_SAMPLE, replace=False)
             if seeds is not None:
                 rows = np.union1d(rows, np.flatnonzero(seeds >= 0))
@@ -343,48 +380,14 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     def _working_matrix(
         self, X: np.ndarray, seeds: np.ndarray, k: int, rng: np.random.RandomState,
     ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        """The float32 matrix SIC clusters (a chunked projection, or the cast embedding), its basis, and
+        """The float32 matrix SIC clusters (see :func:`sic_share.sic._project.project`), its basis, and
         whether it is a buffer of ours."""
-        n, d = X.shape
-        m = self._components()
-        if m is None or d <= m + k:
-            Z, owned = as_float32(X, normalize=self.normalize)
-            return Z, None, owned
-        rows = np.union1d(rng.choice(n, size=min(n, PCA_SAMPLE), replace=False), np.flatnonzero(seeds >= 0))
-        S = np.empty((rows.size, d), dtype=np.float32)
-        _prepare_chunk(X, rows, S, self.normalize)
-        mean = S.mean(axis=0, dtype=np.float64)
-        means, _ = class_means(S, seeds[rows], k)
-        # Small products and factorisations: BLAS threads only add overhead (a 1024 x 35 QR took
-        # 0.3 s with two OpenBLAS threads on a busy 2-core machine, 2 ms with one).
-        with threadpool_limits(1, user_api="blas"):
-            _, _, vt = randomized_svd(S - mean.astype(np.float32), min(m, rows.size - 1), n_iter=2, random_state=rng)
-            basis, _ = np.linalg.qr(np.vstack([vt.astype(np.float64), means - mean]).T)
-        W = np.ascontiguousarray(basis, dtype=np.float32)
-        Z = np.empty((n, W.shape[1]), dtype=np.float32)
-        chunks = list(iter_chunks(n, _PROJECT_ROWS))
-        workers = max(1, min(len(chunks), os.cpu_count() or 1, 4))
-        local = threading.local()
-
-        def project(sl: slice) -> None:
-            # One float32 buffer per thread; numpy's casts and products release the GIL.
-            buf = getattr(local, "buf", None)
-            if buf is None:
-                buf = local.buf = np.empty((min(n, _PROJECT_ROWS), d), dtype=np.float32)
-            b = buf[: sl.stop - sl.start]
-            _prepare_chunk(X, sl, b, self.normalize, check_finite=False)
-            np.matmul(b, W, out=Z[sl])
-
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(project, chunks))
-        if not np.isfinite(Z).all():
-            raise_non_finite()
-        return Z, W.T, True
+        return project(X, seeds, k, self._components(), normalize=self.normalize, random_state=rng)
 
     def _score(self, seeds: np.ndarray, labels: np.ndarray) -> float:
         mask = seeds >= 0
         y, p = seeds[mask], labels[mask]
-        if self.score == "accuracy":
+        if self.score == "accuracy" or self.rule == "authors":
             return float(accuracy_score(y, p))
         if self.n_classes_ == 2:
             return float(f1_score(y, p, pos_label=1, zero_division=0))
@@ -396,10 +399,12 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
     ) -> tuple[np.ndarray | None, float, bool]:
         """One refinement of class ``c``: (accepted labels or None, their score, stop refining ``c``)."""
         tries = [False, True] if self.rule == "structure" else [False]
+        if self.rule == "authors" and not history:
+            prev = 0.0  # DEPICTER starts from score_prev = 0
         for plain in tries:
             cand = self._candidate(Z, labels, seeds, c, rng, plain=plain)
             if cand is None:
-                if plain or self.rule == "paper":
+                if plain or self.rule != "structure":
                     return None, prev, True
                 continue
             s = self._score(seeds, cand.labels)
@@ -451,7 +456,7 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
             return None
         # paper: plain 2-means; structure: one centre starts at c's seeds, so a small
         # class is not cut by the split of two big tissues around it
-        sub_seeds = None if self.rule == "paper" else np.where(s_in == c, 1, -1)
+        sub_seeds = None if self.rule != "structure" else np.where(s_in == c, 1, -1)
         sub_labels, centres = self._cluster(Zc, sub_seeds, 2, rng)
         votes = np.bincount(sub_labels[s_in == c], minlength=2)
         sizes = np.bincount(sub_labels, minlength=2)
@@ -478,6 +483,9 @@ class SeededIterativeClustering(ClusterMixin, BaseEstimator):
 
     def _accept(self, s: float, prev: float, cand: _Candidate) -> tuple[bool, bool]:
         """(accept, stop refining this class) under ``rule``."""
+        if self.rule == "authors":
+            # DEPICTER: break on score <= prev; the fallback is computed, then thrown away.
+            return (False, True) if cand.fallback else (s > prev, s <= prev)
         if self.rule == "paper":
             ok = s >= prev
             return ok, cand.fallback

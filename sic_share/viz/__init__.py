@@ -11,7 +11,7 @@ from sic_share.viz._exports import (
 )
 from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
 from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color
-from sic_share.viz._render import render_overlay, write_png
+from sic_share.viz._render import render_confidence, render_overlay, write_confidence_png, write_png
 from sic_share.viz._embedding_map import (
     METHODS,
     MapResult,
@@ -30,9 +30,11 @@ __all__ = [
     "format_for",
     "hex_color",
     "qupath_geojson",
+    "render_confidence",
     "render_overlay",
     "write_geojson",
     "write_labels",
+    "write_confidence_png",
     "write_png",
     "write_result",
     "write_tissuumaps",

@@ -14,7 +14,7 @@ import numpy as np
 
 from sic_share._jsonstore import atomic_write_bytes
 from sic_share.errors import SicShareError
-from sic_share.export._labels import check_class_names
+from sic_share.annotations import check_class_names
 
 
 @dataclass(frozen=True)

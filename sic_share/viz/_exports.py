@@ -40,15 +40,31 @@ def _coord_column(values: np.ndarray, source: np.ndarray) -> pa.Array:
     return pa.array(values)
 
 
-def _table(slide_id: str, data: PatchClasses, source: np.ndarray) -> pa.Table:
+def _table(slide_id: str, data: PatchClasses, source: np.ndarray, confidence: np.ndarray | None = None) -> pa.Table:
     names = np.array([*data.classes, None], dtype=object)
-    return pa.table({
+    columns = {
         "slide_id": pa.array([slide_id] * len(data.labels), pa.string()),
         "x": _coord_column(data.coords[:, 0], source),
         "y": _coord_column(data.coords[:, 1], source),
         "label": pa.array(data.labels, pa.int8()),
         "class": pa.array(names[data.labels.astype(np.int64)], pa.string()),  # -1 picks the trailing None
-    })
+    }
+    if confidence is not None:
+        columns["confidence"] = pa.array(confidence, pa.float32())
+    return pa.table(columns)
+
+
+def check_confidence(confidence: Any, n: int) -> np.ndarray | None:
+    """Per-patch confidence as float32 in [0, 1], or None; one sentence when it does not fit."""
+    if confidence is None:
+        return None
+    values = np.asarray(confidence)
+    if values.shape != (n,) or not np.issubdtype(values.dtype, np.number):
+        raise SicShareError(f"confidence of shape {values.shape} should be ({n},), one number per patch")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+        raise SicShareError("confidence should hold finite numbers in [0, 1], one per patch")
+    return values
 
 
 def write_labels(
@@ -59,8 +75,9 @@ def write_labels(
     labels: np.ndarray,
     classes: Sequence[str],
     fmt: str = "parquet",
+    confidence: np.ndarray | None = None,
 ) -> Path:
-    """Write one row per patch: ``slide_id, x, y, label, class``.
+    """Write one row per patch: ``slide_id, x, y, label, class`` (and ``confidence`` when given).
 
     Parameters
     ----------
@@ -75,6 +92,9 @@ def write_labels(
     classes : sequence of str
         Class names; ``class`` is ``classes[label]``.
     fmt : {"parquet", "csv"}, default="parquet"
+    confidence : array-like of shape (n_patches,), optional
+        Per-patch confidence in [0, 1] (a method's ``confidence_``), written as a
+        float32 column ``confidence``.
 
     Returns
     -------
@@ -92,7 +112,7 @@ def write_labels(
     check_target(path)
     source = np.asarray(coords)
     data = check_inputs(coords, labels, classes)
-    table = _table(str(slide_id), data, source)
+    table = _table(str(slide_id), data, source, check_confidence(confidence, len(data.labels)))
     if fmt == "parquet":
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -112,8 +132,9 @@ def write_tissuumaps(
     labels: np.ndarray,
     classes: Sequence[str],
     colors: Mapping[str, Any] | Sequence[Any] | None = None,
+    confidence: np.ndarray | None = None,
 ) -> Path:
-    """Write a TissUUmaps marker CSV: ``x, y, class, color``, one row per labelled patch.
+    """Write a TissUUmaps marker CSV: ``x, y, class, color`` (and ``confidence``), one row per labelled patch.
 
     Parameters
     ----------
@@ -127,6 +148,9 @@ def write_tissuumaps(
         Class names.
     colors : mapping or sequence, optional
         Class colours, see :func:`class_colors`.
+    confidence : array-like of shape (n_patches,), optional
+        Per-patch confidence in [0, 1], written as a column (TissUUmaps can size or
+        filter markers by it).
 
     Returns
     -------
@@ -141,17 +165,21 @@ def write_tissuumaps(
     """
     check_target(path)
     data = check_inputs(coords, labels, classes)
+    conf = check_confidence(confidence, len(data.labels))
     palette = [hex_color(c) for c in class_colors(data.classes, colors)]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["x", "y", "class", "color"])
+    writer.writerow(["x", "y", "class", "color"] + (["confidence"] if conf is not None else []))
     keep = data.labelled
     xy = data.coords[keep]
     if np.array_equal(xy, np.round(xy)):
         xy = xy.astype(np.int64)
     k = data.labels[keep].astype(np.int64)
     names, hexes = np.array(data.classes, dtype=object), np.array(palette, dtype=object)
-    writer.writerows(zip(xy[:, 0].tolist(), xy[:, 1].tolist(), names[k], hexes[k]))
+    columns = [xy[:, 0].tolist(), xy[:, 1].tolist(), names[k], hexes[k]]
+    if conf is not None:
+        columns.append([f"{v:.4f}" for v in conf[keep].tolist()])
+    writer.writerows(zip(*columns))
     return atomic_write(path, text.getvalue().encode())
 
 
@@ -190,8 +218,9 @@ def write_result(
     max_side: int = 1500,
     background: str = "transparent",
     legend: bool = False,
+    confidence: np.ndarray | None = None,
 ) -> Path:
-    """Write a slide's patch classes in any output format.
+    """Write a slide's patch classes in any output format, with per-patch confidence where it fits.
 
     Parameters
     ----------
@@ -215,6 +244,12 @@ def write_result(
         GeoJSON only: add one tile object per patch.
     max_side, background, legend
         PNG only, see :func:`render_overlay`.
+    confidence : array-like of shape (n_patches,), optional
+        Per-patch confidence in [0, 1]: a ``confidence`` column in Parquet, CSV and
+        TissUUmaps output, a QuPath measurement in GeoJSON (mean per class
+        annotation, and per tile with ``tiles``). A PNG overlay holds one colour per
+        patch and no number: asking it for confidence is an error that points to
+        :func:`write_confidence_png`, which draws the confidence as its own layer.
 
     Returns
     -------
@@ -236,12 +271,18 @@ def write_result(
     """
     kind = format_for(path, fmt)
     check_target(path)
+    if confidence is not None and kind == "png":
+        raise SicShareError(f"a PNG overlay holds one colour per patch, not a confidence: write {Path(path).name} "
+                            "without confidence and the confidence as its own layer (--confidence-png FILE), or "
+                            "write .parquet, .csv or .geojson, which hold it")
     if kind in ("parquet", "csv"):
-        return write_labels(path, slide_id=slide_id, coords=coords, labels=labels, classes=classes, fmt=kind)
+        return write_labels(path, slide_id=slide_id, coords=coords, labels=labels, classes=classes, fmt=kind,
+                            confidence=confidence)
     if kind == "tissuumaps":
-        return write_tissuumaps(path, coords=coords, labels=labels, classes=classes, colors=colors)
+        return write_tissuumaps(path, coords=coords, labels=labels, classes=classes, colors=colors,
+                                confidence=confidence)
     if kind == "geojson":
         return write_geojson(path, slide_id=slide_id, coords=coords, labels=labels, classes=classes,
-                             patch_size=patch_size, colors=colors, tiles=tiles)
+                             patch_size=patch_size, colors=colors, tiles=tiles, confidence=confidence)
     return write_png(path, coords=coords, labels=labels, classes=classes, patch_size=patch_size, colors=colors,
                      max_side=max_side, background=background, legend=legend)

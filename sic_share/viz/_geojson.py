@@ -119,6 +119,7 @@ def qupath_geojson(
     patch_size: float,
     colors: Mapping[str, Any] | Sequence[Any] | None = None,
     tiles: bool = False,
+    confidence: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Patch classes as a QuPath GeoJSON FeatureCollection (a dict, ready for ``json.dumps``).
 
@@ -139,6 +140,10 @@ def qupath_geojson(
     tiles : bool, default=False
         Also write one ``"tile"`` object per labelled patch (its cell), for
         per-patch measurements in QuPath. Large: about 300 bytes per patch.
+    confidence : array-like of shape (n_patches,), optional
+        Per-patch confidence in [0, 1]: each class annotation gets the measurement
+        ``mean_confidence`` and each tile ``confidence``, which QuPath can colour by
+        (Measure > Show measurement maps).
 
     Returns
     -------
@@ -157,8 +162,11 @@ def qupath_geojson(
     and the class (or patch index), so writing the same result twice gives
     the same file. Geometries are those of :func:`class_geometries`.
     """
+    from sic_share.viz._exports import check_confidence
+
     data = check_inputs(coords, labels, classes)
     size = check_patch_size(patch_size)
+    conf = check_confidence(confidence, len(data.labels))
     palette = class_colors(data.classes, colors)
     features = []
     counts = np.bincount(data.labels[data.labelled].astype(np.int64), minlength=len(data.classes))
@@ -166,15 +174,20 @@ def qupath_geojson(
         if geometry.is_empty:
             continue
         fid = uuid.uuid5(_NAMESPACE, f"{slide_id}/annotation/{data.classes[k]}")
-        features.append(_feature(geometry, "annotation", fid, data.classes[k], palette[k],
-                                 {"n_patches": int(counts[k])}))
+        measurements: dict[str, float] = {"n_patches": int(counts[k])}
+        if conf is not None:
+            measurements["mean_confidence"] = round(float(conf[data.labels == k].mean()), 4)
+        features.append(_feature(geometry, "annotation", fid, data.classes[k], palette[k], measurements))
     if tiles:
         cells = patch_cells(data.coords, size)
         for i in data.labelled:
             k = int(data.labels[i])
             box = shapely.box(cells.x0[i], cells.y0[i], cells.x1[i], cells.y1[i])
             fid = uuid.uuid5(_NAMESPACE, f"{slide_id}/tile/{i}")
-            features.append(_feature(box, "tile", fid, data.classes[k], palette[k], {"patch_index": int(i)}))
+            measurements = {"patch_index": int(i)}
+            if conf is not None:
+                measurements["confidence"] = round(float(conf[i]), 4)
+            features.append(_feature(box, "tile", fid, data.classes[k], palette[k], measurements))
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -188,6 +201,7 @@ def write_geojson(
     patch_size: float,
     colors: Mapping[str, Any] | Sequence[Any] | None = None,
     tiles: bool = False,
+    confidence: np.ndarray | None = None,
 ) -> Path:
     """Write :func:`qupath_geojson` to ``path`` atomically; returns the path.
 
@@ -199,5 +213,5 @@ def write_geojson(
     """
     check_target(path)
     document = qupath_geojson(slide_id=slide_id, coords=coords, labels=labels, classes=classes,
-                              patch_size=patch_size, colors=colors, tiles=tiles)
+                              patch_size=patch_size, colors=colors, tiles=tiles, confidence=confidence)
     return atomic_write(path, json.dumps(document, separators=(",", ":")).encode())

@@ -20,7 +20,7 @@ from sic_share.viz._common import (
 )
 from sic_share.viz._palette import class_colors
 
-__all__ = ["render_overlay", "write_png"]
+__all__ = ["render_confidence", "render_overlay", "write_confidence_png", "write_png"]
 
 _BACKGROUNDS = {"transparent": (255, 255, 255, 0), "white": (255, 255, 255, 255)}
 
@@ -133,6 +133,68 @@ def write_png(
     check_target(path)
     image = render_overlay(coords=coords, labels=labels, classes=classes, patch_size=patch_size, colors=colors,
                            max_side=max_side, background=background, slide_size=slide_size, legend=legend)
+    return atomic_write(path, png_bytes(image))
+
+
+def render_confidence(
+    *,
+    coords: np.ndarray,
+    confidence: np.ndarray,
+    patch_size: float,
+    max_side: int = 1500,
+    slide_size: tuple[int, int] | None = None,
+) -> Any:
+    """Draw each patch's confidence as a layer: opaque dark red where a method hesitates, clear where it is sure.
+
+    Parameters
+    ----------
+    coords : array-like of shape (n_patches, 2)
+        Level-0 patch centres (x, y).
+    confidence : array-like of shape (n_patches,)
+        Per-patch confidence in [0, 1] (a method's ``confidence_``).
+    patch_size, max_side, slide_size
+        As in :func:`render_overlay`; the layer lines up with the class overlay pixel
+        for pixel.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGBA: colour (180, 0, 0) with alpha ``255 * (1 - confidence)``, so laid over
+        the slide or the class overlay it marks where the next click helps most.
+    """
+    from PIL import Image
+
+    from sic_share.viz._exports import check_confidence
+
+    points = np.asarray(coords)
+    data = check_inputs(points, np.zeros(len(points), np.int8), ("patch",))
+    conf = check_confidence(confidence, len(points))
+    size = check_patch_size(patch_size)
+    if not isinstance(max_side, int) or not 16 <= max_side <= 20000:
+        raise SicShareError(f"max_side={max_side!r} should be an integer number of pixels in 16-20000")
+    pixels = pixel_index(data.coords, size, max_side, slide_size)
+    alpha = np.where(pixels.index >= 0, np.round(255 * (1 - conf[np.maximum(pixels.index, 0)])), 0).astype(np.uint8)
+    rgba = np.zeros((*alpha.shape, 4), np.uint8)
+    rgba[..., 0] = 180
+    rgba[..., 3] = alpha
+    image = Image.fromarray(rgba, "RGBA")
+    image.info["level0_per_pixel"] = pixels.scale
+    return image
+
+
+def write_confidence_png(
+    path: str | os.PathLike[str],
+    *,
+    coords: np.ndarray,
+    confidence: np.ndarray,
+    patch_size: float,
+    max_side: int = 1500,
+    slide_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write :func:`render_confidence` as a PNG to ``path`` atomically; returns the path."""
+    check_target(path)
+    image = render_confidence(coords=coords, confidence=confidence, patch_size=patch_size, max_side=max_side,
+                              slide_size=slide_size)
     return atomic_write(path, png_bytes(image))
 
 

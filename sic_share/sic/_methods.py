@@ -1,0 +1,427 @@
+"""Semi-supervised methods beside SIC, and the registry behind ``--method``.
+
+Every method is a scikit-learn style estimator with the same contract as
+:class:`~sic_share.sic.SeededIterativeClustering`: ``fit(X, seeds, coords=None)``
+with embeddings ``X`` of shape (n_patches, dim) (float16 or float32), ``seeds`` a
+class index per seeded patch and -1 elsewhere, and optional level-0 patch centres;
+it sets ``labels_``, ``proba_`` and ``confidence_``.
+
+- ``prototype``: :class:`NearestPrototype`, the nearest seed-class mean
+  (scikit-learn's ``NearestCentroid``);
+- ``logreg``: :class:`SeedLogisticRegression`, logistic regression on the seeds;
+- ``spreading``: :class:`SeedLabelSpreading`, scikit-learn's ``LabelSpreading`` on a
+  graph joining embedding neighbours and grid neighbours;
+- ``sic``: :class:`~sic_share.sic.SeededIterativeClustering` (rules structure, paper,
+  authors).
+
+:func:`create_method` builds one by name; :func:`list_methods` names them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestCentroid, NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+from sklearn.semi_supervised import LabelSpreading
+from sklearn.utils import check_random_state
+
+from sic_share.errors import SeedError
+from sic_share.sic._confidence import check_smooth, finish_labels
+from sic_share.sic._grid import grid_graph
+from sic_share.sic._kmeans import check_embeddings, check_seeds
+from sic_share.sic._project import project
+from sic_share.sic._sic import SeededIterativeClustering
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "MethodInfo",
+    "NearestPrototype",
+    "SeedLabelSpreading",
+    "SeedLogisticRegression",
+    "create_method",
+    "list_methods",
+    "method_info",
+]
+
+#: Most patches the label-spreading graph is built on; larger slides spread on a random
+#: sample of this many (plus every seed) and extend to the rest (see SeedLabelSpreading).
+GRAPH_SAMPLE = 4096
+
+
+def check_seed_classes(seeds: np.ndarray, k: int, what: str) -> None:
+    """Every one of the ``k`` classes needs a seed: one sentence naming the first that has none."""
+    present = set(np.unique(seeds[seeds >= 0]).tolist())
+    if k < 2:
+        raise SeedError(f"seeds hold {'no class' if not present else 'only class ' + str(min(present))}: {what} "
+                        "needs seeds of at least two classes")
+    missing = sorted(set(range(k)) - present)
+    if missing:
+        raise SeedError(f"class {missing[0]} has no seed but n_classes={k}: {what} needs a seed of every class — "
+                        "add one, or lower n_classes")
+
+
+class _SeedMethod(ClusterMixin, BaseEstimator):
+    """Shared fit: checks, the working projection, the method's probabilities, grid smoothing, labels."""
+
+    _name = "method"
+
+    def fit(self, X: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None = None) -> _SeedMethod:
+        """Fit on ``X`` of shape (n_samples, dim), ``seeds`` of shape (n_samples,) and optional ``coords``.
+
+        Returns ``self``.
+        """
+        smooth = check_smooth(self.smooth)
+        X = check_embeddings(X, min_samples=max(2, self.n_classes or 2))
+        seeds, k = check_seeds(seeds, X.shape[0], self.n_classes)
+        check_embeddings(X, min_samples=k)
+        check_seed_classes(seeds, k, self._name)
+        if coords is not None:
+            coords = np.asarray(coords)
+            if coords.shape != (X.shape[0], 2):
+                raise SeedError(f"coords of shape {coords.shape} should be ({X.shape[0]}, 2), one centre per patch")
+        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
+            raise SeedError(f"n_components={self.n_components!r} should be a positive integer or None")
+        rng = check_random_state(self.random_state)
+        Z, self.components_, _ = project(X, seeds, k, self.n_components, normalize=self.normalize, random_state=rng)
+        self.n_classes_ = k
+        proba = self._proba(Z, seeds, k, coords, rng)
+        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=True)
+        return self
+
+    def fit_predict(self, X: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+        """Fit and return ``labels_``."""
+        return self.fit(X, seeds, coords).labels_
+
+    def _proba(self, Z: np.ndarray, seeds: np.ndarray, k: int, coords: np.ndarray | None,
+               rng: np.random.RandomState) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+_COMMON_DOC = """
+    n_classes : int or None, default=None
+        Number of classes; None takes ``seeds.max() + 1``. Every class needs a seed.
+    normalize : bool, default=False
+        L2-normalise each embedding first.
+    n_components : int or None, default=32
+        Work in this many principal axes plus one direction per seeded class (see
+        :func:`sic_share.sic._project.project`); None uses the whole embedding.
+    smooth : float in [0, 1), default={smooth}
+        Weight of the grid neighbours when class probabilities are smoothed on the
+        patch grid (needs ``coords``; 0: off), see
+        :func:`sic_share.sic._grid.smooth_on_grid`.
+    random_state : int, RandomState instance or None, default=None
+        Draws the rows the projection is estimated on{more}.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,), int64
+        Class of every patch; a seeded patch keeps its seed's class.
+    proba_ : ndarray of shape (n_samples, n_classes_), float32
+        Class probabilities (after smoothing).
+    confidence_ : ndarray of shape (n_samples,), float32
+        The first probability minus the second, in [0, 1]; 1 on seeds.
+    components_ : ndarray of shape (n_dims, dim) or None
+        The projection's basis.
+    n_classes_ : int
+"""
+
+
+class NearestPrototype(_SeedMethod):
+    __doc__ = """Nearest class prototype: every patch takes the class of the nearest seed-class mean.
+
+    scikit-learn's ``NearestCentroid`` fitted on the seeded patches of the projection.
+    Probabilities are ``exp(-d_c^2 / t)`` normalised over classes, with ``t`` the
+    mean squared distance of the patches to their nearest prototype.
+
+    Parameters
+    ----------""" + _COMMON_DOC.format(smooth="0.0", more="")
+
+    _name = "the prototype method"
+
+    def __init__(self, *, n_classes: int | None = None, normalize: bool = False, n_components: int | None = 32,
+                 smooth: float = 0.0, random_state=None) -> None:
+        self.n_classes = n_classes
+        self.normalize = normalize
+        self.n_components = n_components
+        self.smooth = smooth
+        self.random_state = random_state
+
+    def _proba(self, Z, seeds, k, coords, rng):
+        seeded = seeds >= 0
+        with np.errstate(invalid="ignore", divide="ignore"):  # its spread estimate is 0/0 with one seed per class
+            centroids = NearestCentroid().fit(Z[seeded], seeds[seeded]).centroids_.astype(np.float32)
+        d2 = np.maximum((Z**2).sum(1)[:, None] - 2 * Z @ centroids.T + (centroids**2).sum(1)[None, :], 0)
+        scale = float(d2.min(axis=1).mean()) or 1.0
+        logits = -(d2 - d2.min(axis=1, keepdims=True)) / scale
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+
+class SeedLogisticRegression(_SeedMethod):
+    __doc__ = """Logistic regression on the seeds: a linear classifier learnt from the clicked patches only.
+
+    scikit-learn's ``LogisticRegression`` (L2, ``C``, balanced class weights) on the
+    standardised projection of the seeded patches; ``predict_proba`` on every patch.
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse regularisation strength.""" + _COMMON_DOC.format(smooth="0.0", more="")
+
+    _name = "logistic regression"
+
+    def __init__(self, *, n_classes: int | None = None, C: float = 1.0, normalize: bool = False,
+                 n_components: int | None = 32, smooth: float = 0.0, random_state=None) -> None:
+        self.n_classes = n_classes
+        self.C = C
+        self.normalize = normalize
+        self.n_components = n_components
+        self.smooth = smooth
+        self.random_state = random_state
+
+    def _proba(self, Z, seeds, k, coords, rng):
+        if not (isinstance(self.C, int | float) and self.C > 0):
+            raise SeedError(f"C={self.C!r} should be a positive number")
+        scaler = StandardScaler().fit(Z[rng.choice(Z.shape[0], min(Z.shape[0], 20_000), replace=False)])
+        seeded = seeds >= 0
+        model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000)
+        model.fit(scaler.transform(Z[seeded]), seeds[seeded])
+        proba = np.zeros((Z.shape[0], k), dtype=np.float32)
+        for start in range(0, Z.shape[0], 65536):
+            block = scaler.transform(Z[start:start + 65536])
+            proba[start:start + block.shape[0], model.classes_] = model.predict_proba(block)
+        return proba
+
+
+class SeedLabelSpreading(_SeedMethod):
+    __doc__ = """Label spreading from the seeds over a graph of embedding and grid neighbours.
+
+    scikit-learn's ``LabelSpreading`` (Zhou et al. 2004) on a graph that joins each
+    patch to its ``n_neighbors`` nearest patches in the projection and, with weight
+    ``grid_weight``, to its 8 neighbours on the patch grid (when ``coords`` are
+    given).
+
+    Parameters
+    ----------
+    n_neighbors : int, default=10
+        Embedding neighbours per patch (exact, scikit-learn ``NearestNeighbors``).
+    alpha : float in (0, 1), default=0.9
+        How far labels spread: the share of a patch's value taken from its neighbours
+        at each step (scikit-learn's ``alpha``).
+    grid_weight : float >= 0, default=1.0
+        Weight of a grid edge relative to an embedding edge; 0 leaves space out.""" + _COMMON_DOC.format(
+        smooth="0.0", more=" and the graph's sample on large slides") + """
+    Notes
+    -----
+    **Cost at scale.** An exact kNN graph is quadratic, so the graph is built on at
+    most ``GRAPH_SAMPLE`` = 4096 patches: all of them on smaller slides, else a
+    random sample plus every seed. On a large slide labels spread over the sample,
+    and every patch then takes the prediction of a logistic regression fitted on the
+    sample's spread labels (linear in the projection, O(n x dim) to apply), followed
+    by the grid smoothing (``smooth``, or 0.5 when 0 and ``coords`` are given), which
+    brings back the grid neighbours the sample lacks. The graph therefore costs the
+    same at 10k and at 1M patches; ``benchmarks/sic.py`` measures it.
+
+    **Unreached patches.** A patch in a graph component without seeds receives no
+    label mass; it gets equal probabilities (confidence 0) and the first class.
+    """
+
+    _name = "label spreading"
+
+    def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 10, alpha: float = 0.9,
+                 grid_weight: float = 1.0, background: float = 0.002, normalize: bool = False,
+                 n_components: int | None = 32, smooth: float = 0.0, random_state=None) -> None:
+        self.n_classes = n_classes
+        self.n_neighbors = n_neighbors
+        self.alpha = alpha
+        self.grid_weight = grid_weight
+        self.background = background
+        self.normalize = normalize
+        self.n_components = n_components
+        self.smooth = smooth
+        self.random_state = random_state
+
+    def _check(self) -> None:
+        if not isinstance(self.n_neighbors, int) or self.n_neighbors < 1:
+            raise SeedError(f"n_neighbors={self.n_neighbors!r} should be a positive integer")
+        if not (isinstance(self.alpha, int | float) and 0 < self.alpha < 1):
+            raise SeedError(f"alpha={self.alpha!r} should be in (0, 1)")
+        if not (isinstance(self.grid_weight, int | float) and self.grid_weight >= 0):
+            raise SeedError(f"grid_weight={self.grid_weight!r} should be a number >= 0")
+        if not (isinstance(self.background, int | float) and 0 <= self.background < 1):
+            raise SeedError(f"background={self.background!r} should be in [0, 1)")
+
+    def _proba(self, Z, seeds, k, coords, rng):
+        self._check()
+        n = Z.shape[0]
+        sample = None
+        if n > GRAPH_SAMPLE:
+            sample = np.union1d(rng.choice(n, size=GRAPH_SAMPLE, replace=False), np.flatnonzero(seeds >= 0))
+        Zs = Z if sample is None else Z[sample]
+        ys = seeds if sample is None else seeds[sample]
+        start = time.perf_counter()
+        nn = NearestNeighbors(n_neighbors=min(self.n_neighbors, Zs.shape[0] - 1), algorithm="brute").fit(Zs)
+        dist_k, _ = nn.kneighbors()
+        graph = nn.kneighbors_graph(mode="connectivity")
+        graph = graph.maximum(graph.T).tocsr()
+        if sample is None and coords is not None and self.grid_weight > 0:
+            graph = (graph + self.grid_weight * _similar_grid(Zs, coords, dist_k[:, -1])).tocsr()
+        m = Zs.shape[0]
+        if k == 2 and self.background > 0:
+            # A private negative node per patch, joined with background x its degree (see Notes).
+            share = self.background**2 / (1 - self.background**2)  # the sink's normalised weight is `background`
+            prior = sparse.diags(share * np.asarray(graph.sum(axis=1)).ravel())
+            graph = sparse.bmat([[graph, prior], [prior, None]], format="csr")
+            Zs = np.vstack([Zs, Zs])
+            ys = np.concatenate([ys, np.zeros(m, dtype=ys.dtype)])
+        self.graph_seconds_ = time.perf_counter() - start
+        self.graph_edges_ = int(graph.nnz)
+        spreading = LabelSpreading(kernel=_Fixed(graph), alpha=self.alpha, max_iter=100, tol=1e-4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            spreading.fit(Zs, ys)
+        dist = np.zeros((m, k), dtype=np.float64)
+        dist[:, spreading.classes_] = spreading.label_distributions_[:m]
+        Zs, ys = Zs[:m], ys[:m]
+        empty = dist.sum(axis=1) == 0
+        dist[empty] = 1.0 / k
+        dist /= dist.sum(axis=1, keepdims=True)
+        if sample is None:
+            return dist
+        scaler = StandardScaler().fit(Zs)
+        target = np.argmax(dist, axis=1)
+        if np.unique(target).size < 2:
+            return np.tile(dist.mean(axis=0), (n, 1))
+        model = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(Zs), target)
+        proba = np.zeros((n, k), dtype=np.float32)
+        for at in range(0, n, 65536):
+            block = scaler.transform(Z[at:at + 65536])
+            proba[at:at + block.shape[0], model.classes_] = model.predict_proba(block)
+        proba[sample] = dist
+        self._large = True
+        return proba
+
+    def fit(self, X, seeds, coords=None):
+        self._large = False
+        smooth = self.smooth
+        try:
+            if coords is not None and not self.smooth and np.asarray(X).shape[0] > GRAPH_SAMPLE:
+                self.smooth = 0.5  # a large slide's graph has no grid edges: smooth instead (see Notes)
+            return super().fit(X, seeds, coords)
+        finally:
+            self.smooth = smooth
+
+
+def _similar_grid(Z: np.ndarray, coords: np.ndarray, scale: np.ndarray) -> sparse.csr_matrix:
+    """Grid-neighbour edges weighted by embedding similarity, ``exp(-d^2 / (s_i s_j))``.
+
+    ``s_i`` is the distance of patch ``i`` to its k-th embedding neighbour (the
+    self-tuning scale of Zelnik-Manor and Perona 2004): neighbours on the grid that
+    look alike are joined with weight near 1, a grid edge across a tissue border
+    with weight near 0, so space links regions without leaking labels across them.
+    """
+    grid = grid_graph(coords).tocoo()
+    i, j = grid.row, grid.col
+    d2 = ((Z[i] - Z[j]) ** 2).sum(axis=1)
+    s2 = np.maximum(scale[i] * scale[j], 1e-12)
+    return sparse.csr_matrix((np.exp(-d2 / s2).astype(np.float32), (i, j)), shape=grid.shape)
+
+
+class _Fixed:
+    """A LabelSpreading kernel that returns a graph built beforehand (scikit-learn calls ``kernel(X, X)``)."""
+
+    def __init__(self, graph: sparse.csr_matrix) -> None:
+        self.graph = graph
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray) -> sparse.csr_matrix:
+        return self.graph
+
+
+# ---------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method ``--method`` can name.
+
+    Attributes
+    ----------
+    name : str
+    summary : str
+        One line for help texts and tables.
+    make : callable
+        ``make(**options)`` returns an unfitted estimator.
+    options : tuple of str
+        The options it takes besides ``n_classes`` and ``random_state``.
+    defaults : dict
+        Options set when the user sets none (the settings the evaluation chose).
+    """
+
+    name: str
+    summary: str
+    make: Callable[..., Any]
+    options: tuple[str, ...]
+    defaults: dict[str, Any]
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+#: The method ``sic``, ``benchmark`` and :func:`~sic_share.sic.run_sic` use unless told otherwise:
+#: chosen by the evaluation suite in ``benchmarks/sic.py`` (docs/sic.md has the table).
+DEFAULT_METHOD = "spreading"
+
+
+def register_method(name: str, summary: str, make: Callable[..., Any], options: tuple[str, ...],
+                    **defaults: Any) -> None:
+    """Add a method to the registry (a name registered twice is replaced)."""
+    _METHODS[name] = MethodInfo(name, summary, make, options, dict(defaults))
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Names of the registered methods matching ``pattern`` (fnmatch), the default first."""
+    names = sorted(_METHODS, key=lambda m: (m != DEFAULT_METHOD, m))
+    return [m for m in names if fnmatch.fnmatch(m, pattern)]
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registry entry of ``name``; an unknown name raises ``SeedError`` listing the known ones."""
+    if name not in _METHODS:
+        raise SeedError(f"method {name!r} is not known: use one of {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def create_method(name: str = DEFAULT_METHOD, *, n_classes: int | None = None, random_state=None,
+                  **options: Any) -> Any:
+    """An unfitted estimator of method ``name`` with ``options``.
+
+    Options left at None are not set (the method's default applies). An option the
+    method does not take raises ``SeedError`` naming the methods that take it.
+    """
+    info = method_info(name)
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if key not in info.options:
+            takers = [m for m, i in _METHODS.items() if key in i.options]
+            where = f"method {' or '.join(repr(t) for t in takers)} only" if takers else "no method"
+            raise SeedError(f"option {key} applies to {where}, not to {name!r}: drop it or choose that method")
+    settings = {**info.defaults, **given}
+    return info.make(n_classes=n_classes, random_state=random_state, **settings)
+
+
+register_method("spreading", "label spreading over embedding and grid neighbours (scikit-learn LabelSpreading)",
+                SeedLabelSpreading, ("n_neighbors", "alpha", "grid_weight", "background", "normalize", "n_components", "smooth"))
+register_method("sic", "Seeded Iterative Clustering (the paper's method; rules structure, paper, authors)",
+                SeededIterativeClustering, ("rule", "score", "normalize", "n_components", "max_rounds", "smooth"))
+register_method("prototype", "nearest seed-class mean (scikit-learn NearestCentroid)", NearestPrototype,
+                ("normalize", "n_components", "smooth"))
+register_method("logreg", "logistic regression on the seeds (scikit-learn LogisticRegression)",
+                SeedLogisticRegression, ("C", "normalize", "n_components", "smooth"))
