@@ -21,7 +21,7 @@ class Method:
     Attributes
     ----------
     name : str
-        Its key (``sic``, ``seeded-kmeans``).
+        Its key (``spreading``, ``sic``, ...).
     label : str
         What the menu shows.
     rules : tuple of str
@@ -47,35 +47,43 @@ class Fit:
 
 
 def available_methods() -> dict[str, Method]:
-    """The methods of :mod:`sic_share.sic` the app offers, default first.
+    """The methods of :mod:`sic_share.sic` the app offers, default first: its method registry.
 
     Notes
     -----
-    ``sic``: :class:`~sic_share.sic.SeededIterativeClustering` with the rules
-    ``sic-share sic --rule`` takes. ``seeded-kmeans``: one
-    :class:`~sic_share.sic.SeededKMeans` (the nearest seed centroid, refined by
-    Lloyd's iterations), SIC's first step alone.
+    The menu is :func:`sic_share.sic.list_methods` (``spreading``, the default, then
+    ``sic``, ``prototype``, ``logreg``, ...), each built by
+    :func:`sic_share.sic.create_method` exactly as ``sic-share sic --method`` builds it,
+    so a click gives the labels the command gives for the same seeds. Methods that
+    take a ``rule`` (``sic``) offer the rules ``sic --rule`` takes.
     """
-    from sic_share.sic import SeededIterativeClustering, SeededKMeans
+    from sic_share.sic import create_method, list_methods
+    from sic_share.sic._methods import method_info
 
-    def sic(*, n_classes: int, rule: str, random_state: int) -> Any:
-        return SeededIterativeClustering(n_classes=n_classes, rule=rule, random_state=random_state)
+    def maker(name: str, takes_rule: bool) -> Callable[..., Any]:
+        def make(*, n_classes: int, rule: str | None, random_state: int) -> Any:
+            return create_method(name, n_classes=n_classes, random_state=random_state,
+                                 **({"rule": rule} if takes_rule else {}))
+        return make
 
-    def kmeans(*, n_classes: int, rule: str, random_state: int) -> Any:
-        return SeededKMeans(n_classes, random_state=random_state)
-
-    return {
-        "sic": Method("sic", "SIC (seeded iterative clustering)", ("structure", "paper"), sic),
-        "seeded-kmeans": Method("seeded-kmeans", "Seeded k-means (SIC's first step)", (), kmeans),
-    }
+    methods = {}
+    for name in list_methods():
+        info = method_info(name)
+        takes_rule = "rule" in info.options
+        rules = ("structure", "paper", "authors") if takes_rule else ()
+        methods[name] = Method(name, info.summary, rules, maker(name, takes_rule))
+    return methods
 
 
 def fit_method(method: Method, rule: str | None, X: np.ndarray, seeds: np.ndarray, n_classes: int, *,
-               random_state: int = 0) -> Fit:
-    """Fit ``method`` on ``X`` with ``seeds`` (class index per patch, -1 none) over ``n_classes`` classes."""
+               random_state: int = 0, coords: np.ndarray | None = None) -> Fit:
+    """Fit ``method`` on ``X`` with ``seeds`` (class index per patch, -1 none) over ``n_classes`` classes.
+
+    ``coords`` (level-0 patch centres) let the methods that use the patch grid use it.
+    """
     estimator = method.make(n_classes=n_classes, rule=rule or (method.rules[0] if method.rules else None),
                             random_state=random_state)
-    estimator.fit(X, seeds)
+    estimator.fit(X, seeds, coords)
     confidence = getattr(estimator, "confidence_", None)
     if confidence is not None:
         confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)

@@ -279,7 +279,7 @@ class Session:
         start = time.perf_counter()
         try:
             fit: Fit = fit_method(self.methods[state.method], state.rule, self._X, seeds, int(present.size),
-                                  random_state=self.random_state)
+                                  random_state=self.random_state, coords=self.slide.coords)
         except SicShareError as exc:
             return _Outcome(none, None, str(exc), time.perf_counter() - start)
         seconds = time.perf_counter() - start
