@@ -311,7 +311,9 @@ def test_unknown_name_lists_handcrafted_and_where_to_look():
 
 
 def test_list_encoders():
-    assert list_encoders()[0] == "handcrafted"
+    # registered names first (sorted), then timm's
+    assert list_encoders()[:4] == [
+        "efficientnet_lite0.in1k", "efficientnet_lite1.in1k", "efficientnet_lite2.in1k", "handcrafted"]
     assert "resnet50" in list_encoders()
     names = list_encoders("resnet1*")
     assert "resnet18" in names and "handcrafted" not in names
