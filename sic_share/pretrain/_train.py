@@ -32,6 +32,7 @@ __all__ = ["PretrainOptions", "PretrainProgress", "PretrainReport", "pretrain"]
 
 _WARMUP = 0.1  # share of all steps spent warming the learning rate up (SimCLR: 10 of 100 epochs)
 _EXTRA = "pip install 'sic-share[pretrain]'"
+_LOSS_EVERY = 10  # steps between progress reports of the loss (each one synchronises with the device)
 
 
 @dataclass
@@ -146,8 +147,8 @@ class PretrainReport:
 def _check_options(options: PretrainOptions) -> None:
     checks = [
         (options.epochs >= 1, f"epochs={options.epochs} should be >= 1"),
-        (options.batch_size >= 2, f"batch_size={options.batch_size} should be >= 2 (SimCLR contrasts a patch "
-                                  "with the others of its batch)"),
+        (options.batch_size >= 2, (f"batch_size={options.batch_size} should be >= 2 (SimCLR contrasts a patch "
+                                   "with the others of its batch)")),
         (options.lr > 0, f"lr={options.lr} should be > 0"),
         (options.weight_decay >= 0, f"weight_decay={options.weight_decay} should be >= 0"),
         (options.temperature > 0, f"temperature={options.temperature} should be > 0"),
@@ -258,7 +259,7 @@ def _one_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     last = lines[-1].strip() if lines else type(exc).__name__
     prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last.removeprefix(prefix)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -407,7 +408,7 @@ def pretrain(
     from torch.utils.data import DataLoader
 
     from sic_share.export import find_slides
-    from sic_share.export._pipeline import _fix_mmap_threshold, _resolve_device, _worker_init
+    from sic_share.export._pipeline import _resolve_device, _worker_init
 
     options = options or PretrainOptions()
     start = time.perf_counter()
@@ -418,7 +419,6 @@ def pretrain(
     remove_stale(out)
     paths = find_slides(slides)
     device = _resolve_device(options.device)
-    _fix_mmap_threshold()  # inherited by the forked workers
 
     stored: dict[str, Any] | None = read_checkpoint(out) if options.resume and out.exists() else None
     if stored is not None and stored[RECIPE_KEY].get("model") != options.model:
@@ -431,10 +431,10 @@ def pretrain(
     patches = int(offsets[-1])
     samples = min(patches, options.max_patches) if options.max_patches else patches
     if samples < options.batch_size:
-        where = f"{samples} patches per epoch (--max-patches)" if samples < patches else \
-            f"{patches} tissue patches of {len(sources)} slide(s)"
+        where, fix = (f"{samples} patches per epoch (--max-patches)", "raise --max-patches") if samples < patches \
+            else (f"{patches} tissue patches of {len(sources)} slide(s)", "give more slides")
         raise PretrainError(f"batch_size={options.batch_size} is larger than the {where}: lower --batch-size "
-                            "or give more slides")
+                            f"or {fix}")
     steps = samples // options.batch_size
 
     if stored is not None:
@@ -531,7 +531,8 @@ def pretrain(
                 report.samples += options.batch_size
                 if progress:
                     elapsed = time.perf_counter() - train_start
-                    state.loss = float(total_loss) / state.step
+                    if state.step % _LOSS_EVERY == 1 or state.step == steps:  # reading it waits for the GPU
+                        state.loss = float(total_loss) / state.step
                     state.samples_per_second = report.samples / elapsed
                     state.loader_wait_fraction = wait / elapsed
                     progress(state)
