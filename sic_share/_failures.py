@@ -15,7 +15,7 @@ import os
 import socket
 import urllib.parse
 
-__all__ = ["EXTRA_OF_MODULE", "describe_failure"]
+__all__ = ["EXTRA_OF_MODULE", "describe_failure", "exception_chain"]
 
 EXTRA_OF_MODULE = {
     "torch": "export",
@@ -38,7 +38,8 @@ EXTRA_OF_MODULE = {
 """Top-level module -> the extra of sic-share that installs it."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it (``__cause__``, else ``__context__``), outermost first, each once."""
     seen: list[BaseException] = []
     while exc is not None and exc not in seen:
         seen.append(exc)
@@ -122,7 +123,7 @@ def describe_failure(exc: BaseException) -> str:
         cause chain) is a failure a user can act on; otherwise a sentence saying it is
         a bug, with the exception's type and first line, and how to get the traceback.
     """
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         message = _describe_one(link)
         if message:
             return message

@@ -26,6 +26,7 @@ from sic_share.encoders._weights import (
     read_state_dict,
     shapes_of,
 )
+from sic_share._failures import exception_chain as _chain
 from sic_share.errors import EncoderError
 
 if TYPE_CHECKING:
@@ -79,14 +80,6 @@ def is_timm_name(name: str) -> bool:
         return bool(timm.is_model(name))
     except (ValueError, TypeError):
         return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -258,6 +258,18 @@ def _versions(fs: fsspec.AbstractFileSystem, base: str, ref: DatasetRef) -> list
     return sorted(found)
 
 
+def _pick_version(fs: fsspec.AbstractFileSystem, base: str, url: str, ref: DatasetRef, doing: str) -> int:
+    """The version ``ref`` asks for, or the newest published; one line when there is none."""
+    with _refusals(fs, base, url, doing, f"read {ref.publisher}/{ref.name}"):
+        versions = _versions(fs, base, ref)
+    if not versions:
+        raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
+    version = ref.version if ref.version is not None else versions[-1]
+    if version not in versions:
+        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
+    return version
+
+
 def _open_version(
     ref: DatasetRef, hub: str | None, *, trust: TrustStore, record: VersionRecord, allow_rollback: bool
 ) -> tuple[Manifest, bytes, bytes, _Remote]:
@@ -266,13 +278,7 @@ def _open_version(
     Returns the manifest, the envelope and manifest bytes, and where its files are.
     """
     fs, base, url = _open_hub(hub)
-    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
-        versions = _versions(fs, base, ref)
-    if not versions:
-        raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
-    version = ref.version if ref.version is not None else versions[-1]
-    if version not in versions:
-        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
+    version = _pick_version(fs, base, url, ref, "the download")
     remote = _Remote(fs, base, url, join(base, ref.publisher, ref.name, str(version)))
     with remote.refusals(ref):
         envelope = fs.cat_file(join(remote.folder, ENVELOPE))

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from sic_share._fsutil import join
 from sic_share.dataset import SLIDES_DIR, read_slide_metadata, summarize
-from sic_share.errors import HubError, VerificationError
+from sic_share.errors import VerificationError
 from sic_share.signing import TrustStore, VersionRecord
 from sic_share.signing._dsse import open_envelope
 from sic_share.signing._manifest import ENVELOPE, parse_manifest, verify_signature
@@ -92,17 +92,12 @@ def _folder_info(root: Path, trust: TrustStore) -> DatasetInfo:
 
 
 def _hub_info(text: str, hub: str | None, trust: TrustStore) -> DatasetInfo:
-    from sic_share.hub._hub import _open_hub, _refusals, _versions, parse_ref
+    from sic_share.hub._hub import _open_hub, _pick_version, _refusals, parse_ref
 
     ref = parse_ref(text)
     fs, base, url = _open_hub(hub)
+    version = _pick_version(fs, base, url, ref, "the listing")
     with _refusals(fs, base, url, "the listing", f"read {ref.publisher}/{ref.name}"):
-        versions = _versions(fs, base, ref)
-        if not versions:
-            raise HubError(f"no dataset {ref.publisher}/{ref.name} on {url}: see 'sic-share ls --hub {url}'")
-        version = ref.version if ref.version is not None else versions[-1]
-        if version not in versions:
-            raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url} (published: {versions})")
         folder = join(base, ref.publisher, ref.name, str(version))
         raw = fs.cat_file(join(folder, ENVELOPE))
         info = DatasetInfo(location=f"{url} {ref.publisher}/{ref.name}@{version}", signed=True)
