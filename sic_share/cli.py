@@ -640,7 +640,7 @@ def pretrain_cmd(
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers reading and augmenting (0: in the main process).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the --out checkpoint from its last finished epoch.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: initialisation, patch draw, augmentations.")] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="Random seed: initialisation, patch draw, augmentations.")] = 0,
 ) -> None:
     """Pretrain a backbone with SimCLR on your slides' tissue patches; export with --model MODEL --weights OUT."""
     from sic_share.pretrain import PretrainOptions, pretrain
@@ -745,7 +745,7 @@ def sic(
     confidence: Annotated[bool, typer.Option("--confidence", help="Add per-patch confidence: a column (parquet, csv, tissuumaps) or QuPath measurements (geojson).")] = False,
     confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write the confidence as a PNG layer (red where the method hesitates).")] = None,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Label every patch of a slide from a few seeds (label spreading by default; SIC with --method sic)."""
@@ -850,7 +850,7 @@ def umap_map(
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
     tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
     max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
-    seed: Annotated[int, typer.Option("--seed", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel."""
@@ -873,7 +873,7 @@ def to_anndata_cmd(
     out_path: Annotated[Path, typer.Option("--out", help=".h5ad file to write.")],
     slide: SlideOption = None,
     method: MethodOption = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
     """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads."""
@@ -900,7 +900,7 @@ def benchmark(
     positive: Annotated[Optional[str], typer.Option("--positive", help="Score this class against the rest.")] = None,
     method: Annotated[str, typer.Option("--method", help="Annotation methods to compare, e.g. spreading,sic,prototype,logreg (paired seeds).")] = "spreading",
     rule: Annotated[Optional[str], typer.Option("--rule", help="--method sic: structure (default), paper or authors.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws: the same seeds for every model and method.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="Seed of the draws: the same seeds for every model and method.", min=0, max=2**32 - 1)] = 0,
     jobs: Annotated[int, typer.Option("--jobs", help="Slides run in parallel.")] = 1,
     skip_small: Annotated[
         bool, typer.Option("--skip-small", help="Skip slides with fewer patches of a class than clicks (else an error).")
@@ -934,7 +934,7 @@ def similarity_cmd(
     dataset_b: Annotated[str, typer.Argument(help="Another dataset on the same grid.")],
     k: Annotated[int, typer.Option("--k", help="Neighbours for the mutual kNN overlap.")] = 10,
     clicks: Annotated[int, typer.Option("--clicks", help="Seeds per class for the SIC agreement.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--random-state", help="Seed of the draws.", min=0, max=2**32 - 1)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     hub: HubOption = None,
 ) -> None:
@@ -956,7 +956,7 @@ def main() -> None:
     packages) are told by :func:`sic_share._failures.describe_failure`. ``--debug``
     (anywhere on the line, before or after the command) shows the traceback instead.
     """
-    args = sys.argv[1:]
+    args = _fold_choices(sys.argv[1:])
     if "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args:
         args.remove("--debug")
         _state["debug"] = True
@@ -979,6 +979,23 @@ def main() -> None:
         from sic_share._failures import describe_failure
 
         _fail(describe_failure(exc))
+
+
+# Options whose values are names from a fixed list: matched case-insensitively everywhere.
+_CHOICE_OPTIONS = ("--method", "--rule", "--score", "--format", "--device", "--dtype", "--init", "--projection")
+
+
+def _fold_choices(args: list[str]) -> list[str]:
+    """Lower-case the values of choice options (``--method SIC`` is ``--method sic``), as one rule for every command."""
+    folded = list(args)
+    for i, arg in enumerate(folded):
+        name, eq, value = arg.partition("=")
+        if name in _CHOICE_OPTIONS:
+            if eq:
+                folded[i] = f"{name}={value.lower()}"
+            elif i + 1 < len(folded):
+                folded[i + 1] = folded[i + 1].lower()
+    return folded
 
 
 _TYPE_NAMES = {"Path": "PATH", "str": "TEXT", "int": "INT", "float": "NUMBER"}

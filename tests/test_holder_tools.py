@@ -204,3 +204,15 @@ def test_help_shows_types_people_read(cli):
 
 def test_shell_completion_is_offered(cli):
     assert "--show-completion" in cli("--help").out
+
+
+def test_choices_are_case_insensitive_everywhere(cli, tmp_path):
+    root = make_dataset(tmp_path / "ds", slides=1, n=100)
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("index,label\n0,normal\n1,tumour\n2,normal\n3,tumour\n")
+    for method in ("SPREADING", "Sic"):
+        result = cli("sic", root, "--seeds", seeds, "--out", tmp_path / f"{method}.csv", "--method", method,
+                     "--classes", "normal,tumour")
+        assert result.code == 0, result.err
+    result = cli("export", SLIDE, "--out", tmp_path / "e", "--no-sign", "--dtype=FLOAT32")
+    assert result.code == 0, result.err

@@ -234,8 +234,8 @@ def test_a_dataset_that_is_neither_a_folder_nor_a_reference(cli, tmp_path):
 
 def test_a_negative_seed_is_a_usage_error_not_a_traceback(cli, tmp_path, ds):
     result = cli("sic", ds, "--slide", "s0", "--seeds", truth_seeds(tmp_path, ds), "--out", tmp_path / "o.csv",
-                 "--seed", "-1")
-    assert result.code == 2 and "Traceback" not in result.err and "--seed" in result.err
+                 "--random-state", "-1")
+    assert result.code == 2 and "Traceback" not in result.err and "--random-state" in result.err
 
 
 def test_an_unknown_class_name(cli, tmp_path, ds):
