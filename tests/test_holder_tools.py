@@ -216,3 +216,14 @@ def test_choices_are_case_insensitive_everywhere(cli, tmp_path):
         assert result.code == 0, result.err
     result = cli("export", SLIDE, "--out", tmp_path / "e", "--no-sign", "--dtype=FLOAT32")
     assert result.code == 0, result.err
+
+
+def test_cache_clear_removes_what_the_app_derived(cli, home):
+    from sic_share._paths import cache_dir
+
+    derived = cache_dir() / "sha256" / "ab" / (".ab" + "0" * 62 + ".app")
+    derived.mkdir(parents=True)
+    (derived / "embeddings.npy").write_bytes(b"x" * 1000)
+    result = cli("cache", "clear")
+    assert result.code == 0, result.err
+    assert not derived.exists()

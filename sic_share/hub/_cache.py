@@ -122,13 +122,21 @@ class BlobCache:
         return sorted(found, key=lambda e: (-e.size, e.digest))
 
     def clear(self) -> tuple[int, int]:
-        """Remove every cached file; returns ``(files, bytes)`` removed."""
+        """Remove every cached file and what was derived from it; returns ``(files, bytes)`` removed.
+
+        Derived data is the app's per-slide folder ``.<sha256>.app/`` (decoded matrix,
+        projections): its bytes count, it is not listed as a file of its own.
+        """
         files = size = 0
         for entry in self.entries():
             self._drop(entry.path)
             files, size = files + 1, size + entry.size
         for partial in self.root.glob("sha256/*/.*.partial"):  # left by a killed download
             partial.unlink(missing_ok=True)
+        for derived in self.root.glob("sha256/*/.*.app"):
+            if derived.is_dir():
+                size += sum(p.stat().st_size for p in derived.rglob("*") if p.is_file())
+                shutil.rmtree(derived, ignore_errors=True)
         return files, size
 
     @staticmethod
