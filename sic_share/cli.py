@@ -762,8 +762,8 @@ def sic(
         raise SicShareError(f"--smooth {smooth:g} should be in [0, 1): the weight of a patch's grid neighbours")
     kind = format_for(out_path, fmt)  # a bad format or a missing folder fails before any work
     if confidence and kind == "png":
-        raise SicShareError(f"a PNG overlay cannot hold a confidence per patch: drop --confidence and write it as "
-                            f"its own layer with --confidence-png FILE, or write .parquet, .csv or .geojson")
+        raise SicShareError("a PNG overlay cannot hold a confidence per patch: drop --confidence and write it as "
+                            "its own layer with --confidence-png FILE, or write .parquet, .csv or .geojson")
     check_target(out_path)
     if confidence_png is not None:
         _check_suffix(confidence_png, ".png", "--confidence-png")
@@ -919,9 +919,11 @@ def benchmark(
     if rule is not None and "sic" not in names:
         raise SicShareError(f"--rule applies to --method sic only, not to --method {method}: drop --rule or add sic "
                             f"(--method {method},sic)")
-    result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed, jobs=jobs,
-                           hub=hub, rule=rule, method=names, positive=positive, skip_small=skip_small, csv_path=csv_path,
-                           json_path=json_path, plot_path=plot)
+    bar, update = _progress("benchmarking slides")
+    with bar:
+        result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed,
+                               jobs=jobs, hub=hub, rule=rule, method=names, positive=positive, skip_small=skip_small,
+                               csv_path=csv_path, json_path=json_path, plot_path=plot, progress=update)
     sys.stdout.write(result.to_text())  # skipped slides are listed under the table
     written = [str(p) for p in (csv_path, json_path, plot) if p is not None]
     if written:

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -467,6 +467,7 @@ def run_benchmark(
     json_path: str | os.PathLike[str] | None = None,
     plot_path: str | os.PathLike[str] | None = None,
     text_path: str | os.PathLike[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> BenchmarkResult:
     """Compare models by how well SIC labels their slides from a few random seed patches.
 
@@ -510,6 +511,8 @@ def run_benchmark(
     csv_path, json_path, plot_path, text_path : path-like, optional
         Where to write the fold rows (CSV), everything (JSON), the box plot (PNG) and
         the text table. Their folders are checked before any work is done.
+    progress : callable, optional
+        Called as ``progress(what, done, total)`` after each dataset's slide.
 
     Returns
     -------
@@ -666,11 +669,16 @@ def run_benchmark(
             tasks.append(_Task(ds.name, ds.model, ds.files[slide_id], ds.dtype, slide_id, r, truth, tuple(draws),
                                k, score, rule, ratio, methods))
     if jobs == 1 or len(tasks) == 1:
-        results = [_run_task(t) for t in tasks]
+        stream = (_run_task(t) for t in tasks)
     else:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=jobs)(delayed(_run_task)(t) for t in tasks)
+        stream = Parallel(n_jobs=jobs, return_as="generator")(delayed(_run_task)(t) for t in tasks)
+    results = []
+    for task, result in zip(tasks, stream):  # in task order, whichever way they ran
+        results.append(result)
+        if progress:
+            progress(f"{task.model} {task.slide_id}", len(results), len(tasks))
     order = {ds.name: i for i, ds in enumerate(opened)}
     method_order = {m: i for i, m in enumerate(methods)}
     fold_rows = sorted((r for rs in results for r in rs),
