@@ -154,14 +154,7 @@ def slides_lookup(
     from sic_share.privacy import SlideMap
 
     slide_map = SlideMap()
-    found = slide_map.lookup(query)
-    if as_json:
-        out.print_json(json.dumps(slide_map.to_dicts(found)))
-        return
-    table = Table("slide id", "name", "file", "last exported or imported")
-    for e in found:
-        table.add_row(e.slide_id, escape(e.name), escape(e.path), e.seen)
-    out.print(table)
+    _print_slides(slide_map, slide_map.lookup(query), as_json)
 
 
 @slides_app.command("ls")
@@ -170,7 +163,10 @@ def slides_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     from sic_share.privacy import SlideMap
 
     slide_map = SlideMap()
-    entries = slide_map.entries()
+    _print_slides(slide_map, slide_map.entries(), as_json)
+
+
+def _print_slides(slide_map, entries, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(slide_map.to_dicts(entries)))
         return
