@@ -725,13 +725,13 @@ def _method_options(method: str, **given: object) -> None:
 def sic(
     dataset: DatasetArg,
     seeds: Annotated[str, typer.Option("--seeds", help="Seed CSV (x,y,label) or QuPath GeoJSON, or indices '12:tumour,40:stroma'.")],
-    out_path: Annotated[Path, typer.Option("--out", help="Output file; its suffix picks the format unless --format.")],
+    out_paths: Annotated[list[Path], typer.Option("--out", help="Output file, repeatable: its suffix picks the format (.geojson, .parquet, .csv, .tissuumaps.csv, .png).")],
     slide: SlideOption = None,
     classes: Annotated[
         Optional[str], typer.Option("--classes", help="Class names in index order, e.g. 'benign,tumour' (binary: negative first).")
     ] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="parquet, csv, geojson, tissuumaps or png.")
+        Optional[str], typer.Option("--format", help="With one --out: parquet, csv, geojson, tissuumaps or png, whatever its suffix.")
     ] = None,
     method: Annotated[str, typer.Option("--method", help="spreading (default: label spreading over embedding and grid neighbours), sic, prototype or logreg.")] = "spreading",
     rule: Annotated[Optional[str], typer.Option("--rule", help="--method sic: 'structure' (ours, default), 'paper' (Algorithm 1 as published) or 'authors' (DEPICTER's code).")] = None,
@@ -741,10 +741,15 @@ def sic(
     confidence: Annotated[bool, typer.Option("--confidence", help="Add per-patch confidence: a column (parquet, csv, tissuumaps) or QuPath measurements (geojson).")] = False,
     confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write the confidence as a PNG layer (red where the method hesitates).")] = None,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
+    no_legend: Annotated[bool, typer.Option("--no-legend", help="PNG: no title and legend band below the overlay (a bare overlay the size of the slide).")] = False,
     seed: Annotated[int, typer.Option("--random-state", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
     hub: HubOption = None,
 ) -> None:
-    """Label every patch of a slide from a few seeds (label spreading by default; SIC with --method sic)."""
+    """Label every patch of a slide from a few seeds (label spreading by default; SIC with --method sic).
+
+    Example: sic-share sic demo-lab/cmu-lite0 --seeds seeds.geojson --classes Dermis,Epidermis --out cmu.geojson --out cmu.png
+    """
     from sic_share.sic import run_sic
     from sic_share.viz import format_for, write_confidence_png, write_result
     from sic_share.viz._common import check_target
@@ -756,11 +761,21 @@ def sic(
         raise SicShareError(f"--score {score!r} is not known: use 'f1' or 'accuracy'")
     if smooth is not None and not 0 <= smooth < 1:
         raise SicShareError(f"--smooth {smooth:g} should be in [0, 1): the weight of a patch's grid neighbours")
-    kind = format_for(out_path, fmt)  # a bad format or a missing folder fails before any work
-    if confidence and kind == "png":
-        raise SicShareError("a PNG overlay cannot hold a confidence per patch: drop --confidence and write it as "
-                            "its own layer with --confidence-png FILE, or write .parquet, .csv or .geojson")
-    check_target(out_path)
+    if fmt is not None and len(out_paths) > 1:
+        raise SicShareError(f"--format applies to one --out, and {len(out_paths)} were given: drop --format and name "
+                            "each file by its suffix (.geojson, .parquet, .csv, .tissuumaps.csv, .png)")
+    kinds = [format_for(path, fmt) for path in out_paths]  # a bad format or a missing folder fails before any work
+    if confidence and "png" in kinds:
+        png = out_paths[kinds.index("png")]
+        raise SicShareError(f"a PNG overlay ({png}) cannot hold a confidence per patch: drop --confidence and write "
+                            "it as its own layer with --confidence-png FILE, or write .parquet, .csv or .geojson")
+    targets = [*out_paths, *([confidence_png] if confidence_png is not None else [])]
+    resolved = [p.resolve() for p in targets]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise SicShareError(f"{targets[i]} is named twice as an output: give each output its own file name")
+    for path in out_paths:
+        check_target(path)
     if confidence_png is not None:
         _check_suffix(confidence_png, ".png", "--confidence-png")
         check_target(confidence_png)
@@ -770,20 +785,39 @@ def sic(
     note = result.seeds.summary()
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
-    write_result(out_path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
-                 classes=result.classes, patch_size=result.patch_size, tiles=tiles,
-                 confidence=result.confidence if confidence else None)
+    n_seeded = int((result.seeds.labels >= 0).sum())
+    title = (f"slide {result.slide.slide_id}: {result.method} from {n_seeded} seeded patches, "
+             f"{result.slide.metadata.model.id}")
+    size = result.slide.metadata.slide_size
+    for path, kind in zip(out_paths, kinds):
+        write_result(path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
+                     classes=result.classes, patch_size=result.patch_size, tiles=tiles,
+                     confidence=result.confidence if confidence else None, legend=not no_legend,
+                     title=None if no_legend else title, slide_size=size)
     if confidence_png is not None:
         write_confidence_png(confidence_png, coords=result.slide.coords, confidence=result.confidence,
-                             patch_size=result.patch_size)
-    counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
+                             patch_size=result.patch_size, slide_size=size, legend=not no_legend,
+                             title=None if no_legend else f"{title}: confidence")
     rounds = result.n_rounds
-    how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
     unsure = float((result.confidence < 0.5).mean())
+    written = [f"{kind} {path}" for path, kind in zip(out_paths, kinds)]
+    if confidence_png is not None:
+        written.append(f"confidence png {confidence_png}")
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "slide_id": result.slide.slide_id, "source": result.source, "patches": len(result.labels),
+            "classes": list(result.classes), "counts": dict(result.counts), "seeded_patches": n_seeded,
+            "method": result.method, "refinements": rounds, "unsure_fraction": round(unsure, 4),
+            "warning": note or None,
+            "written": [{"format": kind, "path": str(path)} for path, kind in zip(out_paths, kinds)]
+            + ([{"format": "confidence-png", "path": str(confidence_png)}] if confidence_png is not None else []),
+        }, indent=2) + "\n")
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
+    how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
     out.print(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled ({counts}) "
-              f"from {int((result.seeds.labels >= 0).sum())} seeded patches, {how}; {unsure:.0%} of patches "
-              f"with confidence < 0.5; wrote {kind} {out_path}"
-              + (f" and {confidence_png}" if confidence_png is not None else ""), highlight=False)
+              f"from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with confidence < 0.5; wrote "
+              + ", ".join(written), highlight=False)
 
 
 # --- seeing and comparing embeddings -----------------------------------------------------------
@@ -853,8 +887,12 @@ def umap_map(
     from sic_share.viz import write_embedding_map
 
     _check_suffix(out_path, ".png", "--out")
-    made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=_projection(method), seeds=seeds, result=result,
-                               tissuumaps=tissuumaps, max_side=max_side, random_state=seed)
+    projection = _projection(method)
+    bar, update = _progress("mapping the embeddings")
+    with bar:
+        made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=projection, seeds=seeds,
+                                   result=result, tissuumaps=tissuumaps, max_side=max_side, random_state=seed,
+                                   progress=update)
     note = made.seeds.summary() if made.seeds is not None else None
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
@@ -901,12 +939,15 @@ def benchmark(
     skip_small: Annotated[
         bool, typer.Option("--skip-small", help="Skip slides with fewer patches of a class than clicks (else an error).")
     ] = False,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-fold rows as CSV.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Summary, slides and folds as JSON.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Box plot PNG (the paper's Figure 2).")] = None,
+    out_paths: Annotated[Optional[list[Path]], typer.Option("--out", help="Write files, repeatable; the suffix picks what: .png (box plot, the paper's Figure 2), .csv (per-fold rows), .json (everything), .txt (the table).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary, slides and folds as JSON instead of the table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the per-fold rows as CSV instead of the table.")] = False,
     hub: HubOption = None,
 ) -> None:
-    """The paper's protocol: random seeds inside each class, each method, every patch scored against the truth."""
+    """The paper's protocol: random seeds inside each class, each method, every patch scored against the truth.
+
+    Example: sic-share benchmark lab/crc-resnet lab/crc-uni --clicks 1,3,5 --method spreading,sic --out box.png
+    """
     from sic_share.compare import run_benchmark
 
     names = [m.strip() for m in method.split(",")]
@@ -915,15 +956,31 @@ def benchmark(
     if rule is not None and "sic" not in names:
         raise SicShareError(f"--rule applies to --method sic only, not to --method {method}: drop --rule or add sic "
                             f"(--method {method},sic)")
+    if as_json and as_csv:
+        raise SicShareError("--json and --csv both print to stdout: choose one (write files with --out)")
+    files: dict[str, Path] = {}
+    for path in out_paths or []:
+        kind = {".png": "plot", ".csv": "csv", ".json": "json", ".txt": "text"}.get(path.suffix.lower())
+        if kind is None:
+            raise SicShareError(f"--out {path}: cannot tell what to write from its suffix; name it .png (box plot), "
+                                ".csv (fold rows), .json (everything) or .txt (the table)")
+        if kind in files:
+            raise SicShareError(f"--out {files[kind]} and --out {path} are both {path.suffix} files: give one of each")
+        files[kind] = path
     bar, update = _progress("benchmarking slides")
     with bar:
         result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed,
                                jobs=jobs, hub=hub, rule=rule, method=names, positive=positive, skip_small=skip_small,
-                               csv_path=csv_path, json_path=json_path, plot_path=plot, progress=update)
-    sys.stdout.write(result.to_text())  # skipped slides are listed under the table
-    written = [str(p) for p in (csv_path, json_path, plot) if p is not None]
-    if written:
-        out.print(f"wrote {', '.join(written)}", highlight=False)
+                               csv_path=files.get("csv"), json_path=files.get("json"), plot_path=files.get("plot"),
+                               text_path=files.get("text"), progress=update)
+    if as_json:
+        sys.stdout.write(result.to_json())
+    elif as_csv:
+        sys.stdout.write(result.to_csv())
+    else:
+        sys.stdout.write(result.to_text())  # skipped slides are listed under the table
+    if files:
+        err.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False)
 
 
 @app.command("similarity")

@@ -270,12 +270,26 @@ def test_similarity_joins_on_coordinates_not_row_order(pair, tmp_path):
 def test_benchmark_command_prints_the_table_and_writes_the_files(cli, pair, tmp_path):
     from PIL import Image
 
-    plot, rows = tmp_path / "box.png", tmp_path / "folds.csv"
-    result = cli("benchmark", *pair, "--clicks", "1,3", "--folds", "2", "--plot", plot, "--csv", rows)
+    plot, rows, table = tmp_path / "box.png", tmp_path / "folds.csv", tmp_path / "table.txt"
+    result = cli("benchmark", *pair, "--clicks", "1,3", "--folds", "2", "--out", plot, "--out", rows, "--out", table)
     assert result.code == 0, result.err
     assert "best of 2 folds" in result.out and "mean over folds" in result.out
+    assert table.read_text() == result.out
     assert Image.open(plot).size[0] > 300
     assert len(list(csv.DictReader(open(rows)))) == 2 * SLIDES * 2 * 2  # models x slides x clicks x folds
+
+    # --json and --csv print to stdout, as 'ls' and 'query' do: the same seeds give the same numbers
+    as_json = cli("benchmark", *pair, "--clicks", "1,3", "--folds", "2", "--json")
+    assert as_json.code == 0, as_json.err
+    body = json.loads(as_json.out)
+    assert len(body["folds_detail"]) == 2 * SLIDES * 2 * 2
+    as_csv = cli("benchmark", *pair, "--clicks", "1,3", "--folds", "2", "--csv")
+    assert as_csv.code == 0, as_csv.err
+
+    def scores(text: str) -> list[tuple[str, ...]]:  # every column but the timing
+        return [tuple(v for k, v in r.items() if k != "fit_seconds") for r in csv.DictReader(io.StringIO(text))]
+
+    assert scores(as_csv.out) == scores(rows.read_text())
 
 
 def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path):
@@ -285,7 +299,9 @@ def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path)
     no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", classes=())
     assert_one_line_error(cli("benchmark", no_classes), "no ground-truth classes")
     assert_one_line_error(cli("benchmark", *pair, "--clicks", "1,x"), "--clicks")
-    assert_one_line_error(cli("benchmark", *pair, "--plot", tmp_path / "no" / "b.png"), "does not exist")
+    assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "no" / "b.png"), "does not exist")
+    assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "b.pdf"), "suffix", ".png")
+    assert_one_line_error(cli("benchmark", *pair, "--json", "--csv"), "choose one")
     shifted = write_dataset(tmp_path / "shifted", [(f"s{i}", s.coords + 64, s.X, s.y) for i in range(SLIDES)],
                             model_id="shifted")
     assert_one_line_error(cli("similarity", pair[0], shifted), "share 0 of", "same grid")

@@ -124,6 +124,47 @@ def test_every_output_format_is_written(cli, tmp_path, ds, fmt, suffix):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_one_run_writes_several_formats_and_reports_them_as_json(cli, tmp_path, ds):
+    from PIL import Image
+
+    outs = [tmp_path / n for n in ("r.geojson", "r.parquet", "r.tissuumaps.csv", "r.csv", "r.png")]
+    args = [a for o in outs for a in ("--out", o)]
+    result = cli("sic", ds, "--slide", "s0", "--seeds", truth_seeds(tmp_path, ds), *args,
+                 "--confidence-png", tmp_path / "conf.png", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert [(w["format"], Path(w["path"]).name) for w in report["written"]] == [
+        ("geojson", "r.geojson"), ("parquet", "r.parquet"), ("tissuumaps", "r.tissuumaps.csv"), ("csv", "r.csv"),
+        ("png", "r.png"), ("confidence-png", "conf.png")]
+    assert report["slide_id"] == "s0" and report["patches"] == 400 and report["seeded_patches"] == 6
+    assert sum(report["counts"].values()) == 400 and report["method"] == "spreading"
+    # the same labels in every table; the TissUUmaps CSV has its own columns
+    labels = pq.read_table(tmp_path / "r.parquet").column("label").to_pylist()
+    assert [int(r["label"]) for r in csv.DictReader(open(tmp_path / "r.csv"))] == labels
+    assert "color" in next(csv.DictReader(open(tmp_path / "r.tissuumaps.csv")))
+    # each PNG: the overlay (or confidence layer), then a band with a title and its key
+    for name in ("r.png", "conf.png"):
+        image = Image.open(tmp_path / name)
+        top = int(image.text["overlay_height"])
+        band = np.asarray(image.convert("RGB"))[top:]
+        assert image.height > top and band.shape[0] >= 2 * 16  # title + legend lines
+        assert (band < 60).all(axis=2).sum() > 100  # black text
+    bare = cli("sic", ds, "--slide", "s0", "--seeds", truth_seeds(tmp_path, ds), "--out", tmp_path / "bare.png",
+               "--no-legend")
+    assert bare.code == 0 and Image.open(tmp_path / "bare.png").height == top
+
+
+def test_several_outputs_refuse_format_and_repeated_names(cli, tmp_path, ds):
+    seeds = truth_seeds(tmp_path, ds)
+    a, b = tmp_path / "a.csv", tmp_path / "b.png"
+    assert_one_line_error(cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", a, "--out", b, "--format", "csv"),
+                          "--format applies to one --out")
+    assert_one_line_error(cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", a, "--out", a), "named twice")
+    assert_one_line_error(cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", a, "--out", b, "--confidence"),
+                          "b.png", "--confidence-png")
+    assert not a.exists() and not b.exists()
+
+
 def test_sic_reaches_the_truth_on_separable_blobs_and_the_labels_file_says_so(cli, tmp_path, ds):
     out = tmp_path / "labels.parquet"
     assert cli("sic", ds, "--slide", "s0", "--seeds", truth_seeds(tmp_path, ds), "--out", out).code == 0

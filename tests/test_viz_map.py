@@ -127,11 +127,15 @@ def test_bad_inputs_are_one_line_errors():
 def test_map_shows_the_regions_at_their_places_on_a_background(regions, tmp_path):
     out = tmp_path / "map.png"
     result = write_embedding_map(regions, out, method="pca", max_side=480, tissuumaps=tmp_path / "map.csv")
-    assert result.path == out and result.size == (480, 480) and result.n_patches > 300
+    assert result.path == out and result.size == (480, 480 + 24) and result.n_patches > 300
     image = read_png(out)
-    assert image.shape == (480, 480, 4)
+    assert image.shape == (504, 480, 4)  # the map, then a band with its title
     scale = result.level0_per_pixel
     assert float(Image.open(out).text["level0_per_pixel"]) == pytest.approx(scale)
+    assert Image.open(out).text["overlay_height"] == "480"
+    band = image[480:, :, :3]
+    assert (band < 100).all(axis=2).sum() > 100  # the title's black text
+    image = image[:480]
     assert len(np.unique(image.reshape(-1, 4), axis=0)) > 100  # not blank: a colour per patch
     assert tuple(image[2, 2]) == (255, 255, 255, 255)  # a corner of glass is background
 
@@ -171,8 +175,9 @@ def test_seeds_and_result_overlays_change_the_image(regions, tmp_path):
     marked = write_embedding_map(regions, tmp_path / "seeds.png", method="pca", max_side=400, seeds=seeds)
     assert marked.seeds.counts == {"normal": 1, "tumour": 1}
     a, b = read_png(plain.path), read_png(marked.path)
-    assert b.shape[1] == a.shape[1] and b.shape[0] > a.shape[0]  # same map, a legend band below
-    assert (a != b[: a.shape[0]]).any(axis=2).sum() > 50  # seed discs drawn
+    assert b.shape[1] == a.shape[1] and b.shape[0] > a.shape[0]  # same map, a longer band below (the legend)
+    h = int(Image.open(plain.path).text["overlay_height"])
+    assert (a[:h] != b[:h]).any(axis=2).sum() > 50  # seed discs drawn
     scale = marked.level0_per_pixel
     # The disc at the tumour seed's patch centre (2432, 1664) is vermillion, the 'tumour' colour.
     assert hex_of(b[int(1664 / scale), int(2432 / scale)]) == "#d55e00"
@@ -186,7 +191,7 @@ def test_seeds_and_result_overlays_change_the_image(regions, tmp_path):
                                result=labels_file)
     c = read_png(both.path)
     assert c.shape[1] == 2 * a.shape[1] + 8  # map | result panel
-    assert (c[: a.shape[0], : a.shape[1]] == b[: a.shape[0]]).all()  # left panel is the seeded map
+    assert (c[:h, : a.shape[1]] == b[:h]).all()  # left panel is the seeded map
     # Right panel: a tumour patch away from the seeds is in the tumour colour, a normal one grey.
     right = c[:, a.shape[1] + 8:]
     assert hex_of(right[int(1408 / scale), int(2304 / scale)]) == "#d55e00"
@@ -327,7 +332,7 @@ def test_dataset_with_several_slides_needs_a_slide_id(tmp_path):
     with pytest.raises(SicShareError, match="--slide"):
         write_embedding_map(root, tmp_path / "m.png", method="pca")
     made = write_embedding_map(root, tmp_path / "m.png", method="pca", slide_id="s1", max_side=64)
-    assert made.slide_id == "s1" and made.size[0] == 64
+    assert made.slide_id == "s1" and made.size[0] == 160  # a 64-px map, its caption band 160 px wide
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -369,3 +374,10 @@ def test_seeds_named_in_other_words_than_the_dataset_are_still_drawn(cli, region
     seeds.write_text("x,y,label\n1920,1664,Lesion\n640,1664,Background\n")
     result = cli("umap", regions, "--method", "pca", "--seeds", seeds, "--out", tmp_path / "m.png")
     assert result.code == 0, result.err
+
+
+def test_the_map_reports_its_steps_for_a_progress_bar(regions, tmp_path):
+    steps = []
+    write_embedding_map(regions, tmp_path / "m.png", method="pca", max_side=64,
+                        progress=lambda step, done, total: steps.append((step.split()[0], done, total)))
+    assert steps == [("reading", 0, 3), ("PCA", 1, 3), ("drawing", 2, 3), ("done", 3, 3)]

@@ -309,7 +309,9 @@ class Session:
         with tempfile.TemporaryDirectory(prefix="sic-share-app-") as tmp:
             path = write_result(Path(tmp) / name, kind, slide_id=self.slide.slide_id, coords=self.slide.coords,
                                 labels=result.labels, classes=[n for n, _ in state.classes],
-                                patch_size=self.slide.patch_size, colors=[c for _, c in state.classes], tiles=tiles)
+                                patch_size=self.slide.patch_size, colors=[c for _, c in state.classes], tiles=tiles,
+                                legend=True, title=f"slide {self.slide.slide_id}: {state.method} from "
+                                                   f"{len(state.seed_index)} seeded patches")
             return path.read_bytes(), name, media
 
     def save_seeds(self, fmt: str) -> tuple[bytes, str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from sic_share.viz._common import (
     pixel_index,
 )
 from sic_share.viz._palette import class_colors, hex_color
-from sic_share.viz._render import png_bytes, render_overlay
+from sic_share.viz._render import add_caption, png_bytes, render_overlay
 
 __all__ = ["METHODS", "MapResult", "embedding_rgb", "read_result", "render_embedding_map", "write_embedding_map"]
 
@@ -298,14 +298,6 @@ def _check_labels(labels: Any, n: int, n_classes: int, what: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _legend(coords: np.ndarray, classes: Sequence[str], colors: Any, patch_size: float, max_side: int,
-            top: int) -> Any:
-    """The class legend band of :func:`render_overlay` (below its map, which is ``top`` pixels high)."""
-    image = render_overlay(coords=coords, labels=np.full(len(coords), -1, np.int8), classes=classes, colors=colors,
-                           patch_size=patch_size, max_side=max_side, background="white", legend=True)
-    return image.crop((0, top, image.width, image.height))
-
-
 def _draw_seeds(image: Any, coords: np.ndarray, seeds: np.ndarray, colors: list[tuple[int, int, int]],
                 pixels: PixelIndex) -> None:
     """A disc in the class colour, ringed in black, at each seeded patch's centre."""
@@ -331,6 +323,7 @@ def render_embedding_map(
     result: np.ndarray | None = None,
     classes: Sequence[str] = (),
     colors: Mapping[str, Any] | Sequence[Any] | None = None,
+    title: str | None = None,
 ) -> Any:
     """Draw each patch's cell in its own colour, with optional seeds and a SIC result beside it.
 
@@ -356,6 +349,8 @@ def render_embedding_map(
         Class names of ``seeds`` and ``result`` (needed with either).
     colors : mapping or sequence, optional
         Class colours, see :func:`class_colors`.
+    title : str, optional
+        A line of text in a band below the panels (see :func:`add_caption`).
 
     Returns
     -------
@@ -410,17 +405,16 @@ def render_embedding_map(
     if seed_labels is not None:
         for panel in panels:
             _draw_seeds(panel, points, seed_labels, palette, pixels)
-    if names:  # seeds or a result: add the panels side by side and the legend below
-        band = _legend(points, names, colors, size, max_side, image.height)
-        width = sum(p.width for p in panels) + _GAP * (len(panels) - 1)
-        height = max(p.height for p in panels) + band.height
-        canvas = Image.new("RGBA", (width, height), _BACKGROUNDS[background])
+    if len(panels) > 1:  # a result: the panels side by side
+        canvas = Image.new("RGBA", (sum(p.width for p in panels) + _GAP * (len(panels) - 1),
+                                    max(p.height for p in panels)), _BACKGROUNDS[background])
         left = 0
         for panel in panels:
             canvas.paste(panel, (left, 0))
             left += panel.width + _GAP
-        canvas.paste(band, (0, image.height))
         image = canvas
+    if names or title:  # the title and the classes' legend in a band below
+        image = add_caption(image, title=title, legend=list(zip(names, palette)), background=_BACKGROUNDS[background])
     image.info["level0_per_pixel"] = pixels.scale
     return image
 
@@ -598,6 +592,7 @@ def write_embedding_map(
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     n_epochs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> MapResult:
     """``sic-share umap``: a slide's embedding map as a PNG, and optionally as a TissUUmaps CSV.
 
@@ -630,6 +625,9 @@ def write_embedding_map(
     background : {"white", "black", "transparent"}, default="white"
     n_neighbors, min_dist, n_epochs
         UMAP settings, see :func:`embedding_rgb`.
+    progress : callable, optional
+        Called as ``progress(step, done, 3)`` as each of its three steps starts (reading
+        the slide, reducing the embeddings, drawing), and once more with ``done=3``.
 
     Returns
     -------
@@ -665,6 +663,8 @@ def write_embedding_map(
             raise SicShareError(f"the map and the TissUUmaps CSV would both be {out_png}: give two file names")
     if method == "umap":
         import_umap()
+    step = progress or (lambda *_: None)
+    step("reading the slide", 0, 3)
     slide, where = load_slide(dataset, slide_id, hub)
     patch = float(slide.metadata.patching.level0_size_px)
     classes: tuple[str, ...] = ()
@@ -676,14 +676,20 @@ def write_embedding_map(
     if seeds is not None:
         mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else map_seeds(seeds, slide, None, strict=False)
         classes = mapped.classes
+    step(f"{method.upper()} of {len(slide)} patches", 1, 3)
     rgb, coords3 = embedding_rgb(slide.embeddings, method=method, random_state=random_state,
                                  n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
+    step("drawing", 2, 3)
     image = render_embedding_map(coords=slide.coords, rgb=rgb, patch_size=patch, max_side=max_side,
                                  background=background, seeds=None if mapped is None else mapped.labels,
-                                 result=result_labels, classes=classes)
+                                 result=result_labels, classes=classes,
+                                 title=f"slide {slide.slide_id}: {slide.embeddings.shape[1]}-d embeddings of "
+                                       f"{slide.metadata.model.id} by {method.upper()} to RGB"
+                                       + (" | right: the result" if result_labels is not None else ""))
     png_data = png_bytes(image)
     table = None if tissuumaps is None else _tissuumaps_csv(slide.coords, rgb, coords3, method)
     png = atomic_write(out_png, png_data)
     csv_path = None if table is None else atomic_write(tissuumaps, table)
+    step("done", 3, 3)
     return MapResult(png, csv_path, slide.slide_id, where, len(slide), method, image.size,
                      float(image.info["level0_per_pixel"]), mapped)

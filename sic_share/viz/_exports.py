@@ -187,19 +187,22 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """The output format: ``fmt`` when given, else from the suffix of ``path``.
 
     ``.parquet``/``.pq`` -> parquet, ``.csv`` -> csv, ``.geojson``/``.json``
-    -> geojson, ``.png`` -> png. TissUUmaps output is a ``.csv`` too, so it is
-    chosen by ``fmt="tissuumaps"`` only.
+    -> geojson, ``.png`` -> png. TissUUmaps output is a ``.csv`` too: it is
+    chosen by ``fmt="tissuumaps"`` or by the double suffix ``.tissuumaps.csv``.
     """
     if fmt is not None:
         value = str(fmt).strip().lower()
         if value not in FORMATS:
             raise SicShareError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
         return value
+    name = Path(path).name.lower()
+    if name.endswith(".tissuumaps.csv"):
+        return "tissuumaps"
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise SicShareError(
             f"cannot tell the output format of {Path(path).name} from its suffix: name it .parquet, .csv, "
-            f".geojson or .png, or give the format ({', '.join(FORMATS)})"
+            f".geojson, .tissuumaps.csv or .png, or give the format ({', '.join(FORMATS)})"
         )
     return _SUFFIXES[suffix]
 
@@ -219,6 +222,8 @@ def write_result(
     background: str = "transparent",
     legend: bool = False,
     confidence: np.ndarray | None = None,
+    title: str | None = None,
+    slide_size: tuple[int, int] | None = None,
 ) -> Path:
     """Write a slide's patch classes in any output format, with per-patch confidence where it fits.
 
@@ -242,7 +247,7 @@ def write_result(
         Class colours (GeoJSON, TissUUmaps, PNG), see :func:`class_colors`.
     tiles : bool, default=False
         GeoJSON only: add one tile object per patch.
-    max_side, background, legend
+    max_side, background, legend, title, slide_size
         PNG only, see :func:`render_overlay`.
     confidence : array-like of shape (n_patches,), optional
         Per-patch confidence in [0, 1]: a ``confidence`` column in Parquet, CSV and
@@ -285,4 +290,4 @@ def write_result(
         return write_geojson(path, slide_id=slide_id, coords=coords, labels=labels, classes=classes,
                              patch_size=patch_size, colors=colors, tiles=tiles, confidence=confidence)
     return write_png(path, coords=coords, labels=labels, classes=classes, patch_size=patch_size, colors=colors,
-                     max_side=max_side, background=background, legend=legend)
+                     max_side=max_side, background=background, legend=legend, title=title, slide_size=slide_size)

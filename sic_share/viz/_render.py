@@ -20,7 +20,7 @@ from sic_share.viz._common import (
 )
 from sic_share.viz._palette import class_colors
 
-__all__ = ["render_confidence", "render_overlay", "write_confidence_png", "write_png"]
+__all__ = ["add_caption", "render_confidence", "render_overlay", "write_confidence_png", "write_png"]
 
 _BACKGROUNDS = {"transparent": (255, 255, 255, 0), "white": (255, 255, 255, 255)}
 
@@ -36,6 +36,7 @@ def render_overlay(
     background: str = "transparent",
     slide_size: tuple[int, int] | None = None,
     legend: bool = False,
+    title: str | None = None,
 ) -> Any:
     """Draw each labelled patch's cell in its class colour.
 
@@ -61,12 +62,15 @@ def render_overlay(
     legend : bool, default=False
         Add a band below the overlay with a swatch and the name of each class
         (the overlay keeps its size and alignment; the image grows taller).
+    title : str, optional
+        A line of text at the top of that band (see :func:`add_caption`).
 
     Returns
     -------
     PIL.Image.Image
         RGBA, ``max_side`` pixels on its longest side (before the legend).
-        ``Image.info["level0_per_pixel"]`` holds the scale.
+        ``Image.info["level0_per_pixel"]`` holds the scale, and
+        ``Image.info["overlay_height"]`` the height of the part that lies over the slide.
 
     Notes
     -----
@@ -78,7 +82,7 @@ def render_overlay(
     over patches, O(pixels + n_patches log n_patches), and cells smaller than
     a pixel may be skipped (pixel centres sample the cells).
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image
 
     data = check_inputs(coords, labels, classes)
     size = check_patch_size(patch_size)
@@ -93,19 +97,9 @@ def render_overlay(
     rgba = lut[np.where(pixels.index >= 0, data.labels[pixels.index], len(palette))]
     image = Image.fromarray(rgba, "RGBA")
 
-    if legend:
-        font = ImageFont.load_default()
-        line = 16
-        band = Image.new("RGBA", (w, line * len(palette) + 8), _BACKGROUNDS["white"])
-        draw = ImageDraw.Draw(band)
-        for k, (name, color) in enumerate(zip(data.classes, palette)):
-            top = 4 + k * line
-            draw.rectangle([4, top, 16, top + 12], fill=(*color, 255), outline=(0, 0, 0, 255))
-            draw.text((22, top), name, fill=(0, 0, 0, 255), font=font)
-        full = Image.new("RGBA", (w, h + band.height), _BACKGROUNDS[background])
-        full.paste(image, (0, 0))
-        full.paste(band, (0, h))
-        image = full
+    if legend or title:
+        image = add_caption(image, title=title, legend=list(zip(data.classes, palette)) if legend else (),
+                            background=_BACKGROUNDS[background])
     image.info["level0_per_pixel"] = pixels.scale
     return image
 
@@ -122,6 +116,7 @@ def write_png(
     background: str = "transparent",
     slide_size: tuple[int, int] | None = None,
     legend: bool = False,
+    title: str | None = None,
 ) -> Path:
     """Write :func:`render_overlay` as a PNG to ``path`` atomically; returns the path.
 
@@ -132,7 +127,8 @@ def write_png(
     """
     check_target(path)
     image = render_overlay(coords=coords, labels=labels, classes=classes, patch_size=patch_size, colors=colors,
-                           max_side=max_side, background=background, slide_size=slide_size, legend=legend)
+                           max_side=max_side, background=background, slide_size=slide_size, legend=legend,
+                           title=title)
     return atomic_write(path, png_bytes(image))
 
 
@@ -143,6 +139,8 @@ def render_confidence(
     patch_size: float,
     max_side: int = 1500,
     slide_size: tuple[int, int] | None = None,
+    legend: bool = False,
+    title: str | None = None,
 ) -> Any:
     """Draw each patch's confidence as a layer: opaque dark red where a method hesitates, clear where it is sure.
 
@@ -155,6 +153,9 @@ def render_confidence(
     patch_size, max_side, slide_size
         As in :func:`render_overlay`; the layer lines up with the class overlay pixel
         for pixel.
+    legend, title : optional
+        A band below the layer with ``title`` and a colour scale from 0 to 1 (see
+        :func:`add_caption`); the layer keeps its size and alignment.
 
     Returns
     -------
@@ -178,6 +179,9 @@ def render_confidence(
     rgba[..., 0] = 180
     rgba[..., 3] = alpha
     image = Image.fromarray(rgba, "RGBA")
+    if legend or title:
+        image = add_caption(image, title=title, scale=((180, 0, 0), "confidence 0 (unsure)", "1 (sure)") if legend
+                            else None, background=(255, 255, 255, 255))
     image.info["level0_per_pixel"] = pixels.scale
     return image
 
@@ -190,11 +194,13 @@ def write_confidence_png(
     patch_size: float,
     max_side: int = 1500,
     slide_size: tuple[int, int] | None = None,
+    legend: bool = False,
+    title: str | None = None,
 ) -> Path:
     """Write :func:`render_confidence` as a PNG to ``path`` atomically; returns the path."""
     check_target(path)
     image = render_confidence(coords=coords, confidence=confidence, patch_size=patch_size, max_side=max_side,
-                              slide_size=slide_size)
+                              slide_size=slide_size, legend=legend, title=title)
     return atomic_write(path, png_bytes(image))
 
 
@@ -204,7 +210,84 @@ def png_bytes(image: Any) -> bytes:
 
     info = PngImagePlugin.PngInfo()
     info.add_text("level0_per_pixel", repr(image.info["level0_per_pixel"]))
+    info.add_text("overlay_height", str(image.info.get("overlay_height", image.height)))
     info.add_text("Software", "sic-share")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, optimize=False)
     return buffer.getvalue()
+
+
+_LINE = 16  # pixels per caption line
+
+
+def add_caption(
+    image: Any,
+    *,
+    title: str | None = None,
+    legend: Sequence[tuple[str, Sequence[int]]] = (),
+    scale: tuple[Sequence[int], str, str] | None = None,
+    background: Sequence[int] = (255, 255, 255, 255),
+) -> Any:
+    """A band below ``image`` with a title, a swatch and name per class, and/or a colour scale.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        RGBA overlay or map; it is pasted unchanged at the top left.
+    title : str, optional
+        First line of the band (cut with an ellipsis where it is wider than the image).
+    legend : sequence of (name, (r, g, b))
+        One line per class: a swatch in its colour and its name.
+    scale : ((r, g, b), left text, right text), optional
+        A bar from that colour, opaque, to transparent over white (the confidence layer's key).
+    background : (r, g, b, a)
+        Colour of the image's canvas where the band is narrower or the image is transparent.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGBA, as wide as ``image`` (at least 160 px) and taller by the band.
+        ``info["overlay_height"]`` is the height of ``image``: the part that
+        still lies over the slide at ``info["level0_per_pixel"]``.
+
+    Notes
+    -----
+    The band goes below, never above or beside, so the overlay's origin stays at
+    the slide's origin: cropped to ``overlay_height`` rows (the PNG's text chunk of
+    that name) or not, it scales onto the slide as it did without a caption.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = max(image.width, 160)
+    lines = (title is not None) + len(legend) + (scale is not None)
+    band = Image.new("RGBA", (width, _LINE * lines + 8), (255, 255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    top = 4
+    if title is not None:
+        text = str(title)
+        while len(text) > 1 and draw.textlength(text, font=font) > width - 8:
+            text = text[:-2] + "…"
+        draw.text((4, top), text, fill=(0, 0, 0, 255), font=font)
+        top += _LINE
+    for name, color in legend:
+        draw.rectangle([4, top, 16, top + 12], fill=(*color[:3], 255), outline=(0, 0, 0, 255))
+        draw.text((22, top), str(name), fill=(0, 0, 0, 255), font=font)
+        top += _LINE
+    if scale is not None:
+        color, left, right = scale
+        left_w = draw.textlength(left, font=font)
+        bar_x0, bar_x1 = int(left_w) + 10, int(left_w) + 90
+        for x in range(bar_x0, bar_x1):
+            alpha = 1 - (x - bar_x0) / (bar_x1 - bar_x0 - 1)
+            mixed = tuple(round(255 + alpha * (c - 255)) for c in color[:3])
+            draw.line([x, top, x, top + 12], fill=(*mixed, 255))
+        draw.rectangle([bar_x0, top, bar_x1, top + 12], outline=(0, 0, 0, 255))
+        draw.text((4, top), left, fill=(0, 0, 0, 255), font=font)
+        draw.text((bar_x1 + 6, top), right, fill=(0, 0, 0, 255), font=font)
+    canvas = Image.new("RGBA", (width, image.height + band.height), tuple(background))
+    canvas.paste(image, (0, 0))
+    canvas.paste(band, (0, image.height))
+    canvas.info.update(image.info)
+    canvas.info["overlay_height"] = image.height
+    return canvas
