@@ -34,10 +34,8 @@ step python -c "import duckdb; duckdb.sql(\"\"\"
 
 echo; echo "== SIC: six clicks (demo/cmu_seeds.geojson, as QuPath exports them) to a dense annotation =="
 step sic-share sic demo-lab/cmu-lite0 --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
-    --out "$D/cmu-sic.geojson"
-step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis --out "$D/cmu-sic.png"
-step sic-share sic "$D/pulled" --seeds demo/cmu_seeds.geojson --classes Dermis,Epidermis \
-    --out "$D/cmu-sic-tissuumaps.csv" --format tissuumaps
+    --out "$D/cmu-sic.geojson" --out "$D/cmu-sic.png" --out "$D/cmu-sic.tissuumaps.csv" \
+    --confidence-png "$D/cmu-confidence.png"
 
 echo; echo "== the embedding space on the slide, without a pixel of it (PCA to RGB; --method umap is the paper's) =="
 step sic-share umap "$D/pulled" --method pca --seeds demo/cmu_seeds.geojson --out "$D/cmu-map.png" \

@@ -20,7 +20,7 @@ set -x
 M="$D/cmu/handcrafted $D/cmu/efficientnet_lite0.in1k $D/cmu/efficientnet_lite0"
 # the default method, then SIC (both rules): paired seeds, the same patches for every model and method
 sic-share benchmark $M --clicks 1,3,5 --folds 5 \
-    --plot docs/figures/compare_cmu_box.png --csv "$D/folds.csv" --json "$D/benchmark.json"
+    --out docs/figures/compare_cmu_box.png --out "$D/folds.csv" --out "$D/benchmark.json"
 sic-share benchmark $M --clicks 1,3,5 --folds 5 --method sic
 sic-share benchmark $M --clicks 1,3,5 --folds 5 --method sic --rule paper
 sic-share similarity "$D/cmu/handcrafted" "$D/cmu/efficientnet_lite0.in1k"

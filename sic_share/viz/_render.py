@@ -217,9 +217,6 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-_LINE = 16  # pixels per caption line
-
-
 def add_caption(
     image: Any,
     *,
@@ -258,10 +255,16 @@ def add_caption(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default()
     width = max(image.width, 160)
+    size = int(min(28, max(11, width / 70)))  # text grows with the image, so it stays legible when shown whole
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    line_h = round(size * 1.45)
+    box = size - 2
     lines = (title is not None) + len(legend) + (scale is not None)
-    band = Image.new("RGBA", (width, _LINE * lines + 8), (255, 255, 255, 255))
+    band = Image.new("RGBA", (width, line_h * lines + 8), (255, 255, 255, 255))
     draw = ImageDraw.Draw(band)
     top = 4
     if title is not None:
@@ -269,20 +272,20 @@ def add_caption(
         while len(text) > 1 and draw.textlength(text, font=font) > width - 8:
             text = text[:-2] + "…"
         draw.text((4, top), text, fill=(0, 0, 0, 255), font=font)
-        top += _LINE
+        top += line_h
     for name, color in legend:
-        draw.rectangle([4, top, 16, top + 12], fill=(*color[:3], 255), outline=(0, 0, 0, 255))
-        draw.text((22, top), str(name), fill=(0, 0, 0, 255), font=font)
-        top += _LINE
+        draw.rectangle([4, top, 4 + box, top + box], fill=(*color[:3], 255), outline=(0, 0, 0, 255))
+        draw.text((box + 10, top), str(name), fill=(0, 0, 0, 255), font=font)
+        top += line_h
     if scale is not None:
         color, left, right = scale
         left_w = draw.textlength(left, font=font)
-        bar_x0, bar_x1 = int(left_w) + 10, int(left_w) + 90
+        bar_x0, bar_x1 = int(left_w) + 10, int(left_w) + 10 + 6 * size
         for x in range(bar_x0, bar_x1):
             alpha = 1 - (x - bar_x0) / (bar_x1 - bar_x0 - 1)
             mixed = tuple(round(255 + alpha * (c - 255)) for c in color[:3])
-            draw.line([x, top, x, top + 12], fill=(*mixed, 255))
-        draw.rectangle([bar_x0, top, bar_x1, top + 12], outline=(0, 0, 0, 255))
+            draw.line([x, top, x, top + box], fill=(*mixed, 255))
+        draw.rectangle([bar_x0, top, bar_x1, top + box], outline=(0, 0, 0, 255))
         draw.text((4, top), left, fill=(0, 0, 0, 255), font=font)
         draw.text((bar_x1 + 6, top), right, fill=(0, 0, 0, 255), font=font)
     canvas = Image.new("RGBA", (width, image.height + band.height), tuple(background))

