@@ -103,7 +103,10 @@ def keys_generate(
         bool, typer.Option("--passphrase", help="Encrypt the private key; prompts (or $SIC_SHARE_KEY_PASSPHRASE).")
     ] = False,
 ) -> None:
-    """Create an Ed25519 key pair: PUBLISHER.key (mode 0600) and PUBLISHER.pub."""
+    """Create an Ed25519 key pair: PUBLISHER.key (mode 0600) and PUBLISHER.pub.
+
+    Example: sic-share keys generate --publisher demo-lab
+    """
     import os
 
     from sic_share.signing import generate_key
@@ -149,7 +152,7 @@ def slides_lookup(
 ) -> None:
     """Which slide file a pseudonym stands for, or which pseudonym a slide got (export and import record them).
 
-    Example: sic-share slides lookup 4356d3d3   (then open that slide in QuPath with the GeoJSON)
+    Example: sic-share slides lookup 4356d3d3   # then open that slide in QuPath with the GeoJSON
     """
     from sic_share.privacy import SlideMap
 
@@ -159,7 +162,10 @@ def slides_lookup(
 
 @slides_app.command("ls")
 def slides_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Every slide this machine has pseudonymised, with its file."""
+    """Every slide this machine has pseudonymised, with its file.
+
+    Example: sic-share slides ls --json
+    """
     from sic_share.privacy import SlideMap
 
     slide_map = SlideMap()
@@ -181,7 +187,10 @@ def trust_add(
     public_key: Annotated[Path, typer.Argument(help="The publisher's .pub file.")],
     publisher: Annotated[str, typer.Option("--publisher", help="The only publisher this key may sign for.")],
 ) -> None:
-    """Trust a publisher's public key, bound to that publisher name."""
+    """Trust a publisher's public key, bound to that publisher name.
+
+    Example: sic-share trust add demo-lab.pub --publisher demo-lab
+    """
     from sic_share.signing import TrustStore
 
     entry = TrustStore().add(public_key, publisher)
@@ -190,7 +199,10 @@ def trust_add(
 
 @trust_app.command("ls")
 def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List trusted keys."""
+    """List trusted keys.
+
+    Example: sic-share trust ls --json
+    """
     from sic_share.signing import TrustStore
 
     keys = TrustStore().keys()
@@ -205,7 +217,10 @@ def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
 
 @trust_app.command("rm")
 def trust_rm(key: Annotated[str, typer.Argument(help="Key id (or a prefix of 4+ characters) or publisher name.")]) -> None:
-    """Stop trusting a key, or every key of a publisher."""
+    """Stop trusting a key, or every key of a publisher.
+
+    Example: sic-share trust rm demo-lab
+    """
     from sic_share.signing import TrustStore
 
     for entry in TrustStore().remove(key):
@@ -219,7 +234,10 @@ def hub_add(
     endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="S3 endpoint (MinIO, Ceph, Garage).")] = None,
     region: Annotated[Optional[str], typer.Option("--region", help="S3 region.")] = None,
 ) -> None:
-    """Remember a hub under a name. Credentials stay in the AWS chain (env, profile)."""
+    """Remember a hub under a name. Credentials stay in the AWS chain (env, profile).
+
+    Example: sic-share hub add lab-s3 s3://hub-bucket/sic --endpoint-url http://127.0.0.1:7480
+    """
     from sic_share.hub import add_hub
 
     entry = add_hub(name, url, endpoint_url=endpoint_url, region=region)
@@ -228,7 +246,10 @@ def hub_add(
 
 @hub_app.command("ls")
 def hub_ls() -> None:
-    """List named hubs."""
+    """List named hubs.
+
+    Example: sic-share hub ls
+    """
     from sic_share.hub import list_hubs
 
     table = Table("name", "url", "endpoint", "region")
@@ -239,7 +260,10 @@ def hub_ls() -> None:
 
 @hub_app.command("rm")
 def hub_rm(name: Annotated[str, typer.Argument(help="Hub name.")]) -> None:
-    """Forget a named hub."""
+    """Forget a named hub.
+
+    Example: sic-share hub rm lab-s3
+    """
     from sic_share.hub import remove_hub
 
     out.print(f"removed hub {remove_hub(name).name}")
@@ -251,7 +275,10 @@ def _mib(size: int) -> str:
 
 @cache_app.command("ls")
 def cache_ls() -> None:
-    """List cached files: sha256, size, and the dataset file each was fetched as."""
+    """List cached files: sha256, size, and the dataset file each was fetched as.
+
+    Example: sic-share cache ls
+    """
     from sic_share.hub import BlobCache
 
     cache = BlobCache()
@@ -265,7 +292,10 @@ def cache_ls() -> None:
 
 @cache_app.command("clear")
 def cache_clear() -> None:
-    """Delete every cached file (pulled dataset folders keep their own links to them)."""
+    """Delete every cached file (pulled dataset folders keep their own links to them).
+
+    Example: sic-share cache clear
+    """
     from sic_share.hub import BlobCache
 
     files, size = BlobCache().clear()
@@ -289,7 +319,7 @@ def sign(
 ) -> None:
     """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519).
 
-    Example: sic-share sign build/crc-resnet50 (signs as crc-resnet50)
+    Example: sic-share sign build/crc-resnet50   # signs as crc-resnet50
     """
     from sic_share.export._pipeline import default_dataset_name
     from sic_share.signing import sign_dataset
@@ -335,7 +365,10 @@ def publish(
     dataset: Annotated[Path, typer.Argument(help="Signed dataset folder.")],
     hub: HubOption = None,
 ) -> None:
-    """Upload a signed dataset; data first, manifest next, envelope last (never overwrites)."""
+    """Upload a signed dataset; data first, manifest next, envelope last (never overwrites).
+
+    Example: sic-share publish build/crc-resnet50 --hub s3://hub-bucket/sic
+    """
     from sic_share.hub import publish as publish_dataset
 
     bar, update = _progress("publishing")
@@ -384,7 +417,10 @@ def ls(
     model: Annotated[Optional[str], typer.Option("--model", help="Only datasets whose model id contains this.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the datasets published on a hub."""
+    """List the datasets published on a hub.
+
+    Example: sic-share ls --publisher demo-lab --json
+    """
     from dataclasses import asdict
 
     from sic_share.hub import list_datasets
@@ -480,7 +516,10 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     parquet: Annotated[Optional[Path], typer.Option("--parquet", help="Write the result to this Parquet file.")] = None,
 ) -> None:
-    """Run SQL over a hub with DuckDB: the 'datasets' catalog and patches('lab-a/crc@1')."""
+    """Run SQL over a hub with DuckDB: the 'datasets' catalog and patches('lab-a/crc@1').
+
+    Example: sic-share query "SELECT publisher, name, patches FROM datasets" --csv
+    """
     from sic_share.query import format_result, run_query
 
     if parquet is not None and not parquet.parent.is_dir():
@@ -516,7 +555,10 @@ def import_(
     dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32.")] = "float16",
     secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
 ) -> None:
-    """Build a format-v1 dataset from embeddings made with numpy, CLAM or TRIDENT."""
+    """Build a format-v1 dataset from embeddings made with numpy, CLAM or TRIDENT.
+
+    Example: sic-share import trident/features_uni_v1/ --out build/crc-uni --model-id uni_v1
+    """
     from sic_share.interop import import_embeddings
 
     bar, update = _progress("importing")
@@ -638,7 +680,10 @@ def pretrain_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the --out checkpoint from its last finished epoch.")] = False,
     seed: Annotated[int, typer.Option("--random-state", help="Random seed: initialisation, patch draw, augmentations.")] = 0,
 ) -> None:
-    """Pretrain a backbone with SimCLR on your slides' tissue patches; export with --model MODEL --weights OUT."""
+    """Pretrain a backbone with SimCLR on your slides' tissue patches; export with --model MODEL --weights OUT.
+
+    Example: sic-share pretrain slides/*.svs --out simclr.pt --model efficientnet_lite0.in1k --epochs 3
+    """
     from sic_share.pretrain import PretrainOptions, pretrain
 
     options = PretrainOptions(
@@ -856,7 +901,10 @@ def app_cmd(
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a --host other machines can reach (there is no login).")] = False,
     hub: HubOption = None,
 ) -> None:
-    """Annotate one slide in the browser: click or lasso seed patches, see the annotation at once, export it."""
+    """Annotate one slide in the browser: click or lasso seed patches, see the annotation at once, export it.
+
+    Example: sic-share app demo-lab/cmu-lite0 --image slides/cmu.svs
+    """
     from sic_share.app import launch
 
     def ready(info) -> None:
@@ -883,7 +931,10 @@ def umap_map(
     seed: Annotated[int, typer.Option("--random-state", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
-    """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel."""
+    """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel.
+
+    Example: sic-share umap demo-lab/cmu-lite0 --out map.png --method pca --tissuumaps map.csv
+    """
     from sic_share.viz import write_embedding_map
 
     _check_suffix(out_path, ".png", "--out")
@@ -910,7 +961,10 @@ def to_anndata_cmd(
     seed: Annotated[int, typer.Option("--random-state", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
     hub: HubOption = None,
 ) -> None:
-    """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads."""
+    """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads.
+
+    Example: sic-share to-anndata demo-lab/cmu-lite0 --out cmu.h5ad --method pca
+    """
     from sic_share.viz import to_anndata
 
     _check_suffix(out_path, ".h5ad", "--out")
@@ -993,7 +1047,10 @@ def similarity_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     hub: HubOption = None,
 ) -> None:
-    """How alike two models see the same patches: linear CKA, mutual kNN overlap, SIC agreement."""
+    """How alike two models see the same patches: linear CKA, mutual kNN overlap, SIC agreement.
+
+    Example: sic-share similarity lab/crc-resnet50 lab/crc-uni --json
+    """
     from sic_share.compare import similarity
 
     bar, update = _progress("comparing slides")

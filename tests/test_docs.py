@@ -218,3 +218,28 @@ def test_the_readme_tour_runs_as_written(tmp_path):
 
     rows = duckdb.sql(tour_sql().replace("build/demo", str(tmp_path / "build/demo"))).fetchall()
     assert len(rows) == 1 and rows[0][1] == 137 and rows[0][3] == 1280, rows
+
+
+def leaf_commands():
+    import typer
+
+    from sic_share import cli
+
+    def walk(command, prefix):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*prefix, name])
+        else:
+            yield " ".join(prefix), command
+
+    return list(walk(typer.main.get_command(cli.app), []))
+
+
+@pytest.mark.parametrize("name, command", leaf_commands(), ids=[n for n, _ in leaf_commands()])
+def test_every_command_has_an_example_in_its_help_that_parses(name, command):
+    help_text = " ".join((command.help or "").split())
+    found = re.search(r"Example: (sic-share .*?)(?:$| {2})", help_text)
+    assert found, f"'sic-share {name} --help' has no 'Example: sic-share ...' line"
+    words = shell_words(found.group(1))
+    assert " ".join(words).startswith(name), (name, words)
+    parse(words)
