@@ -267,7 +267,7 @@ def test_bad_methods_options_and_confidence_formats_are_one_line(cli, tmp_path):
     assert_one_line_error(cli(*base, tmp_path / "o.csv", "--rule", "paper"), "--rule applies to --method sic")
     assert_one_line_error(cli(*base, tmp_path / "o.csv", "--method", "logreg", "--score", "f1"),
                           "--score applies to --method sic")
-    assert_one_line_error(cli(*base, tmp_path / "o.png", "--confidence"), "PNG overlay cannot hold",
+    assert_one_line_error(cli(*base, tmp_path / "o.png", "--confidence"), "cannot hold a confidence",
                           "--confidence-png")
     assert_one_line_error(cli("benchmark", ds, "--method", "spreading,nope"), "'nope'")
     assert_one_line_error(cli("benchmark", ds, "--method", "prototype", "--rule", "paper"), "--rule applies")
@@ -293,3 +293,30 @@ def test_benchmark_compares_methods_on_the_same_seeds(cli, tmp_path):
     out = cli("benchmark", ds, "--method", "sic,logreg", "--rule", "authors", "--clicks", "1", "--folds", "1")
     assert out.code == 0, out.err
     assert "logreg" in out.out and "rule=authors" in out.out
+
+
+# ---------------------------------------------------------------- label spreading on a large slide
+
+def test_spreading_on_a_large_slide_uses_anchors_and_a_prepared_graph_gives_the_same_labels():
+    from sic_share.sic._methods import GRAPH_SAMPLE
+
+    slide = FAMILIES["shapes"](5, n_patches=GRAPH_SAMPLE + 3000)
+    seeds = draw_seeds(slide.y, 3, random_state=1)
+    est = SeedLabelSpreading(random_state=0)
+    once = est.fit(slide.X, seeds, slide.coords).labels_.copy()
+    prepared = est.prepare(slide.X, slide.coords)
+    assert prepared.anchors.size == GRAPH_SAMPLE and prepared.extend.shape == (slide.X.shape[0], GRAPH_SAMPLE)
+    np.testing.assert_allclose(prepared.extend.sum(axis=1), 1, rtol=1e-5)
+    again = SeedLabelSpreading(random_state=0).fit(slide.X, seeds, slide.coords, prepared=prepared).labels_
+    np.testing.assert_array_equal(once, again)
+    assert f1_score(slide.y, again) > 0.6  # the lesion is found, not just the seeds
+    # other seeds on the same prepared graph: every seed keeps its class, the rest follows
+    more = draw_seeds(slide.y, 5, random_state=2)
+    fit = SeedLabelSpreading(random_state=0).fit(slide.X, more, slide.coords, prepared=prepared)
+    assert (fit.labels_[more >= 0] == more[more >= 0]).all() and fit.confidence_[more >= 0].min() == 1
+    # a graph prepared for other settings or another slide is refused
+    with pytest.raises(SeedError, match="prepare"):
+        SeedLabelSpreading(random_state=1).fit(slide.X, seeds, slide.coords, prepared=prepared)
+    with pytest.raises(SeedError, match="prepare"):
+        SeedLabelSpreading(random_state=0).fit(slide.X[:-1], seeds[:-1], slide.coords[:-1], prepared=prepared)
+    assert SeedLabelSpreading().prepare(slide.X[:GRAPH_SAMPLE], slide.coords[:GRAPH_SAMPLE]) is None

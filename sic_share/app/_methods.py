@@ -76,14 +76,28 @@ def available_methods() -> dict[str, Method]:
 
 
 def fit_method(method: Method, rule: str | None, X: np.ndarray, seeds: np.ndarray, n_classes: int, *,
-               random_state: int = 0, coords: np.ndarray | None = None) -> Fit:
+               random_state: int = 0, coords: np.ndarray | None = None,
+               prepared: dict[Any, Any] | None = None) -> Fit:
     """Fit ``method`` on ``X`` with ``seeds`` (class index per patch, -1 none) over ``n_classes`` classes.
 
     ``coords`` (level-0 patch centres) let the methods that use the patch grid use it.
+    ``prepared`` is a dict the caller keeps for this slide: a method with a
+    seed-independent part (``prepare(X, coords)``, label spreading on a large slide)
+    stores it there on the first fit and reuses it on every later one, so a click
+    costs the per-seeds work only.
     """
     estimator = method.make(n_classes=n_classes, rule=rule or (method.rules[0] if method.rules else None),
                             random_state=random_state)
-    estimator.fit(X, seeds, coords)
+    prepare = getattr(estimator, "prepare", None)
+    if prepare is not None and prepared is not None:
+        params = estimator.get_params()
+        params.pop("n_classes", None)
+        key = (method.name, tuple(sorted((k, repr(v)) for k, v in params.items())))
+        if key not in prepared:
+            prepared[key] = prepare(X, coords)
+        estimator.fit(X, seeds, coords, prepared=prepared[key])
+    else:
+        estimator.fit(X, seeds, coords)
     confidence = getattr(estimator, "confidence_", None)
     if confidence is not None:
         confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)

@@ -97,6 +97,7 @@ class Session:
         self._lock = threading.Lock()
         self.revision = 0
         self._X = slide.work_matrix()
+        self._prepared: dict[Any, Any] = {}  # seed-independent parts of fits on this slide (fit_method)
 
     # -- reading ----------------------------------------------------------------------------------
     @property
@@ -279,7 +280,8 @@ class Session:
         start = time.perf_counter()
         try:
             fit: Fit = fit_method(self.methods[state.method], state.rule, self._X, seeds, int(present.size),
-                                  random_state=self.random_state, coords=self.slide.coords)
+                                  random_state=self.random_state, coords=self.slide.coords,
+                                  prepared=self._prepared)
         except SicShareError as exc:
             return _Outcome(none, None, str(exc), time.perf_counter() - start)
         seconds = time.perf_counter() - start

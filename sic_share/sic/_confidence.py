@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.special import softmax
 
 from sic_share.errors import SeedError
-from sic_share.sic._grid import grid_graph, smooth_on_grid
+from sic_share.sic._grid import grid_graph, grid_walk, smooth_with_walk
 
 __all__ = ["centroid_proba", "check_smooth", "finish_labels", "label_margin", "margin"]
 
@@ -75,17 +77,19 @@ def check_smooth(smooth: object) -> float:
 
 def finish_labels(
     proba: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None, smooth: float, *, clamp: bool,
+    walk: tuple[Any, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Smooth ``proba`` on the patch grid (when ``coords`` and ``smooth`` are given), then labels and confidence.
 
     Returns ``(proba, labels, confidence)``: float32 (n, k), int64 (n,) and float32
     (n,) in [0, 1]. With ``clamp``, a seeded patch keeps its seed's class with
-    confidence 1: a click is an instruction.
+    confidence 1: a click is an instruction. ``walk`` is the grid's
+    :func:`~sic_share.sic._grid.grid_walk`, when the caller keeps one for the slide.
     """
     if coords is not None and smooth > 0:
         if len(coords) != proba.shape[0]:
             raise SeedError(f"coords have {len(coords)} rows but the embeddings {proba.shape[0]}: give one centre per patch")
-        proba = smooth_on_grid(proba, grid_graph(coords), weight=smooth)
+        proba = smooth_with_walk(proba, walk if walk is not None else grid_walk(grid_graph(coords)), weight=smooth)
     proba = np.asarray(proba, dtype=np.float32)
     if clamp:
         seeded = np.flatnonzero(seeds >= 0)

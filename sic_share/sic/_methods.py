@@ -36,6 +36,7 @@ from sklearn.semi_supervised import LabelSpreading
 from sklearn.utils import check_random_state
 
 from sic_share.errors import SeedError
+from sic_share.sic._anchors import AnchorGraph, build_anchor_graph
 from sic_share.sic._confidence import check_smooth, finish_labels
 from sic_share.sic._grid import grid_graph
 from sic_share.sic._kmeans import check_embeddings, check_seeds
@@ -56,6 +57,7 @@ __all__ = [
 #: Most patches the label-spreading graph is built on; larger slides spread on a random
 #: sample of this many (plus every seed) and extend to the rest (see SeedLabelSpreading).
 GRAPH_SAMPLE = 4096
+_EXTEND = 5  # anchors each patch of a large slide takes its labels from
 
 
 def check_seed_classes(seeds: np.ndarray, k: int, what: str) -> None:
@@ -80,6 +82,15 @@ class _SeedMethod(ClusterMixin, BaseEstimator):
 
         Returns ``self``.
         """
+        X, seeds, k, coords, smooth, rng = self._checked(X, seeds, coords)
+        Z, self.components_, _ = project(X, seeds, k, self.n_components, normalize=self.normalize, random_state=rng)
+        self.n_classes_ = k
+        proba = self._proba(Z, seeds, k, coords, rng)
+        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=True)
+        return self
+
+    def _checked(self, X, seeds, coords):
+        """The inputs checked: ``(X, seeds, k, coords, smooth, rng)``, or one sentence on what is wrong."""
         smooth = check_smooth(self.smooth)
         X = check_embeddings(X, min_samples=max(2, self.n_classes or 2))
         seeds, k = check_seeds(seeds, X.shape[0], self.n_classes)
@@ -91,12 +102,7 @@ class _SeedMethod(ClusterMixin, BaseEstimator):
                 raise SeedError(f"coords of shape {coords.shape} should be ({X.shape[0]}, 2), one centre per patch")
         if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
             raise SeedError(f"n_components={self.n_components!r} should be a positive integer or None")
-        rng = check_random_state(self.random_state)
-        Z, self.components_, _ = project(X, seeds, k, self.n_components, normalize=self.normalize, random_state=rng)
-        self.n_classes_ = k
-        proba = self._proba(Z, seeds, k, coords, rng)
-        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=True)
-        return self
+        return X, seeds, k, coords, smooth, check_random_state(self.random_state)
 
     def fit_predict(self, X: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
         """Fit and return ``labels_``."""
@@ -223,14 +229,18 @@ class SeedLabelSpreading(_SeedMethod):
         smooth="0.0", more=" and the graph's sample on large slides") + """
     Notes
     -----
-    **Cost at scale.** An exact kNN graph is quadratic, so the graph is built on at
-    most ``GRAPH_SAMPLE`` = 4096 patches: all of them on smaller slides, else a
-    random sample plus every seed. On a large slide labels spread over the sample,
-    and every patch then takes the prediction of a logistic regression fitted on the
-    sample's spread labels (linear in the projection, O(n x dim) to apply), followed
-    by the grid smoothing (``smooth``, or 0.5 when 0 and ``coords`` are given), which
-    brings back the grid neighbours the sample lacks. The graph therefore costs the
-    same at 10k and at 1M patches; ``benchmarks/sic.py`` measures it.
+    **Cost at scale.** An exact kNN graph is quadratic, so above ``GRAPH_SAMPLE`` =
+    4096 patches labels spread over that many random anchor patches instead
+    (:mod:`sic_share.sic._anchors`): the anchors' kNN graph and each patch's 5
+    nearest anchors are found once, in principal axes that do not depend on the
+    seeds (:meth:`prepare`, one brute-force pass, O(n x 4096 x n_components)); each
+    seed joins as a node linked to its nearest anchors, labels spread over anchors
+    and seeds, and every patch takes the weighted mean of its anchors' labels,
+    then the grid smoothing (``smooth``, or 0.5 when 0 and ``coords`` are given)
+    brings back the grid neighbours the anchors lack. An app that re-fits one
+    slide per click calls :meth:`prepare` once and passes it to ``fit(...,
+    prepared=)``: a fit then costs milliseconds. ``benchmarks/sic.py`` measures
+    both at 100k and 1M patches.
 
     **Unreached patches.** A patch in a graph component without seeds receives no
     label mass; it gets equal probabilities (confidence 0) and the first class.
@@ -262,64 +272,87 @@ class SeedLabelSpreading(_SeedMethod):
             raise SeedError(f"background={self.background!r} should be in [0, 1)")
 
     def _proba(self, Z, seeds, k, coords, rng):
+        """The exact path (at most ``GRAPH_SAMPLE`` patches): a kNN graph over every patch, plus grid edges."""
         self._check()
-        n = Z.shape[0]
-        sample = None
-        if n > GRAPH_SAMPLE:
-            sample = np.union1d(rng.choice(n, size=GRAPH_SAMPLE, replace=False), np.flatnonzero(seeds >= 0))
-        Zs = Z if sample is None else Z[sample]
-        ys = seeds if sample is None else seeds[sample]
         start = time.perf_counter()
-        nn = NearestNeighbors(n_neighbors=min(self.n_neighbors, Zs.shape[0] - 1), algorithm="brute").fit(Zs)
-        dist_k, _ = nn.kneighbors()
-        graph = nn.kneighbors_graph(mode="connectivity")
+        nn = NearestNeighbors(n_neighbors=min(self.n_neighbors, Z.shape[0] - 1), algorithm="brute").fit(Z)
+        dist_k, idx = nn.kneighbors()
+        m = Z.shape[0]
+        rows = np.repeat(np.arange(m), idx.shape[1])
+        graph = sparse.csr_matrix((np.ones(rows.size), (rows, idx.ravel())), shape=(m, m))
         graph = graph.maximum(graph.T).tocsr()
-        if sample is None and coords is not None and self.grid_weight > 0:
-            graph = (graph + self.grid_weight * _similar_grid(Zs, coords, dist_k[:, -1])).tocsr()
-        m = Zs.shape[0]
+        if coords is not None and self.grid_weight > 0:
+            graph = (graph + self.grid_weight * _similar_grid(Z, coords, dist_k[:, -1])).tocsr()
+        ys = seeds
         if k == 2 and self.background > 0:
             # A private negative node per patch, joined with background x its degree (see Notes).
             share = self.background**2 / (1 - self.background**2)  # the sink's normalised weight is `background`
             prior = sparse.diags(share * np.asarray(graph.sum(axis=1)).ravel())
             graph = sparse.bmat([[graph, prior], [prior, None]], format="csr")
-            Zs = np.vstack([Zs, Zs])
             ys = np.concatenate([ys, np.zeros(m, dtype=ys.dtype)])
         self.graph_seconds_ = time.perf_counter() - start
         self.graph_edges_ = int(graph.nnz)
         spreading = LabelSpreading(kernel=_Fixed(graph), alpha=self.alpha, max_iter=100, tol=1e-4)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            spreading.fit(Zs, ys)
+            spreading.fit(np.zeros((ys.size, 1), np.float32), ys)
         dist = np.zeros((m, k), dtype=np.float64)
         dist[:, spreading.classes_] = spreading.label_distributions_[:m]
-        Zs, ys = Zs[:m], ys[:m]
         empty = dist.sum(axis=1) == 0
         dist[empty] = 1.0 / k
         dist /= dist.sum(axis=1, keepdims=True)
-        if sample is None:
-            return dist
-        scaler = StandardScaler().fit(Zs)
-        target = np.argmax(dist, axis=1)
-        if np.unique(target).size < 2:
-            return np.tile(dist.mean(axis=0), (n, 1))
-        model = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(Zs), target)
-        proba = np.zeros((n, k), dtype=np.float32)
-        for at in range(0, n, 65536):
-            block = scaler.transform(Z[at:at + 65536])
-            proba[at:at + block.shape[0], model.classes_] = model.predict_proba(block)
-        proba[sample] = dist
-        self._large = True
-        return proba
+        return dist
 
-    def fit(self, X, seeds, coords=None):
-        self._large = False
-        smooth = self.smooth
-        try:
-            if coords is not None and not self.smooth and np.asarray(X).shape[0] > GRAPH_SAMPLE:
-                self.smooth = 0.5  # a large slide's graph has no grid edges: smooth instead (see Notes)
+    def _graph_key(self) -> tuple:
+        seed = self.random_state if isinstance(self.random_state, int | None) else id(self.random_state)
+        return (self.n_neighbors, self.n_components, bool(self.normalize), seed, GRAPH_SAMPLE, _EXTEND)
+
+    def prepare(self, X: np.ndarray, coords: np.ndarray | None = None) -> AnchorGraph | None:
+        """The seed-independent part of a fit on a large slide, to pass to :meth:`fit` as ``prepared``.
+
+        Returns None on a slide of at most ``GRAPH_SAMPLE`` patches (the exact path
+        has nothing to keep). An app that re-fits one slide for every click builds it
+        once: the fit then costs milliseconds (see :mod:`sic_share.sic._anchors`).
+        """
+        self._check()
+        X = check_embeddings(X, min_samples=2)
+        if X.shape[0] <= GRAPH_SAMPLE:
+            return None
+        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
+            raise SeedError(f"n_components={self.n_components!r} should be a positive integer or None")
+        coords = None if coords is None else np.asarray(coords)
+        if coords is not None and coords.shape != (X.shape[0], 2):
+            raise SeedError(f"coords of shape {coords.shape} should be ({X.shape[0]}, 2), one centre per patch")
+        start = time.perf_counter()
+        graph = build_anchor_graph(X, coords, n_anchors=GRAPH_SAMPLE, n_neighbors=self.n_neighbors,
+                                   n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,
+                                   random_state=check_random_state(self.random_state), key=self._graph_key())
+        self.graph_seconds_ = time.perf_counter() - start
+        return graph
+
+    def fit(self, X, seeds, coords=None, prepared: AnchorGraph | None = None):
+        """Fit on ``X``, ``seeds`` and optional ``coords``; ``prepared`` is :meth:`prepare`'s result for this slide.
+
+        Returns ``self``.
+        """
+        self._check()
+        n = np.asarray(X).shape[0]
+        if n <= GRAPH_SAMPLE:
             return super().fit(X, seeds, coords)
-        finally:
-            self.smooth = smooth
+        X, seeds, k, coords, smooth, _ = self._checked(X, seeds, coords)
+        if prepared is None:
+            prepared = self.prepare(X, coords)
+        elif not prepared.matches(n, self._graph_key()):
+            raise SeedError("prepared was built for another slide or other settings: call prepare(X, coords) again")
+        if coords is not None and prepared.walk is None:
+            raise SeedError("prepared was built without coords: call prepare(X, coords) with them")
+        self.components_, self.n_classes_ = prepared.components, k
+        proba = prepared.spread(seeds, k, n_neighbors=self.n_neighbors, alpha=self.alpha, background=self.background)
+        # A large slide's graph has no grid edges: smooth on the grid instead (0.5 unless set, see Notes).
+        weight = smooth if smooth or coords is None else 0.5
+        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, weight, clamp=True,
+                                                                    walk=prepared.walk)
+        return self
 
 
 def _similar_grid(Z: np.ndarray, coords: np.ndarray, scale: np.ndarray) -> sparse.csr_matrix:

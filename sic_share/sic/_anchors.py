@@ -1,0 +1,142 @@
+"""Label spreading on a large slide: the seed-independent graph, built once, and the per-seeds spread.
+
+A kNN graph over every patch is quadratic when exact, so on a slide of more than
+``n_anchors`` patches the spreading runs over a fixed random sample of anchors:
+
+- once per slide (:func:`build_anchor_graph`): a principal-axes projection that does
+  not depend on the seeds, the anchors' kNN graph, each patch's ``n_extend`` nearest
+  anchors with weights (one brute-force pass, O(n x anchors x dims), in chunks), and
+  the patch grid's walk for smoothing;
+- per set of seeds (:meth:`AnchorGraph.spread`): each seed joins the graph as a node
+  linked to its nearest anchors, labels spread over anchors + seeds (a few thousand
+  nodes), and every patch takes the weighted mean of its anchors' distributions (a
+  sparse product, O(n x n_extend)).
+
+The per-seeds step costs milliseconds at 100k patches, which is what the app's
+click needs; ``sic-share sic`` builds the graph and spreads once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neighbors import NearestNeighbors
+from sklearn.semi_supervised import LabelSpreading
+
+from sic_share.sic._grid import grid_graph, grid_walk
+from sic_share.sic._project import project
+
+__all__ = ["AnchorGraph", "build_anchor_graph"]
+
+_CHUNK = 16384  # patches per brute-force block: 16384 x 4096 float32 distances are 256 MiB
+
+
+@dataclass(frozen=True)
+class AnchorGraph:
+    """The seed-independent part of label spreading on one slide (see the module notes).
+
+    Attributes
+    ----------
+    Z : ndarray of shape (n_patches, n_dims), float32
+        The projection every distance is measured in.
+    components : ndarray of shape (n_dims, dim) or None
+        Its basis (None when ``Z`` is the embedding).
+    anchors : ndarray of shape (n_anchors,), int64
+        Indices of the anchor patches, sorted.
+    graph : scipy.sparse.csr_matrix of shape (n_anchors, n_anchors)
+        Symmetric kNN connectivity among the anchors.
+    extend : scipy.sparse.csr_matrix of shape (n_patches, n_anchors)
+        Each patch's weights on its nearest anchors; rows sum to 1.
+    walk : (csr_matrix, ndarray) or None
+        The grid walk for smoothing (:func:`~sic_share.sic._grid.grid_walk`), with coords.
+    key : tuple
+        The settings it was built with; :meth:`matches` compares them.
+    """
+
+    Z: np.ndarray
+    components: np.ndarray | None
+    anchors: np.ndarray
+    graph: sparse.csr_matrix
+    extend: sparse.csr_matrix
+    walk: Any
+    key: tuple
+
+    @property
+    def n_patches(self) -> int:
+        return self.Z.shape[0]
+
+    def matches(self, n_patches: int, key: tuple) -> bool:
+        return self.n_patches == n_patches and self.key == key
+
+    def spread(self, seeds: np.ndarray, k: int, *, n_neighbors: int, alpha: float, background: float) -> np.ndarray:
+        """Class probabilities of every patch, shape (n_patches, k), from ``seeds`` (class index, -1 none).
+
+        Each seeded patch becomes a node joined to its ``n_neighbors`` nearest anchors;
+        scikit-learn's ``LabelSpreading`` runs over anchors + seeds; every patch then
+        averages its anchors' distributions with :attr:`extend`'s weights. With two
+        classes, ``background`` adds the same private negative node per anchor as the
+        exact path (see :class:`~sic_share.sic.SeedLabelSpreading`).
+        """
+        seeded = np.flatnonzero(seeds >= 0)
+        m, q = self.anchors.size, seeded.size
+        nn = NearestNeighbors(n_neighbors=min(n_neighbors, m), algorithm="brute").fit(self.Z[self.anchors])
+        _, near = nn.kneighbors(self.Z[seeded])
+        rows = np.repeat(np.arange(q), near.shape[1])
+        link = sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, near.ravel())), shape=(q, m))
+        graph = sparse.bmat([[self.graph, link.T], [link, None]], format="csr")
+        labels = np.concatenate([np.full(m, -1, np.int64), seeds[seeded].astype(np.int64)])
+        size = m + q
+        if k == 2 and background > 0:
+            share = background**2 / (1 - background**2)
+            prior = sparse.diags(share * np.asarray(graph.sum(axis=1)).ravel())
+            graph = sparse.bmat([[graph, prior], [prior, None]], format="csr")
+            labels = np.concatenate([labels, np.zeros(size, np.int64)])
+        spreading = LabelSpreading(kernel=lambda *_: graph, alpha=alpha, max_iter=100, tol=1e-4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            spreading.fit(np.zeros((labels.size, 1), np.float32), labels)
+        dist = np.zeros((m, k), dtype=np.float64)
+        dist[:, spreading.classes_] = spreading.label_distributions_[:m]
+        proba = np.asarray(self.extend @ dist)
+        total = proba.sum(axis=1, keepdims=True)
+        empty = total[:, 0] <= 0
+        proba[empty] = 1.0 / k
+        total[empty] = 1.0
+        return (proba / total).astype(np.float32)
+
+
+def build_anchor_graph(
+    X: np.ndarray, coords: np.ndarray | None, *, n_anchors: int, n_neighbors: int, n_extend: int,
+    n_components: int | None, normalize: bool, random_state: np.random.RandomState, key: tuple,
+) -> AnchorGraph:
+    """Build the seed-independent :class:`AnchorGraph` of ``X`` (and the grid walk of ``coords``).
+
+    The projection is the principal axes alone (no seed directions: the seeds are not
+    known yet); the anchors are ``n_anchors`` patches drawn by ``random_state``.
+    """
+    n = X.shape[0]
+    Z, components, _ = project(X, np.full(n, -1, np.int64), 0, n_components, normalize=normalize,
+                               random_state=random_state)
+    anchors = np.sort(random_state.choice(n, size=min(n, n_anchors), replace=False))
+    Za = Z[anchors]
+    nn = NearestNeighbors(n_neighbors=min(n_neighbors, anchors.size - 1), algorithm="brute").fit(Za)
+    graph = nn.kneighbors_graph(mode="connectivity")
+    graph = graph.maximum(graph.T).tocsr().astype(np.float32)
+    reach = min(n_extend, anchors.size)
+    cols = np.empty((n, reach), np.int64)
+    weights = np.empty((n, reach), np.float32)
+    for start in range(0, n, _CHUNK):
+        dist, idx = nn.kneighbors(Z[start:start + _CHUNK], n_neighbors=reach)
+        scale = np.maximum(dist[:, -1:] ** 2, 1e-12)  # self-tuning: the patch's distance to its farthest anchor
+        weights[start:start + len(idx)] = np.exp(-(dist**2) / scale)
+        cols[start:start + len(idx)] = idx
+    weights /= weights.sum(axis=1, keepdims=True)
+    extend = sparse.csr_matrix((weights.ravel(), cols.ravel(), np.arange(0, n * reach + 1, reach)),
+                               shape=(n, anchors.size))
+    walk = grid_walk(grid_graph(coords)) if coords is not None else None
+    return AnchorGraph(Z, components, anchors, graph, extend, walk, key)
