@@ -75,7 +75,7 @@ def test_similarity_of_imagenet_and_handcrafted_features(real):
 
 def test_commands_on_real_features(cli, real, tmp_path):
     result = cli("benchmark", str(real["handcrafted"]), str(real[LITE0]), "--clicks", "3", "--folds", "2",
-                 "--json", str(tmp_path / "b.json"))
+                 "--out", str(tmp_path / "b.json"))
     assert result.code == 0, result.err
     assert LITE0 in result.out and "handcrafted" in result.out
     body = json.loads((tmp_path / "b.json").read_text())

