@@ -514,7 +514,7 @@ def query(
     verified_only: Annotated[bool, typer.Option("--verified-only", help="Only datasets signed by trusted keys.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    parquet: Annotated[Optional[Path], typer.Option("--parquet", help="Write the result to this Parquet file.")] = None,
+    parquet: Annotated[Optional[Path], typer.Option("--out", "--parquet", help="Write the result to this Parquet file (--parquet is the same option).")] = None,
 ) -> None:
     """Run SQL over a hub with DuckDB: the 'datasets' catalog and patches('lab-a/crc@1').
 
@@ -523,7 +523,7 @@ def query(
     from sic_share.query import format_result, run_query
 
     if parquet is not None and not parquet.parent.is_dir():
-        raise SicShareError(f"folder {parquet.parent} does not exist: create it or choose another --parquet path")
+        raise SicShareError(f"folder {parquet.parent} does not exist: create it or choose another --out path")
     result = run_query(sql, hub, verified_only=verified_only)
     if parquet is not None:
         import os

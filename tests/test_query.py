@@ -169,6 +169,8 @@ def test_query_cli_formats_and_errors(tmp_path, cli, home):
     assert '"n"' in result.out and "400" in result.out
     written = cli("query", "SELECT slide_id FROM patches('lab-q/qds')", "--hub", hub, "--parquet", tmp_path / "r.parquet")
     assert written.code == 0 and (tmp_path / "r.parquet").exists()
+    again = cli("query", "SELECT slide_id FROM patches('lab-q/qds')", "--hub", hub, "--out", tmp_path / "o.parquet")
+    assert again.code == 0 and (tmp_path / "o.parquet").read_bytes() == (tmp_path / "r.parquet").read_bytes()
     assert_one_line_error(cli("query", "SELECT 1", "--hub", hub, "--parquet", tmp_path / "no" / "r.parquet"),
                           "does not exist")
     assert_one_line_error(cli("query", "SELECT * FROM patches('lab-q/nope')", "--hub", hub), "lab-q/nope")
