@@ -255,6 +255,8 @@ def test_missing_dataset_or_slide_is_one_line(cli, dataset, tmp_path):
                           "neither a dataset folder")
     assert_one_line_error(cli("app", dataset, "--slide", "s9", "--no-browser", "--port", "0"), "has no slide 's9'")
     assert_one_line_error(cli("app", dataset, "--no-browser", "--port", "0"), "has 2 slides: choose one with --slide")
+    (tmp_path / "empty").mkdir()  # found the way 'sic' finds a slide: an empty folder is named, not a crash
+    assert_one_line_error(cli("app", tmp_path / "empty", "--no-browser", "--port", "0"), "has no slides/*.parquet files")
     _nothing_started(before)
 
 

@@ -16,15 +16,14 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from sic_share._paths import cache_dir
-from sic_share.dataset import SlideMetadata, near_slides, read_slide, slide_files
-from sic_share.errors import DatasetError, HubError
+from sic_share.dataset import SlideMetadata, read_slide
+from sic_share.sic._run import SlideFile, locate_slide
 
 __all__ = ["CachedSlide", "SlideFile", "WORK_DIMS", "locate_slide", "open_cached"]
 
@@ -34,53 +33,6 @@ WORK_DIMS = 64
 _PCA_SAMPLE = 8192
 _CHUNK = 8192
 _CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class SlideFile:
-    """A slide's Parquet file, its sha256 when already known (a verified hub file), and where it came from."""
-
-    path: Path
-    slide_id: str
-    source: str
-    digest: str | None = None
-
-
-def locate_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> SlideFile:
-    """The file of one slide of a dataset folder or a hub dataset, as :func:`sic_share.sic.load_slide` picks it.
-
-    A path that exists is a folder; anything else is a hub reference
-    ``publisher/name[@version]`` whose slide file is fetched into the cache and
-    verified against the signed manifest (nothing is read from an unverified file).
-    """
-    local = Path(dataset)
-    if local.exists():
-        files = {p.stem: p for p in slide_files(local)}
-        if slide_id is None:
-            if len(files) != 1:
-                raise DatasetError(f"{local} has {len(files)} slides: choose one with --slide (e.g. {min(files)})")
-            slide_id = next(iter(files))
-        if slide_id not in files:
-            known = sorted(files)
-            hint = near_slides(slide_id, known) or f"its slides are {', '.join(known[:5])}" + (
-                ", ..." if len(known) > 5 else "")
-            raise DatasetError(f"{local} has no slide {slide_id!r}: {hint}")
-        return SlideFile(files[slide_id], slide_id, str(local))
-    from sic_share.hub import fetch_slides, open_manifest, parse_ref
-
-    try:
-        ref = parse_ref(str(dataset))
-    except HubError:
-        raise DatasetError(f"{dataset} is neither a dataset folder (no such folder) nor a hub reference "
-                           "PUBLISHER/NAME[@VERSION]: check the path") from None
-    if slide_id is None:
-        stems = sorted(Path(name).stem for name in open_manifest(ref, hub).files)
-        if len(stems) != 1:
-            raise DatasetError(f"{ref} has {len(stems)} slides: choose one with --slide (e.g. {stems[0]})")
-        slide_id = stems[0]
-    manifest, paths = fetch_slides(ref, [slide_id], hub)
-    name = next(n for n in manifest.files if Path(n).stem == slide_id)
-    return SlideFile(paths[slide_id], slide_id, manifest.ref, manifest.files[name][1])
 
 
 def _file_digest(path: Path, root: Path) -> str:

@@ -13,7 +13,7 @@ from sic_share.errors import DatasetError, HubError, SeedError
 from sic_share.sic._methods import DEFAULT_METHOD, create_method
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
 
-__all__ = ["SicResult", "load_slide", "map_seeds", "run_sic"]
+__all__ = ["SicResult", "SlideFile", "load_slide", "locate_slide", "map_seeds", "run_sic"]
 
 
 @dataclass(frozen=True)
@@ -73,27 +73,34 @@ def _no_such_slide(slide_id: str, known: list[str], where: str) -> DatasetError:
     return DatasetError(f"{where} has no slide {slide_id!r}: {hint}")
 
 
-def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> tuple[SlideData, str]:
-    """Read one slide of a local dataset folder or of a hub dataset (``publisher/name[@version]``).
+@dataclass(frozen=True)
+class SlideFile:
+    """A slide's Parquet file, its sha256 when already known (a verified hub file), and where it came from."""
+
+    path: Path
+    slide_id: str
+    source: str
+    digest: str | None = None
+
+
+def locate_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> SlideFile:
+    """The file of one slide of a local dataset folder or of a hub dataset (``publisher/name[@version]``).
 
     A path that exists is a folder; otherwise a reference is looked up on the
     hub, and only that slide's file is fetched (verified against the signed
     manifest, kept in the cache). ``slide_id`` may be None when the dataset has
-    exactly one slide. Returns the slide and a description of where it came from.
+    exactly one slide.
     """
     local = Path(dataset)
     if local.exists():
-        files = {p.stem: p for p in slide_files(local)}
-        if not files:
-            raise DatasetError(f"{local} holds no slides/*.parquet: give a dataset folder or a hub reference")
-        where = str(local)
+        files = {p.stem: p for p in slide_files(local)}  # names a folder without slides itself
         if slide_id is None:
             if len(files) != 1:
                 raise DatasetError(f"{local} has {len(files)} slides: choose one with --slide (e.g. {min(files)})")
             slide_id = next(iter(files))
         if slide_id not in files:
-            raise _no_such_slide(slide_id, sorted(files), where)
-        return read_slide(files[slide_id]), where
+            raise _no_such_slide(slide_id, sorted(files), str(local))
+        return SlideFile(files[slide_id], slide_id, str(local))
     from sic_share.hub import fetch_slides, open_manifest, parse_ref
 
     try:
@@ -107,7 +114,14 @@ def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str |
             raise DatasetError(f"{ref} has {len(stems)} slides: choose one with --slide (e.g. {stems[0]})")
         slide_id = stems[0]
     manifest, paths = fetch_slides(ref, [slide_id], hub)
-    return read_slide(paths[slide_id]), manifest.ref
+    name = next(n for n in manifest.files if Path(n).stem == slide_id)
+    return SlideFile(paths[slide_id], slide_id, manifest.ref, manifest.files[name][1])
+
+
+def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> tuple[SlideData, str]:
+    """Read one slide found by :func:`locate_slide`; returns it and where it came from."""
+    found = locate_slide(dataset, slide_id, hub)
+    return read_slide(found.path), found.source
 
 
 def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None, *,
