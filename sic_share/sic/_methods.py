@@ -96,13 +96,18 @@ class _SeedMethod(ClusterMixin, BaseEstimator):
         seeds, k = check_seeds(seeds, X.shape[0], self.n_classes)
         check_embeddings(X, min_samples=k)
         check_seed_classes(seeds, k, self._name)
-        if coords is not None:
-            coords = np.asarray(coords)
-            if coords.shape != (X.shape[0], 2):
-                raise SeedError(f"coords of shape {coords.shape} should be ({X.shape[0]}, 2), one centre per patch")
+        return X, seeds, k, self._checked_coords(coords, X.shape[0]), smooth, check_random_state(self.random_state)
+
+    def _checked_coords(self, coords, n: int) -> np.ndarray | None:
+        """``coords`` as an array of one centre per patch (or None), with ``n_components`` checked too."""
         if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
             raise SeedError(f"n_components={self.n_components!r} should be a positive integer or None")
-        return X, seeds, k, coords, smooth, check_random_state(self.random_state)
+        if coords is None:
+            return None
+        coords = np.asarray(coords)
+        if coords.shape != (n, 2):
+            raise SeedError(f"coords of shape {coords.shape} should be ({n}, 2), one centre per patch")
+        return coords
 
     def fit_predict(self, X: np.ndarray, seeds: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
         """Fit and return ``labels_``."""
@@ -318,11 +323,7 @@ class SeedLabelSpreading(_SeedMethod):
         X = check_embeddings(X, min_samples=2)
         if X.shape[0] <= GRAPH_SAMPLE:
             return None
-        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
-            raise SeedError(f"n_components={self.n_components!r} should be a positive integer or None")
-        coords = None if coords is None else np.asarray(coords)
-        if coords is not None and coords.shape != (X.shape[0], 2):
-            raise SeedError(f"coords of shape {coords.shape} should be ({X.shape[0]}, 2), one centre per patch")
+        coords = self._checked_coords(coords, X.shape[0])
         start = time.perf_counter()
         graph = build_anchor_graph(X, coords, n_anchors=GRAPH_SAMPLE, n_neighbors=self.n_neighbors,
                                    n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,

@@ -70,6 +70,13 @@ def import_extra(module: str, *, package: str, extra: str, needed_for: str, inst
         raise SicShareError(f"{package} cannot be imported ({exc}): reinstall it with {fix}") from None
 
 
+def check_max_side(max_side: Any) -> int:
+    """The longest side of an image in pixels: an integer in 16-20000, or one sentence."""
+    if not isinstance(max_side, int) or isinstance(max_side, bool) or not 16 <= max_side <= 20000:
+        raise SicShareError(f"max_side={max_side!r} should be an integer number of pixels in 16-20000")
+    return max_side
+
+
 def check_patch_size(patch_size: Any) -> float:
     try:
         size = float(patch_size)

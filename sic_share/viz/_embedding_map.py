@@ -24,6 +24,7 @@ from sic_share.errors import SicShareError
 from sic_share.viz._common import (
     PixelIndex,
     atomic_write,
+    check_max_side,
     check_patch_size,
     check_target,
     import_extra,
@@ -380,8 +381,7 @@ def render_embedding_map(
     n = len(points)
     colours = _check_rgb(rgb, n)
     size = check_patch_size(patch_size)
-    if not isinstance(max_side, int) or isinstance(max_side, bool) or not 16 <= max_side <= 20000:
-        raise SicShareError(f"max_side={max_side!r} should be an integer number of pixels in 16-20000")
+    check_max_side(max_side)
     if background not in _BACKGROUNDS:
         raise SicShareError(f"background={background!r} should be one of {sorted(_BACKGROUNDS)}")
     names = tuple(classes)

@@ -13,6 +13,7 @@ import numpy as np
 from sic_share.errors import SicShareError
 from sic_share.viz._common import (
     atomic_write,
+    check_max_side,
     check_inputs,
     check_patch_size,
     check_target,
@@ -86,8 +87,7 @@ def render_overlay(
 
     data = check_inputs(coords, labels, classes)
     size = check_patch_size(patch_size)
-    if not isinstance(max_side, int) or not 16 <= max_side <= 20000:
-        raise SicShareError(f"max_side={max_side!r} should be an integer number of pixels in 16-20000")
+    check_max_side(max_side)
     if background not in _BACKGROUNDS:
         raise SicShareError(f"background={background!r} should be one of {sorted(_BACKGROUNDS)}")
     palette = class_colors(data.classes, colors)
@@ -171,8 +171,7 @@ def render_confidence(
     data = check_inputs(points, np.zeros(len(points), np.int8), ("patch",))
     conf = check_confidence(confidence, len(points))
     size = check_patch_size(patch_size)
-    if not isinstance(max_side, int) or not 16 <= max_side <= 20000:
-        raise SicShareError(f"max_side={max_side!r} should be an integer number of pixels in 16-20000")
+    check_max_side(max_side)
     pixels = pixel_index(data.coords, size, max_side, slide_size)
     alpha = np.where(pixels.index >= 0, np.round(255 * (1 - conf[np.maximum(pixels.index, 0)])), 0).astype(np.uint8)
     rgba = np.zeros((*alpha.shape, 4), np.uint8)
