@@ -38,10 +38,15 @@ class Command:
 
 
 def fenced_commands(path: Path) -> list[Command]:
+    """``sic-share`` commands of every fenced block of a document (see :func:`commands_in`)."""
+    return commands_in(path.read_text(), path.relative_to(REPO).as_posix())
+
+
+def commands_in(text: str, doc: str) -> list[Command]:
     """``sic-share`` commands of every fenced block: ``$ ``-lines of console blocks, plain lines of the others."""
     commands: list[Command] = []
     lang = None
-    lines = path.read_text().splitlines()
+    lines = text.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -53,16 +58,16 @@ def fenced_commands(path: Path) -> list[Command]:
         body = stripped[2:] if stripped.startswith("$ ") else stripped
         if lang is not None and lang not in ("sql", "python", "json", "text") and body.startswith("sic-share "):
             start = i
-            text = body
-            while (text.endswith("\\") or not _closed(text)) and i + 1 < len(lines):
+            command = body
+            while (command.endswith("\\") or not _closed(command)) and i + 1 < len(lines):
                 i += 1
-                text = text.removesuffix("\\").rstrip() + " " + lines[i].strip()
+                command = command.removesuffix("\\").rstrip() + " " + lines[i].strip()
             output = []
             if stripped.startswith("$ "):
                 while i + 1 < len(lines) and not lines[i + 1].startswith(("$ ", "```")):
                     i += 1
                     output.append(lines[i])
-            commands.append(Command(path.relative_to(REPO).as_posix(), start + 1, text, tuple(output)))
+            commands.append(Command(doc, start + 1, command, tuple(output)))
         i += 1
     return commands
 
@@ -161,14 +166,10 @@ def expected_pattern(line: str) -> re.Pattern[str]:
 
 def tour_commands() -> list[Command]:
     text = (REPO / "README.md").read_text()
-    tour = text[text.index("## Five-minute tour"):text.index("## Commands")]
-    path = REPO / "build" / ".tour.md"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(tour)
-    try:
-        return [c for c in fenced_commands(path) if c.text.startswith("sic-share ")]
-    finally:
-        path.unlink()
+    start = text.index("## Five-minute tour")
+    tour = text[start:text.index("## Commands")]
+    line = text[:start].count("\n")  # so that a command is named by its line in README.md
+    return [Command(c.doc, c.line + line, c.text, c.output) for c in commands_in(tour, "README.md")]
 
 
 def tour_sql() -> str:
