@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 from sklearn.semi_supervised import LabelSpreading
 
@@ -167,7 +168,7 @@ def _nearest_anchors(Z: np.ndarray, Za: np.ndarray, reach: int,
     weights = np.empty((n, reach), np.float32)
     for start in range(0, n, _CHUNK):
         block = np.asarray(Z[start:start + _CHUNK], np.float32)
-        home = np.argmin(sq_norm_distances(block, centres), axis=1)
+        home = np.argmin(euclidean_distances(block, centres, squared=True), axis=1)
         for c in np.unique(home):
             rows = np.flatnonzero(home == c)
             cand = candidates[c]
@@ -181,7 +182,3 @@ def _nearest_anchors(Z: np.ndarray, Za: np.ndarray, reach: int,
             weights[start + rows] = w / w.sum(axis=1, keepdims=True)
     return cols, weights
 
-
-def sq_norm_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between the rows of ``A`` and ``B`` (float32, via one product)."""
-    return np.maximum((A**2).sum(1)[:, None] - 2.0 * (A @ B.T) + (B**2).sum(1)[None, :], 0.0)
