@@ -325,3 +325,45 @@ def test_slide_size_round_trips_and_a_recorded_size_must_match_the_image(tmp_pat
     assert b"slide_size" not in plain.to_json() and plain.slide_size is None
     assert_one_line_error(cli("app", tmp_path / "d", "--no-browser", "--port", "0", "--image",
                               DATA / "stardist_histo.jpg"), "is 500 x 300 px", "slide is 501 x 300 px")
+
+
+def test_the_app_starts_without_importing_scikit_learn():
+    """Listing methods and finding a slide must not pay scikit-learn's import (over a second here):
+    the app listens first and loads it in the background (Session.warm)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sic_share.app, sic_share.cli; from sic_share.app import available_methods; "
+            "assert available_methods()['spreading'].rules == (); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_warm_builds_the_first_click_graph_and_changes_no_label(tmp_path):
+    from sic_share.sic import FAMILIES, draw_seeds
+    from sic_share.sic._methods import GRAPH_SAMPLE
+
+    slide_data = FAMILIES["shapes"](3, n_patches=GRAPH_SAMPLE + 500)
+    meta = SlideMetadata(ModelInfo("synthetic", slide_data.X.shape[1], "test"), Patching(256, 256, 0.5, 0.5, 128),
+                         ("normal", "lesion"))
+    write_slide(tmp_path / "big" / "slides" / "b.parquet", slide_id="b", metadata=meta,
+                coords=slide_data.coords.astype(np.int32), embeddings=slide_data.X, labels=slide_data.y)
+    slide = open_cached(locate_slide(tmp_path / "big", None))
+    seeds = draw_seeds(slide_data.y, 3, random_state=0)
+    results = []
+    for warm in (True, False):
+        session = Session(slide)
+        if warm:
+            session.warm()
+            assert len(session._prepared) == 1  # the default method's anchor graph, before any click
+        for c in (0, 1):
+            session.add_seeds(np.flatnonzero(seeds == c), c)
+        results.append(session.outcome().labels.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert 0 < (results[0] == 1).sum() < len(results[0])
+
+
+def test_a_change_answers_its_server_time(api):
+    status, headers, _ = api("POST", "/api/seeds", json.dumps({"class": 0, "indices": [0]}).encode())
+    assert status == 200 and headers["server-timing"].startswith("app;dur=")
+    assert float(headers["server-timing"].split("=")[1]) > 0

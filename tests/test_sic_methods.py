@@ -320,3 +320,27 @@ def test_spreading_on_a_large_slide_uses_anchors_and_a_prepared_graph_gives_the_
     with pytest.raises(SeedError, match="prepare"):
         SeedLabelSpreading(random_state=0).fit(slide.X[:-1], seeds[:-1], slide.coords[:-1], prepared=prepared)
     assert SeedLabelSpreading().prepare(slide.X[:GRAPH_SAMPLE], slide.coords[:GRAPH_SAMPLE]) is None
+
+
+def test_two_class_smoothing_and_margin_match_the_general_formula():
+    """Two classes smooth one column (rows keep summing to 1) and take |p0 - p1|: the same numbers."""
+    from sic_share.sic._confidence import margin
+    from sic_share.sic._grid import grid_graph, grid_walk, smooth_with_walk
+
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(30), np.arange(20)), -1).reshape(-1, 2)
+    coords = np.vstack([grid * 64 + 32, [[5000, 5000]]])  # one patch with no neighbour keeps its own values
+    p = rng.dirichlet([1, 1], size=len(coords)).astype(np.float32)
+    graph = grid_graph(coords)
+    # centres at half a stride (32 + 64 k) are a grid too: 8 neighbours inside, 3 at corners, none for the far one
+    assert graph[0].nnz == 3 and graph[31].nnz == 8 and graph[len(coords) - 1].nnz == 0
+    step, alone = walk = grid_walk(graph)
+    assert alone.sum() == 1
+    expected, kept = p.copy(), 0.4 * p
+    for _ in range(10):  # the general iteration, both columns
+        expected = 0.6 * (step @ expected) + kept
+        expected[alone] = p[alone]
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(smooth_with_walk(p, walk, weight=0.6), expected, atol=1e-6)
+    top = np.sort(expected, axis=1)
+    np.testing.assert_allclose(margin(expected), top[:, 1] - top[:, 0], atol=1e-6)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Fit", "Method", "available_methods", "fit_method"]
+__all__ = ["Fit", "Method", "available_methods", "fit_method", "prepare_method"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ def available_methods() -> dict[str, Method]:
     so a click gives the labels the command gives for the same seeds. Methods that
     take a ``rule`` (``sic``) offer the rules ``sic --rule`` takes.
     """
-    from sic_share.sic import create_method, list_methods
-    from sic_share.sic._methods import method_info
+    from sic_share.sic._registry import create_method, list_methods, method_info
 
     def maker(name: str, takes_rule: bool) -> Callable[..., Any]:
         def make(*, n_classes: int, rule: str | None, random_state: int) -> Any:
@@ -88,17 +87,38 @@ def fit_method(method: Method, rule: str | None, X: np.ndarray, seeds: np.ndarra
     """
     estimator = method.make(n_classes=n_classes, rule=rule or (method.rules[0] if method.rules else None),
                             random_state=random_state)
-    prepare = getattr(estimator, "prepare", None)
-    if prepare is not None and prepared is not None:
-        params = estimator.get_params()
-        params.pop("n_classes", None)
-        key = (method.name, tuple(sorted((k, repr(v)) for k, v in params.items())))
-        if key not in prepared:
-            prepared[key] = prepare(X, coords)
-        estimator.fit(X, seeds, coords, prepared=prepared[key])
+    kept = _prepared(estimator, method, X, coords, prepared)
+    if kept is not None:
+        estimator.fit(X, seeds, coords, prepared=kept)
     else:
         estimator.fit(X, seeds, coords)
     confidence = getattr(estimator, "confidence_", None)
     if confidence is not None:
         confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)
     return Fit(np.asarray(estimator.labels_, np.int8), confidence, getattr(estimator, "n_rounds_", None))
+
+
+def prepare_method(method: Method, rule: str | None, X: np.ndarray, *, random_state: int = 0,
+                   coords: np.ndarray | None = None, prepared: dict[Any, Any]) -> None:
+    """Build ``method``'s seed-independent part into ``prepared`` ahead of the first fit (see :func:`fit_method`).
+
+    The app calls it in the background once it listens, so that the first click
+    costs what every later one costs. A method without such a part does nothing.
+    """
+    estimator = method.make(n_classes=2, rule=rule or (method.rules[0] if method.rules else None),
+                            random_state=random_state)
+    _prepared(estimator, method, X, coords, prepared)
+
+
+def _prepared(estimator: Any, method: Method, X: np.ndarray, coords: np.ndarray | None,
+              prepared: dict[Any, Any] | None) -> Any:
+    """The estimator's kept seed-independent part, built into ``prepared`` when missing; None without one."""
+    prepare = getattr(estimator, "prepare", None)
+    if prepare is None or prepared is None:
+        return None
+    params = estimator.get_params()
+    params.pop("n_classes", None)
+    key = (method.name, tuple(sorted((k, repr(v)) for k, v in params.items())))
+    if key not in prepared:
+        prepared[key] = prepare(X, coords)
+    return prepared[key]

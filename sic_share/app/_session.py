@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sic_share.app._methods import Fit, Method, available_methods, fit_method
+from sic_share.app._methods import Fit, Method, available_methods, fit_method, prepare_method
 from sic_share.app._slide import CachedSlide
 from sic_share.errors import SeedError, SicShareError
 
@@ -98,6 +98,7 @@ class Session:
         self.revision = 0
         self._X = slide.work_matrix()
         self._prepared: dict[Any, Any] = {}  # seed-independent parts of fits on this slide (fit_method)
+        self._prepare_lock = threading.Lock()  # held while _prepared is built (warm, or a fit)
 
     # -- reading ----------------------------------------------------------------------------------
     @property
@@ -279,9 +280,10 @@ class Session:
         seeds[state.seed_index] = remap[state.seed_class.astype(np.int64)]
         start = time.perf_counter()
         try:
-            fit: Fit = fit_method(self.methods[state.method], state.rule, self._X, seeds, int(present.size),
-                                  random_state=self.random_state, coords=self.slide.coords,
-                                  prepared=self._prepared)
+            with self._prepare_lock:
+                fit: Fit = fit_method(self.methods[state.method], state.rule, self._X, seeds, int(present.size),
+                                      random_state=self.random_state, coords=self.slide.coords,
+                                      prepared=self._prepared)
         except SicShareError as exc:
             return _Outcome(none, None, str(exc), time.perf_counter() - start)
         seconds = time.perf_counter() - start
@@ -290,6 +292,21 @@ class Session:
         message = (f"{', '.join(map(repr, missing))} {'has' if len(missing) == 1 else 'have'} no seed yet: "
                    "left out") if missing else ""
         return _Outcome(labels, fit.confidence, message, seconds, fit.rounds)
+
+    def warm(self) -> None:
+        """Build what the first fit needs (the method's module, its per-slide graph) before the first click.
+
+        Runs beside the server (it does not hold the state lock, so the page loads
+        meanwhile); a click that comes first waits for it. A failure is left for that
+        click to report.
+        """
+        with self._prepare_lock:
+            state = self._state
+            try:
+                prepare_method(self.methods[state.method], state.rule, self._X, random_state=self.random_state,
+                               coords=self.slide.coords, prepared=self._prepared)
+            except Exception:  # noqa: BLE001 - the first fit repeats the work and reports what went wrong
+                pass
 
     # -- files ------------------------------------------------------------------------------------
     def export(self, fmt: str, *, tiles: bool = False) -> tuple[bytes, str, str]:

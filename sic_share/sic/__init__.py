@@ -15,21 +15,45 @@
 
 from __future__ import annotations
 
-from sic_share.sic._families import FAMILIES, make_family_slide
-from sic_share.sic._kmeans import SeededKMeans
-from sic_share.sic._methods import (
-    DEFAULT_METHOD,
-    NearestPrototype,
-    SeedLabelSpreading,
-    SeedLogisticRegression,
-    create_method,
-    list_methods,
-    method_info,
-)
-from sic_share.sic._run import SicResult, load_slide, map_seeds, run_sic
-from sic_share.sic._seeds import MissedSeed, Seeds, read_seeds
-from sic_share.sic._sic import SeededIterativeClustering
-from sic_share.sic._synthetic import SyntheticSlide, draw_seeds, make_slide
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, for readers and type checkers; at run time they load on first use
+    from sic_share.sic._families import FAMILIES, make_family_slide
+    from sic_share.sic._kmeans import SeededKMeans
+    from sic_share.sic._methods import NearestPrototype, SeedLabelSpreading, SeedLogisticRegression
+    from sic_share.sic._registry import DEFAULT_METHOD, create_method, list_methods, method_info
+    from sic_share.sic._run import SicResult, load_slide, map_seeds, run_sic
+    from sic_share.sic._seeds import MissedSeed, Seeds, read_seeds
+    from sic_share.sic._sic import SeededIterativeClustering
+    from sic_share.sic._synthetic import SyntheticSlide, draw_seeds, make_slide
+
+#: Where each public name lives. Importing this package loads none of them (scikit-learn
+#: alone takes over a second to import): the app lists methods and finds slides without it.
+_WHERE = {
+    "FAMILIES": "_families", "make_family_slide": "_families",
+    "SeededKMeans": "_kmeans",
+    "NearestPrototype": "_methods", "SeedLabelSpreading": "_methods", "SeedLogisticRegression": "_methods",
+    "DEFAULT_METHOD": "_registry", "create_method": "_registry", "list_methods": "_registry",
+    "method_info": "_registry",
+    "SicResult": "_run", "load_slide": "_run", "map_seeds": "_run", "run_sic": "_run",
+    "MissedSeed": "_seeds", "Seeds": "_seeds", "read_seeds": "_seeds",
+    "SeededIterativeClustering": "_sic",
+    "SyntheticSlide": "_synthetic", "draw_seeds": "_synthetic", "make_slide": "_synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "DEFAULT_METHOD",

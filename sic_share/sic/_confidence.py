@@ -48,6 +48,8 @@ def margin(proba: np.ndarray) -> np.ndarray:
     """Confidence per patch: the probability of the first class minus that of the second, in [0, 1]."""
     if proba.shape[1] < 2:
         return np.ones(proba.shape[0], dtype=np.float32)
+    if proba.shape[1] == 2:
+        return np.minimum(np.abs(proba[:, 0] - proba[:, 1]), 1.0).astype(np.float32)
     top = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
     return np.clip(top[:, 1] - top[:, 0], 0.0, 1.0).astype(np.float32)
 

@@ -52,8 +52,10 @@ def grid_graph(coords: np.ndarray) -> sparse.csr_matrix:
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
         raise SeedError(f"coords of shape {points.shape} should be (n_patches, 2) finite level-0 patch centres")
     n = points.shape[0]
-    col = np.rint((points[:, 0] - points[:, 0].min(initial=0)) / _stride(points[:, 0])).astype(np.int64)
-    row = np.rint((points[:, 1] - points[:, 1].min(initial=0)) / _stride(points[:, 1])).astype(np.int64)
+    # cells counted from the first centre: centres at half a stride (128 + 256 k) must not round half to even
+    origin = points.min(axis=0) if n else np.zeros(2)
+    col = np.rint((points[:, 0] - origin[0]) / _stride(points[:, 0])).astype(np.int64)
+    row = np.rint((points[:, 1] - origin[1]) / _stride(points[:, 1])).astype(np.int64)
     width = int(col.max(initial=0)) + 3
     key = (row + 1) * width + (col + 1)  # a one-cell margin keeps every neighbour key non-negative and unique
     order = np.argsort(key, kind="stable")
@@ -115,11 +117,19 @@ def grid_walk(graph: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
 
 def smooth_with_walk(proba: np.ndarray, walk: tuple[sparse.csr_matrix, np.ndarray], *, weight: float,
                      n_iter: int = 10) -> np.ndarray:
-    """:func:`smooth_on_grid` with the walk of :func:`grid_walk` built beforehand."""
+    """:func:`smooth_on_grid` with the walk of :func:`grid_walk` built beforehand.
+
+    ``proba`` may also be one column (1-d, one class of two): it is smoothed as is.
+    """
     if weight <= 0:
         return proba
     step, alone = walk
     prior = np.asarray(proba, dtype=np.float32)  # float32: half the memory traffic of each sparse product
+    if prior.ndim == 2 and prior.shape[1] == 2:
+        # Each step keeps rows summing to 1, so two classes need only one column: half the work.
+        first = prior[:, 0] / np.maximum(prior.sum(axis=1), np.float32(1e-30))
+        smoothed = smooth_with_walk(first, walk, weight=weight, n_iter=n_iter)
+        return np.stack([smoothed, 1 - smoothed], axis=1)
     kept = (1 - weight) * prior
     p = prior
     for _ in range(n_iter):
@@ -127,5 +137,6 @@ def smooth_with_walk(proba: np.ndarray, walk: tuple[sparse.csr_matrix, np.ndarra
         p *= weight
         p += kept
         p[alone] = prior[alone]
-    p /= p.sum(axis=1, keepdims=True)
+    if p.ndim == 2:
+        p /= p.sum(axis=1, keepdims=True)
     return p

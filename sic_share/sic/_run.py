@@ -10,7 +10,7 @@ import numpy as np
 
 from sic_share.dataset import SlideData, near_slides, read_slide, slide_files
 from sic_share.errors import DatasetError, HubError, SeedError
-from sic_share.sic._methods import DEFAULT_METHOD, create_method
+from sic_share.sic._registry import DEFAULT_METHOD, create_method
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
 
 __all__ = ["SicResult", "SlideFile", "load_slide", "locate_slide", "map_seeds", "run_sic"]

@@ -48,7 +48,10 @@
       try {
         const response = await request(url, options);
         const warning = response.headers.get("X-Sic-Warning");
-        applyState(unpack(await response.arrayBuffer()), started);
+        const body = unpack(await response.arrayBuffer());
+        const handled = /dur=([0-9.]+)/.exec(response.headers.get("Server-Timing") || "");
+        S.timings = { response: performance.now() - started, handler: handled ? Number(handled[1]) : null };
+        applyState(body, started);
         if (warning) showMessage(warning);
       } catch (err) {
         showMessage(err.message);
@@ -72,11 +75,12 @@
     fillRules(m.method, m.rule);
     $("show-confidence").disabled = !m.has_confidence;
     showMessage(m.message || "");
-    renderClasses();
-    drawOverlay();
-    drawSeeds();
-    drawConfidence();
-    drawScatter();
+    const step = (name, fn) => { const t = performance.now(); fn(); if (S.timings) S.timings[name] = performance.now() - t; };
+    step("classes", renderClasses);
+    step("overlay", drawOverlay);
+    step("seeds", drawSeeds);
+    step("confidence", drawConfidence);
+    step("scatter", drawScatter);
     requestAnimationFrame(() => {
       if (started !== undefined) S.lastLatency = performance.now() - started;
       const rounds = m.rounds === null || m.rounds === undefined ? "" : `, ${m.rounds} refinement(s)`;
@@ -243,6 +247,7 @@
       applyOpacity();
       drawOverlay(); drawSeeds(); drawConfidence();
       S.viewerOpen = true;
+      S.viewer = viewer;
     });
 
     const toLevel0 = (position) => {
