@@ -344,3 +344,43 @@ def test_two_class_smoothing_and_margin_match_the_general_formula():
     np.testing.assert_allclose(smooth_with_walk(p, walk, weight=0.6), expected, atol=1e-6)
     top = np.sort(expected, axis=1)
     np.testing.assert_allclose(margin(expected), top[:, 1] - top[:, 0], atol=1e-6)
+
+
+def test_normalized_cut_by_hand():
+    from scipy import sparse
+
+    from sic_share.sic._spread import normalized_cut
+
+    path = sparse.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0]], float))
+    assert normalized_cut(path, np.array([0, 0, 1, 1])) == pytest.approx(1 / 3 + 1 / 3)  # one edge cut, volumes 3 and 3
+    assert normalized_cut(path, np.array([0, 1, 1, 1])) == pytest.approx(1 / 1 + 1 / 5)
+    assert normalized_cut(path, np.zeros(4, int)) == np.inf  # giving up a class is never the best cut
+
+
+def test_background_auto_is_scikit_learns_spreading_at_the_weight_that_cuts_least():
+    """The batched pass equals scikit-learn's LabelSpreading at each weight, and "auto" keeps the least cut."""
+    from scipy import sparse
+    from sklearn.neighbors import kneighbors_graph
+
+    from sic_share.sic._spread import BACKGROUNDS, _spread_once, _spread_with_backgrounds, normalized_cut, spread_labels
+
+    slide = FAMILIES["shapes"](4, n_patches=900)
+    seeds = draw_seeds(slide.y, 3, random_state=0)
+    graph = kneighbors_graph(slide.X.astype(np.float32), 10)
+    graph = sparse.csr_matrix(graph.maximum(graph.T))
+    batched = _spread_with_backgrounds(graph, seeds, 0.9, BACKGROUNDS)
+    cuts = []
+    for weight, fast in zip(BACKGROUNDS, batched):
+        np.testing.assert_allclose(fast, _spread_once(graph, seeds, 2, 0.9, weight), atol=1e-12)
+        guess = np.where(seeds >= 0, seeds, np.argmax(fast, axis=1))
+        cuts.append(normalized_cut(graph, guess))
+    dist, weight = spread_labels(graph, seeds, 2, alpha=0.9, background="auto")
+    assert weight == BACKGROUNDS[int(np.argmin(cuts))]
+    np.testing.assert_array_equal(dist, batched[int(np.argmin(cuts))])
+    # a fixed weight is scikit-learn's own run
+    dist, weight = spread_labels(graph, seeds, 2, alpha=0.9, background=0.003)
+    assert weight == 0.003 and np.allclose(dist, _spread_once(graph, seeds, 2, 0.9, 0.003))
+    # the estimator reports what it chose, on both paths
+    assert SeedLabelSpreading(random_state=0).fit(slide.X, seeds, slide.coords).background_ in BACKGROUNDS
+    with pytest.raises(SeedError, match="'auto' or a weight"):
+        SeedLabelSpreading(background="sometimes").fit(slide.X, seeds)

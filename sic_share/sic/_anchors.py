@@ -21,19 +21,17 @@ click needs; ``sic-share sic`` builds the graph and spreads once.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import sparse
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
-from sklearn.semi_supervised import LabelSpreading
 
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._project import project
+from sic_share.sic._spread import spread_labels
 
 __all__ = ["AnchorGraph", "build_anchor_graph"]
 
@@ -79,8 +77,11 @@ class AnchorGraph:
     def matches(self, n_patches: int, key: tuple) -> bool:
         return self.n_patches == n_patches and self.key == key
 
-    def spread(self, seeds: np.ndarray, k: int, *, n_neighbors: int, alpha: float, background: float) -> np.ndarray:
+    def spread(self, seeds: np.ndarray, k: int, *, n_neighbors: int, alpha: float,
+               background: float | str) -> tuple[np.ndarray, float]:
         """Class probabilities of every patch, shape (n_patches, k), from ``seeds`` (class index, -1 none).
+
+        Returns them and the background weight used (see :func:`~sic_share.sic._spread.spread_labels`).
 
         Each seeded patch becomes a node joined to its ``n_neighbors`` nearest anchors;
         scikit-learn's ``LabelSpreading`` runs over anchors + seeds; every patch then
@@ -96,24 +97,14 @@ class AnchorGraph:
         link = sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, near.ravel())), shape=(q, m))
         graph = sparse.bmat([[self.graph, link.T], [link, None]], format="csr")
         labels = np.concatenate([np.full(m, -1, np.int64), seeds[seeded].astype(np.int64)])
-        size = m + q
-        if k == 2 and background > 0:
-            share = background**2 / (1 - background**2)
-            prior = sparse.diags(share * np.asarray(graph.sum(axis=1)).ravel())
-            graph = sparse.bmat([[graph, prior], [prior, None]], format="csr")
-            labels = np.concatenate([labels, np.zeros(size, np.int64)])
-        spreading = LabelSpreading(kernel=lambda *_: graph, alpha=alpha, max_iter=100, tol=1e-4)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            spreading.fit(np.zeros((labels.size, 1), np.float32), labels)
-        dist = np.zeros((m, k), dtype=np.float64)
-        dist[:, spreading.classes_] = spreading.label_distributions_[:m]
+        dist, weight = spread_labels(graph, labels, k, alpha=alpha, background=background)
+        dist = dist[:m]
         proba = np.asarray(self.extend @ dist)
         total = proba.sum(axis=1, keepdims=True)
         empty = total[:, 0] <= 0
         proba[empty] = 1.0 / k
         total[empty] = 1.0
-        return (proba / total).astype(np.float32)
+        return (proba / total).astype(np.float32), weight
 
 
 def build_anchor_graph(

@@ -21,16 +21,13 @@ The registry behind ``--method`` (:func:`create_method`, :func:`list_methods`) i
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestCentroid, NearestNeighbors
 from sklearn.preprocessing import StandardScaler
-from sklearn.semi_supervised import LabelSpreading
 from sklearn.utils import check_random_state
 
 from sic_share.errors import SeedError
@@ -39,6 +36,7 @@ from sic_share.sic._confidence import check_smooth, finish_labels
 from sic_share.sic._grid import grid_graph
 from sic_share.sic._kmeans import check_embeddings, check_seeds
 from sic_share.sic._project import project
+from sic_share.sic._spread import spread_labels
 from sic_share.sic._registry import DEFAULT_METHOD, MethodInfo, create_method, list_methods, method_info
 
 __all__ = [
@@ -252,7 +250,7 @@ class SeedLabelSpreading(_SeedMethod):
     _name = "label spreading"
 
     def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 10, alpha: float = 0.9,
-                 grid_weight: float = 1.0, background: float = 0.002, normalize: bool = False,
+                 grid_weight: float = 1.0, background: float | str = "auto", normalize: bool = False,
                  n_components: int | None = 32, smooth: float = 0.0, random_state=None) -> None:
         self.n_classes = n_classes
         self.n_neighbors = n_neighbors
@@ -271,8 +269,8 @@ class SeedLabelSpreading(_SeedMethod):
             raise SeedError(f"alpha={self.alpha!r} should be in (0, 1)")
         if not (isinstance(self.grid_weight, int | float) and self.grid_weight >= 0):
             raise SeedError(f"grid_weight={self.grid_weight!r} should be a number >= 0")
-        if not (isinstance(self.background, int | float) and 0 <= self.background < 1):
-            raise SeedError(f"background={self.background!r} should be in [0, 1)")
+        if self.background != "auto" and not (isinstance(self.background, int | float) and 0 <= self.background < 1):
+            raise SeedError(f"background={self.background!r} should be 'auto' or a weight in [0, 1)")
 
     def _proba(self, Z, seeds, k, coords, rng):
         """The exact path (at most ``GRAPH_SAMPLE`` patches): a kNN graph over every patch, plus grid edges."""
@@ -286,21 +284,9 @@ class SeedLabelSpreading(_SeedMethod):
         graph = graph.maximum(graph.T).tocsr()
         if coords is not None and self.grid_weight > 0:
             graph = (graph + self.grid_weight * _similar_grid(Z, coords, dist_k[:, -1])).tocsr()
-        ys = seeds
-        if k == 2 and self.background > 0:
-            # A private negative node per patch, joined with background x its degree (see Notes).
-            share = self.background**2 / (1 - self.background**2)  # the sink's normalised weight is `background`
-            prior = sparse.diags(share * np.asarray(graph.sum(axis=1)).ravel())
-            graph = sparse.bmat([[graph, prior], [prior, None]], format="csr")
-            ys = np.concatenate([ys, np.zeros(m, dtype=ys.dtype)])
         self.graph_seconds_ = time.perf_counter() - start
         self.graph_edges_ = int(graph.nnz)
-        spreading = LabelSpreading(kernel=_Fixed(graph), alpha=self.alpha, max_iter=100, tol=1e-4)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            spreading.fit(np.zeros((ys.size, 1), np.float32), ys)
-        dist = np.zeros((m, k), dtype=np.float64)
-        dist[:, spreading.classes_] = spreading.label_distributions_[:m]
+        dist, self.background_ = spread_labels(graph, seeds, k, alpha=self.alpha, background=self.background)
         empty = dist.sum(axis=1) == 0
         dist[empty] = 1.0 / k
         dist /= dist.sum(axis=1, keepdims=True)
@@ -347,7 +333,8 @@ class SeedLabelSpreading(_SeedMethod):
         if coords is not None and prepared.walk is None:
             raise SeedError("prepared was built without coords: call prepare(X, coords) with them")
         self.components_, self.n_classes_ = prepared.components, k
-        proba = prepared.spread(seeds, k, n_neighbors=self.n_neighbors, alpha=self.alpha, background=self.background)
+        proba, self.background_ = prepared.spread(seeds, k, n_neighbors=self.n_neighbors, alpha=self.alpha,
+                                                  background=self.background)
         # A large slide's graph has no grid edges: smooth on the grid instead (0.5 unless set, see Notes).
         weight = smooth if smooth or coords is None else 0.5
         self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, weight, clamp=True,
@@ -368,13 +355,3 @@ def _similar_grid(Z: np.ndarray, coords: np.ndarray, scale: np.ndarray) -> spars
     d2 = ((Z[i] - Z[j]) ** 2).sum(axis=1)
     s2 = np.maximum(scale[i] * scale[j], 1e-12)
     return sparse.csr_matrix((np.exp(-d2 / s2).astype(np.float32), (i, j)), shape=grid.shape)
-
-
-class _Fixed:
-    """A LabelSpreading kernel that returns a graph built beforehand (scikit-learn calls ``kernel(X, X)``)."""
-
-    def __init__(self, graph: sparse.csr_matrix) -> None:
-        self.graph = graph
-
-    def __call__(self, X: np.ndarray, Y: np.ndarray) -> sparse.csr_matrix:
-        return self.graph
