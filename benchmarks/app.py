@@ -102,10 +102,6 @@ def browser_part(dataset: Path, home: Path, truth: np.ndarray, clicks: int) -> d
             page.goto(url)
             page.wait_for_function("window.sicApp && sicApp.ready && sicApp.viewerOpen", timeout=120_000, polling=20)
             t_view = time.perf_counter() - t0
-            # A user looks before the first click; meanwhile Chromium finishes its own start-up work
-            # (on this 2-core machine about 3 s of background CPU after the first view), which would
-            # otherwise share the cores with the first clicks' fits.
-            page.wait_for_timeout(3000)
             rng = np.random.default_rng(2)
             latencies, stages = [], []
             revision = page.evaluate("sicApp.revision")

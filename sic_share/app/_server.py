@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import webbrowser
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -120,6 +120,8 @@ class Prepared:
     views: Views
     tiles: SlideTiles | None
     slide: CachedSlide
+    #: Set once a page has fetched the map, its last request before the first view (see :func:`launch`).
+    page_loaded: threading.Event = field(default_factory=threading.Event)
 
 
 def prepare(dataset: str | os.PathLike[str], *, slide_id: str | None = None, hub: str | None = None,
@@ -277,7 +279,9 @@ def build(prepared: Prepared) -> Any:
         return download(*await run_in_threadpool(lambda: session.export(fmt, tiles=tiles_too)))
 
     async def map_png(request: Request) -> Response:
-        return Response(await run_in_threadpool(views.map_png), media_type="image/png")
+        response = Response(await run_in_threadpool(views.map_png), media_type="image/png")
+        prepared.page_loaded.set()
+        return response
 
     async def dzi(request: Request) -> Response:
         if tiles is None:
@@ -400,8 +404,14 @@ def launch(
         if on_ready is not None:
             on_ready(AppInfo(url, prepared.slide.slide_id, prepared.slide.source, len(prepared.slide),
                              time.perf_counter() - start, None if tiles is None else str(tiles.path)))
-        # the first click's work (scikit-learn's import, the slide's spreading graph) starts now, not on the click
-        threading.Thread(target=prepared.session.warm, daemon=True, name="sic-share-warm").start()
+        # The first click's work (scikit-learn's import, the slide's spreading graph) runs before the click:
+        # once the page has what it draws first (the import holds the GIL and would slow those answers),
+        # or after a few seconds when no page comes.
+        def warm() -> None:
+            prepared.page_loaded.wait(timeout=3.0)
+            prepared.session.warm()
+
+        threading.Thread(target=warm, daemon=True, name="sic-share-warm").start()
         if open_browser:
             threading.Thread(target=_open_when_started, args=(server, url), daemon=True).start()
         try:

@@ -222,6 +222,9 @@
     S.W = info.image ? info.image.width : mapWidth;
     viewer = OpenSeadragon({
       id: "slide", prefixUrl: "/static/openseadragon/images/", showNavigator: true, navigatorPosition: "BOTTOM_RIGHT",
+      // 2-D canvas, not WebGL: without a GPU (remote desktops, headless tests) WebGL is emulated in software,
+      // which took 0.6 s to start and most of a core while redrawing; a slide and a few layers need no WebGL.
+      drawer: "canvas",
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true }, maxZoomPixelRatio: 8,
       animationTime: 0.4, showRotationControl: false,
       tileSources: info.image ? info.image.dzi : { type: "image", url: info.map.url, buildPyramid: true },
@@ -247,6 +250,7 @@
       applyOpacity();
       drawOverlay(); drawSeeds(); drawConfidence();
       S.viewerOpen = true;
+      if (S.startMarks) S.startMarks.viewerOpen = performance.now();
       S.viewer = viewer;
     });
 
@@ -591,6 +595,7 @@
       request("/api/arrays.bin").then((r) => r.arrayBuffer()),
       request("/api/state.bin").then((r) => r.arrayBuffer()),
     ]);
+    const marks = { fetched: performance.now() - t0 };
     S.info = info;
     S.grid = info.grid;
     const a = unpack(arrays).arrays;
@@ -601,11 +606,16 @@
     $("slide-name").textContent = info.slide_id;
     $("slide-info").textContent = `${info.source} · ${info.n_patches.toLocaleString()} patches · ${info.model} (${info.dim}-d)` +
       (info.image ? ` · image ${info.image.name}` : " · no pixels: embedding map") + ` · ${info.projection}`;
+    marks.unpacked = performance.now() - t0;
     setupControls();
+    marks.controls = performance.now() - t0;
     setupSlide();
+    marks.slide = performance.now() - t0;
     setupScatter();
+    marks.scatter = performance.now() - t0;
     applyState(unpack(state));
     S.startupMs = performance.now() - t0;
+    S.startMarks = { ...marks, drawn: S.startupMs, sincePageStart: performance.now() };
     S.ready = true;
   }
 
