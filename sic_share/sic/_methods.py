@@ -226,7 +226,13 @@ class SeedLabelSpreading(_SeedMethod):
         How far labels spread: the share of a patch's value taken from its neighbours
         at each step (scikit-learn's ``alpha``).
     grid_weight : float >= 0, default=1.0
-        Weight of a grid edge relative to an embedding edge; 0 leaves space out.""" + _COMMON_DOC.format(
+        Weight of a grid edge relative to an embedding edge; 0 leaves space out.
+    background : "auto" or float in [0, 1), default="auto"
+        Two classes only: the weight of each patch's link to a private negative node,
+        so that a patch no seed explains leans to the first class (everything else).
+        "auto" spreads with 0.001, 0.002 and 0.004 and keeps the labels with the
+        smallest normalized cut of the graph (:mod:`sic_share.sic._spread`); the weight
+        used is ``background_``.""" + _COMMON_DOC.format(
         smooth="0.0", more=" and the graph's sample on large slides") + """
     Notes
     -----
