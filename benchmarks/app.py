@@ -203,10 +203,11 @@ def run(n: int, dim: int, browser_max: int, root: Path) -> None:
               f"(target < {budget * 1000:.0f} ms) = {p(times, 95) / t_np:.2f} x numpy.load of the matrix")
     if with_parquet and Path(CHROMIUM).exists():
         got = browser_part(root / f"ds-{n}", home, truth, 20)
+        start_target = "target < 3 s" if n <= 100_000 else "the issue sets no start target at this size"
         print(f"app start (warm cache) to listening {got['listen']:.2f} s, to first interactive view in Chromium "
-              f"{got['view']:.2f} s (target < 3 s) = {got['view'] / t_np:.1f} x numpy.load of the matrix")
+              f"{got['view']:.2f} s ({start_target}) = {got['view'] / t_np:.1f} x numpy.load of the matrix")
         print(f"click to overlay, end to end in Chromium (spreading, the default): p50 {got['p50'] * 1000:.0f} ms, "
-              f"p95 {got['p95'] * 1000:.0f} ms (target < 250 ms)")
+              f"p95 {got['p95'] * 1000:.0f} ms (target < {250 if n <= 100_000 else 1000} ms)")
         print("  median per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in got["stages"].items()))
 
 
