@@ -220,13 +220,14 @@ class SeedLabelSpreading(_SeedMethod):
 
     Parameters
     ----------
-    n_neighbors : int, default=10
+    n_neighbors : int, default=7
         Embedding neighbours per patch (exact, scikit-learn ``NearestNeighbors``).
     alpha : float in (0, 1), default=0.9
         How far labels spread: the share of a patch's value taken from its neighbours
         at each step (scikit-learn's ``alpha``).
-    grid_weight : float >= 0, default=1.0
+    grid_weight : float >= 0, default=2.0
         Weight of a grid edge relative to an embedding edge; 0 leaves space out.
+        (7 neighbours and 2.0 were chosen on the tuning families, docs/sic.md.)
     background : "auto" or float in [0, 1), default="auto"
         Two classes only: the weight of each patch's link to a private negative node,
         so that a patch no seed explains leans to the first class (everything else).
@@ -255,8 +256,8 @@ class SeedLabelSpreading(_SeedMethod):
 
     _name = "label spreading"
 
-    def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 10, alpha: float = 0.9,
-                 grid_weight: float = 1.0, background: float | str = "auto", normalize: bool = False,
+    def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 7, alpha: float = 0.9,
+                 grid_weight: float = 2.0, background: float | str = "auto", normalize: bool = False,
                  n_components: int | None = 32, smooth: float = 0.0, random_state=None) -> None:
         self.n_classes = n_classes
         self.n_neighbors = n_neighbors
