@@ -287,7 +287,7 @@ def main() -> None:
     for n in (10_000,):
         r = _child(_CHILD, str(n), str(DIM), DEFAULT_METHOD)
         print(f"  {DEFAULT_METHOD:9s} {n:>9,} x {DIM}: neighbour graph {r['graph']:.2f} s ({r['edges']:,} edges):"
-              " the anchors' graph has 4,096 nodes at any n; each patch searches about 256 of them")
+              " the anchors' graph has 4,096 nodes at any n; each patch searches about 96 of them")
     sub = 10_000
     a = _child(_AUTHORS, "100000", str(DIM), str(sub), str(Path(__file__).resolve().parent))
     authors_100k = a["authors"] * 100_000 / a["rows"]

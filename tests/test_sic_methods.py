@@ -384,3 +384,22 @@ def test_background_auto_is_scikit_learns_spreading_at_the_weight_that_cuts_leas
     assert SeedLabelSpreading(random_state=0).fit(slide.X, seeds, slide.coords).background_ in BACKGROUNDS
     with pytest.raises(SeedError, match="'auto' or a weight"):
         SeedLabelSpreading(background="sometimes").fit(slide.X, seeds)
+
+
+def test_grid_neighbours_by_table_and_by_search_agree():
+    """grid_graph's table lookup and its binary-search fallback find the same pairs (gaps, repeats, edges)."""
+    from sic_share.sic._grid import _neighbour_pairs, grid_graph
+
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(40), np.arange(25)), -1).reshape(-1, 2)
+    cells = grid[rng.random(len(grid)) < 0.7]
+    cells = np.vstack([cells, cells[:9]])  # two patches on one cell
+    width = int(cells[:, 0].max()) + 3
+    key = (cells[:, 1] + 1) * width + (cells[:, 0] + 1)
+    by_table = set(zip(*map(np.ndarray.tolist, _neighbour_pairs(key, width, dense=True))))
+    by_search = set(zip(*map(np.ndarray.tolist, _neighbour_pairs(key, width, dense=False))))
+    assert by_table == by_search and len(by_table) > 2 * len(cells)
+    graph = grid_graph(cells * 256 + 128)
+    assert graph.nnz == len(by_table) and (graph.data == 1).all()
+    scattered = np.array([[0, 0], [256, 0], [10**9, 10**9]])  # a bounding box far larger than its patches
+    assert grid_graph(scattered).nnz == 2
