@@ -386,20 +386,28 @@ def test_background_auto_is_scikit_learns_spreading_at_the_weight_that_cuts_leas
         SeedLabelSpreading(background="sometimes").fit(slide.X, seeds)
 
 
-def test_grid_neighbours_by_table_and_by_search_agree():
-    """grid_graph's table lookup and its binary-search fallback find the same pairs (gaps, repeats, edges)."""
-    from sic_share.sic._grid import _neighbour_pairs, grid_graph
+def test_grid_neighbours_with_gaps_repeats_and_scattered_centres():
+    """grid_graph joins exactly the patches whose cells touch (sides and corners), each pair once."""
+    from sic_share.sic._grid import grid_graph
 
     rng = np.random.default_rng(3)
     grid = np.stack(np.meshgrid(np.arange(40), np.arange(25)), -1).reshape(-1, 2)
     cells = grid[rng.random(len(grid)) < 0.7]
     cells = np.vstack([cells, cells[:9]])  # two patches on one cell
-    width = int(cells[:, 0].max()) + 3
-    key = (cells[:, 1] + 1) * width + (cells[:, 0] + 1)
-    by_table = set(zip(*map(np.ndarray.tolist, _neighbour_pairs(key, width, dense=True))))
-    by_search = set(zip(*map(np.ndarray.tolist, _neighbour_pairs(key, width, dense=False))))
-    assert by_table == by_search and len(by_table) > 2 * len(cells)
-    graph = grid_graph(cells * 256 + 128)
-    assert graph.nnz == len(by_table) and (graph.data == 1).all()
+    graph = grid_graph(cells * 256 + 128).tocoo()
+    found = set(zip(graph.row.tolist(), graph.col.tolist()))
+    # by brute force: each patch to the first patch of every touching cell (a repeated cell is reached
+    # through its first patch, the one the sorted lookup finds)
+    first = {}
+    for index, cell in enumerate(map(tuple, cells.tolist())):
+        first.setdefault(cell, index)
+    expected = set()
+    for i, (x, y) in enumerate(cells.tolist()):
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                j = first.get((x + dx, y + dy))
+                if (dx or dy) and j is not None:
+                    expected.add((i, j))
+    assert found == expected and len(found) > 2 * len(cells) and (graph.data == 1).all()
     scattered = np.array([[0, 0], [256, 0], [10**9, 10**9]])  # a bounding box far larger than its patches
     assert grid_graph(scattered).nnz == 2

@@ -250,8 +250,7 @@
       applyOpacity();
       drawOverlay(); drawSeeds(); drawConfidence();
       S.viewerOpen = true;
-      if (S.startMarks) S.startMarks.viewerOpen = performance.now();
-      S.viewer = viewer;
+      mark("viewerOpen");
     });
 
     const toLevel0 = (position) => {
@@ -588,14 +587,19 @@
   };
 
   // -- start ---------------------------------------------------------------------------------------
+  // ms from start() to each step of the first view (the viewer opens last, once the map has loaded)
+  S.startMarks = {};
+  let t0 = 0;
+  function mark(name) { S.startMarks[name] = performance.now() - t0; }
+
   async function start() {
-    const t0 = performance.now();
+    t0 = performance.now();
     const [info, arrays, state] = await Promise.all([
       request("/api/info").then((r) => r.json()),
       request("/api/arrays.bin").then((r) => r.arrayBuffer()),
       request("/api/state.bin").then((r) => r.arrayBuffer()),
     ]);
-    const marks = { fetched: performance.now() - t0 };
+    mark("fetched");
     S.info = info;
     S.grid = info.grid;
     const a = unpack(arrays).arrays;
@@ -606,16 +610,16 @@
     $("slide-name").textContent = info.slide_id;
     $("slide-info").textContent = `${info.source} · ${info.n_patches.toLocaleString()} patches · ${info.model} (${info.dim}-d)` +
       (info.image ? ` · image ${info.image.name}` : " · no pixels: embedding map") + ` · ${info.projection}`;
-    marks.unpacked = performance.now() - t0;
+    mark("unpacked");
     setupControls();
-    marks.controls = performance.now() - t0;
+    mark("controls");
     setupSlide();
-    marks.slide = performance.now() - t0;
+    mark("slide");
     setupScatter();
-    marks.scatter = performance.now() - t0;
+    mark("scatter");
     applyState(unpack(state));
     S.startupMs = performance.now() - t0;
-    S.startMarks = { ...marks, drawn: S.startupMs, sincePageStart: performance.now() };
+    mark("drawn");
     S.ready = true;
   }
 

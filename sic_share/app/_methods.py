@@ -85,8 +85,7 @@ def fit_method(method: Method, rule: str | None, X: np.ndarray, seeds: np.ndarra
     stores it there on the first fit and reuses it on every later one, so a click
     costs the per-seeds work only.
     """
-    estimator = method.make(n_classes=n_classes, rule=rule or (method.rules[0] if method.rules else None),
-                            random_state=random_state)
+    estimator = _make(method, rule, n_classes, random_state)
     kept = _prepared(estimator, method, X, coords, prepared)
     if kept is not None:
         estimator.fit(X, seeds, coords, prepared=kept)
@@ -105,9 +104,13 @@ def prepare_method(method: Method, rule: str | None, X: np.ndarray, *, random_st
     The app calls it in the background once it listens, so that the first click
     costs what every later one costs. A method without such a part does nothing.
     """
-    estimator = method.make(n_classes=2, rule=rule or (method.rules[0] if method.rules else None),
-                            random_state=random_state)
-    _prepared(estimator, method, X, coords, prepared)
+    _prepared(_make(method, rule, 2, random_state), method, X, coords, prepared)
+
+
+def _make(method: Method, rule: str | None, n_classes: int, random_state: int) -> Any:
+    """An unfitted estimator of ``method`` (its first rule when ``rule`` is None)."""
+    return method.make(n_classes=n_classes, rule=rule or (method.rules[0] if method.rules else None),
+                       random_state=random_state)
 
 
 def _prepared(estimator: Any, method: Method, X: np.ndarray, coords: np.ndarray | None,

