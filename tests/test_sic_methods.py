@@ -386,6 +386,32 @@ def test_background_auto_is_scikit_learns_spreading_at_the_weight_that_cuts_leas
         SeedLabelSpreading(background="sometimes").fit(slide.X, seeds)
 
 
+def test_background_auto_judges_each_weight_by_the_labels_the_user_will_see():
+    """With a judge (the method's grid smoothing), "auto" keeps the weight whose judged labels cut least."""
+    from scipy import sparse
+    from sklearn.neighbors import kneighbors_graph
+
+    from sic_share.sic._grid import grid_walk, smooth_with_walk
+    from sic_share.sic._spread import BACKGROUNDS, _spread_with_backgrounds, normalized_cut, spread_labels
+
+    slide = FAMILIES["subspace"](2, n_patches=900)
+    seeds = draw_seeds(slide.y, 3, random_state=2)
+    graph = kneighbors_graph(slide.X.astype(np.float32), 7)
+    graph = sparse.csr_matrix(graph.maximum(graph.T))
+    walk = grid_walk(grid_graph(slide.coords))
+
+    def judge(dist):
+        return np.where(seeds >= 0, seeds, smooth_with_walk(dist, walk, weight=0.5).argmax(1))
+
+    cuts = [normalized_cut(graph, judge(d)) for d in _spread_with_backgrounds(graph, seeds, 0.9, BACKGROUNDS)]
+    _, weight = spread_labels(graph, seeds, 2, alpha=0.9, background="auto", judge=judge)
+    assert weight == BACKGROUNDS[int(np.argmin(cuts))]
+    # the estimator's labels are those of a fixed-weight fit at the weight it chose
+    auto = SeedLabelSpreading(random_state=0).fit(slide.X, seeds, slide.coords)
+    fixed = SeedLabelSpreading(random_state=0, background=auto.background_).fit(slide.X, seeds, slide.coords)
+    np.testing.assert_array_equal(auto.labels_, fixed.labels_)
+
+
 def test_grid_neighbours_with_gaps_repeats_and_scattered_centres():
     """grid_graph joins exactly the patches whose cells touch (sides and corners), each pair once."""
     from sic_share.sic._grid import grid_graph

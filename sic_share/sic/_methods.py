@@ -32,8 +32,8 @@ from sklearn.utils import check_random_state
 
 from sic_share.errors import SeedError
 from sic_share.sic._anchors import AnchorGraph, build_anchor_graph
-from sic_share.sic._confidence import check_smooth, finish_labels
-from sic_share.sic._grid import grid_graph
+from sic_share.sic._confidence import check_smooth, final_labels, finish_labels
+from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._kmeans import check_embeddings, check_seeds
 from sic_share.sic._project import project
 from sic_share.sic._spread import spread_labels
@@ -231,10 +231,10 @@ class SeedLabelSpreading(_SeedMethod):
     background : "auto" or float in [0, 1), default="auto"
         Two classes only: the weight of each patch's link to a private negative node,
         so that a patch no seed explains leans to the first class (everything else).
-        "auto" spreads with 0.001, 0.002 and 0.004 and keeps the labels with the
-        smallest normalized cut of the graph (:mod:`sic_share.sic._spread`); the weight
-        used is ``background_``.""" + _COMMON_DOC.format(
-        smooth="0.0", more=" and the graph's sample on large slides") + """
+        "auto" spreads with 0.001, 0.002 and 0.004 and keeps the one whose final
+        labels (after ``smooth``) have the smallest normalized cut of the graph
+        (:mod:`sic_share.sic._spread`); the weight used is ``background_``.""" + _COMMON_DOC.format(
+        smooth="0.5", more=" and the graph's sample on large slides") + """
     Notes
     -----
     **Cost at scale.** An exact kNN graph is quadratic, so above ``GRAPH_SAMPLE`` =
@@ -244,8 +244,8 @@ class SeedLabelSpreading(_SeedMethod):
     seeds (:meth:`prepare`, one brute-force pass, O(n x 4096 x n_components)); each
     seed joins as a node linked to its nearest anchors, labels spread over anchors
     and seeds, and every patch takes the weighted mean of its anchors' labels,
-    then the grid smoothing (``smooth``, or 0.5 when 0 and ``coords`` are given)
-    brings back the grid neighbours the anchors lack. An app that re-fits one
+    then the grid smoothing (``smooth``) brings back the grid neighbours the
+    anchors lack. An app that re-fits one
     slide per click calls :meth:`prepare` once and passes it to ``fit(...,
     prepared=)``: a fit then costs milliseconds. ``benchmarks/sic.py`` measures
     both at 100k and 1M patches.
@@ -258,7 +258,7 @@ class SeedLabelSpreading(_SeedMethod):
 
     def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 7, alpha: float = 0.9,
                  grid_weight: float = 2.0, background: float | str = "auto", normalize: bool = False,
-                 n_components: int | None = 32, smooth: float = 0.0, random_state=None) -> None:
+                 n_components: int | None = 32, smooth: float = 0.5, random_state=None) -> None:
         self.n_classes = n_classes
         self.n_neighbors = n_neighbors
         self.alpha = alpha
@@ -289,15 +289,19 @@ class SeedLabelSpreading(_SeedMethod):
         rows = np.repeat(np.arange(m), idx.shape[1])
         graph = sparse.csr_matrix((np.ones(rows.size), (rows, idx.ravel())), shape=(m, m))
         graph = graph.maximum(graph.T).tocsr()
-        if coords is not None and self.grid_weight > 0:
-            graph = (graph + self.grid_weight * _similar_grid(Z, coords, dist_k[:, -1])).tocsr()
+        grid = grid_graph(coords) if coords is not None else None
+        if grid is not None and self.grid_weight > 0:
+            graph = (graph + self.grid_weight * _similar_grid(Z, grid, dist_k[:, -1])).tocsr()
         self.graph_seconds_ = time.perf_counter() - start
         self.graph_edges_ = int(graph.nnz)
-        dist, self.background_ = spread_labels(graph, seeds, k, alpha=self.alpha, background=self.background)
-        empty = dist.sum(axis=1) == 0
-        dist[empty] = 1.0 / k
-        dist /= dist.sum(axis=1, keepdims=True)
-        return dist
+        walk = grid_walk(grid) if grid is not None and self.smooth > 0 else None
+
+        def judge(dist: np.ndarray) -> np.ndarray:  # the labels fit will return, for the background choice
+            return final_labels(_filled(dist, k), seeds, walk, float(self.smooth))
+
+        dist, self.background_ = spread_labels(graph, seeds, k, alpha=self.alpha, background=self.background,
+                                               judge=judge)
+        return _filled(dist, k)
 
     def _graph_key(self) -> tuple:
         seed = self.random_state if isinstance(self.random_state, int | None) else id(self.random_state)
@@ -340,16 +344,24 @@ class SeedLabelSpreading(_SeedMethod):
         if coords is not None and prepared.walk is None:
             raise SeedError("prepared was built without coords: call prepare(X, coords) with them")
         self.components_, self.n_classes_ = prepared.components, k
+        weight = smooth if coords is not None else 0.0
+        # The background weight is judged on the anchors' own labels here: judging the smoothed labels of
+        # every patch, as the exact path does, cost 60 ms a click at 100k and no F1 (docs/sic.md).
         proba, self.background_ = prepared.spread(seeds, k, n_neighbors=self.n_neighbors, alpha=self.alpha,
                                                   background=self.background)
-        # A large slide's graph has no grid edges: smooth on the grid instead (0.5 unless set, see Notes).
-        weight = smooth if smooth or coords is None else 0.5
         self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, weight, clamp=True,
                                                                     walk=prepared.walk)
         return self
 
 
-def _similar_grid(Z: np.ndarray, coords: np.ndarray, scale: np.ndarray) -> sparse.csr_matrix:
+def _filled(dist: np.ndarray, k: int) -> np.ndarray:
+    """Spread distributions as probabilities: rows summing to 1, equal for a node no label reached."""
+    dist = dist.copy()
+    dist[dist.sum(axis=1) == 0] = 1.0 / k
+    return dist / dist.sum(axis=1, keepdims=True)
+
+
+def _similar_grid(Z: np.ndarray, grid: sparse.csr_matrix, scale: np.ndarray) -> sparse.csr_matrix:
     """Grid-neighbour edges weighted by embedding similarity, ``exp(-d^2 / (s_i s_j))``.
 
     ``s_i`` is the distance of patch ``i`` to its k-th embedding neighbour (the
@@ -357,7 +369,7 @@ def _similar_grid(Z: np.ndarray, coords: np.ndarray, scale: np.ndarray) -> spars
     look alike are joined with weight near 1, a grid edge across a tissue border
     with weight near 0, so space links regions without leaking labels across them.
     """
-    grid = grid_graph(coords).tocoo()
+    grid = grid.tocoo()
     i, j = grid.row, grid.col
     d2 = ((Z[i] - Z[j]) ** 2).sum(axis=1)
     s2 = np.maximum(scale[i] * scale[j], 1e-12)

@@ -21,6 +21,7 @@ short, and both cut through dense parts of the graph.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy import sparse
@@ -69,11 +70,16 @@ def _spread_once(graph: sparse.csr_matrix, labels: np.ndarray, k: int, alpha: fl
 
 
 def spread_labels(graph: sparse.csr_matrix, labels: np.ndarray, k: int, *, alpha: float,
-                  background: float | str) -> tuple[np.ndarray, float]:
+                  background: float | str,
+                  judge: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, float]:
     """Class distributions of every node of ``graph`` from ``labels`` (class index, -1 none), and the weight used.
 
     ``background`` is a weight in [0, 1) or ``"auto"`` (the one of :data:`BACKGROUNDS`
     whose labels have the smallest :func:`normalized_cut` of ``graph``; module notes).
+    ``judge`` turns one weight's distributions into the labels of the nodes that the
+    cut is measured on: the caller's final labels, so the cut judges what the user
+    will see (the methods pass their grid smoothing here). Without it, the most
+    likely class of each node. Seeded nodes keep their class either way.
     Rows of a node no label reached are zero.
     """
     if k != 2 or background != "auto":
@@ -82,7 +88,7 @@ def spread_labels(graph: sparse.csr_matrix, labels: np.ndarray, k: int, *, alpha
     seeded = labels >= 0
     best = None
     for weight, dist in zip(BACKGROUNDS, _spread_with_backgrounds(graph, labels, alpha, BACKGROUNDS)):
-        guess = np.argmax(dist, axis=1)
+        guess = np.argmax(dist, axis=1) if judge is None else np.asarray(judge(dist))
         guess[seeded] = labels[seeded]
         cut = normalized_cut(graph, guess)
         if best is None or cut < best[0]:
