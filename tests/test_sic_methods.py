@@ -412,6 +412,53 @@ def test_background_auto_judges_each_weight_by_the_labels_the_user_will_see():
     np.testing.assert_array_equal(auto.labels_, fixed.labels_)
 
 
+def test_trim_returns_a_look_alike_no_seed_fell_in_and_keeps_a_region_the_seeds_cover():
+    """Hand-checked: 40 lesion patches + 120 look-alike ones labelled positive, 3 seeds in the lesion.
+
+    Seeds drawn at random from all 160 would all land in the lesion with chance (40/160)^3 = 1.6 % < 5 %,
+    and the two blobs are two bumps along the split: the look-alike goes back. One Gaussian blob cut in
+    two is not trimmed, nor a region whose parts both hold seeds, nor anything with a single seed.
+    """
+    from sic_share.sic._trim import unseeded_part
+
+    rng = np.random.default_rng(0)
+    Z = np.vstack([rng.normal(0, 1, (200, 4)), rng.normal([8, 0, 0, 0], 1, (40, 4)),
+                   rng.normal([8, 6, 0, 0], 1, (120, 4))]).astype(np.float32)
+    labels = np.r_[np.zeros(200, int), np.ones(160, int)]
+    seeds = np.full(360, -1)
+    seeds[:3] = 0
+    seeds[[200, 201, 202]] = 1
+    np.testing.assert_array_equal(unseeded_part(Z, labels, seeds, random_state=0), np.arange(240, 360))
+    both = seeds.copy()
+    both[300] = 1  # a seed in the look-alike too: it is part of what the user means
+    assert unseeded_part(Z, labels, both, random_state=0).size == 0
+    one = np.where(np.arange(360) == 200, 1, np.minimum(seeds, 0))
+    assert unseeded_part(Z, labels, one, random_state=0).size == 0
+    # one Gaussian cloud: its 2-means halves are not two bumps, so even 3 seeds in one half (and alpha 1,
+    # which lets any share pass) trim nothing
+    from sklearn.cluster import KMeans
+
+    blob = np.vstack([Z[:200], rng.normal([8, 0, 0, 0], 1, (160, 4)).astype(np.float32)])
+    half = KMeans(2, n_init=3, random_state=np.random.RandomState(0)).fit(blob[200:]).labels_
+    one_side = np.where(np.isin(np.arange(360), np.flatnonzero(half == 0)[:3] + 200), 1, np.minimum(seeds, 0))
+    assert unseeded_part(blob, labels, one_side, alpha=1.0, random_state=0).size == 0
+    assert unseeded_part(Z, labels, seeds, alpha=1.0, random_state=0).size == 120
+
+
+def test_spreading_trims_a_look_alike_and_reports_it(tmp_path):
+    """On a mosaic slide whose lesion has a look-alike sub-type, trimming lifts F1; labels stay argmax of proba_."""
+    slide = FAMILIES["mosaic"](10_020)
+    seeds = draw_seeds(slide.y, 3, random_state=20)
+    kept = SeedLabelSpreading(random_state=20, trim=False).fit(slide.X, seeds, slide.coords)
+    trimmed = SeedLabelSpreading(random_state=20).fit(slide.X, seeds, slide.coords)
+    assert kept.trimmed_ == 0 and trimmed.trimmed_ > 0
+    assert f1_score(slide.y, trimmed.labels_) > f1_score(slide.y, kept.labels_) + 0.3
+    np.testing.assert_array_equal(trimmed.labels_, trimmed.proba_.argmax(1))
+    np.testing.assert_allclose(trimmed.confidence_, kept.confidence_)
+    with pytest.raises(SeedError, match="trim='yes' should be True or False"):
+        SeedLabelSpreading(trim="yes").fit(slide.X, seeds)
+
+
 def test_grid_neighbours_with_gaps_repeats_and_scattered_centres():
     """grid_graph joins exactly the patches whose cells touch (sides and corners), each pair once."""
     from sic_share.sic._grid import grid_graph

@@ -37,6 +37,7 @@ from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._kmeans import check_embeddings, check_seeds
 from sic_share.sic._project import project
 from sic_share.sic._spread import spread_labels
+from sic_share.sic._trim import unseeded_part
 from sic_share.sic._registry import DEFAULT_METHOD, MethodInfo, create_method, list_methods, method_info
 
 __all__ = [
@@ -83,7 +84,11 @@ class _SeedMethod(ClusterMixin, BaseEstimator):
         self.n_classes_ = k
         proba = self._proba(Z, seeds, k, coords, rng)
         self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=True)
+        self._check_result(Z, seeds, rng)
         return self
+
+    def _check_result(self, Z: np.ndarray, seeds: np.ndarray, rng: np.random.RandomState) -> None:
+        """A last look at the labels in the working projection ``Z``; none by default."""
 
     def _checked(self, X, seeds, coords):
         """The inputs checked: ``(X, seeds, k, coords, smooth, rng)``, or one sentence on what is wrong."""
@@ -233,7 +238,12 @@ class SeedLabelSpreading(_SeedMethod):
         so that a patch no seed explains leans to the first class (everything else).
         "auto" spreads with 0.001, 0.002 and 0.004 and keeps the one whose final
         labels (after ``smooth``) have the smallest normalized cut of the graph
-        (:mod:`sic_share.sic._spread`); the weight used is ``background_``.""" + _COMMON_DOC.format(
+        (:mod:`sic_share.sic._spread`); the weight used is ``background_``.
+    trim : bool, default=True
+        Two classes: when every positive seed fell in one distinct part of the
+        positive class and that is unlikely by chance (:mod:`sic_share.sic._trim`),
+        the other part goes back to the negative class; ``trimmed_`` counts its
+        patches.""" + _COMMON_DOC.format(
         smooth="0.5", more=" and the graph's sample on large slides") + """
     Notes
     -----
@@ -257,13 +267,15 @@ class SeedLabelSpreading(_SeedMethod):
     _name = "label spreading"
 
     def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 7, alpha: float = 0.9,
-                 grid_weight: float = 2.0, background: float | str = "auto", normalize: bool = False,
-                 n_components: int | None = 32, smooth: float = 0.5, random_state=None) -> None:
+                 grid_weight: float = 2.0, background: float | str = "auto", trim: bool = True,
+                 normalize: bool = False, n_components: int | None = 32, smooth: float = 0.5,
+                 random_state=None) -> None:
         self.n_classes = n_classes
         self.n_neighbors = n_neighbors
         self.alpha = alpha
         self.grid_weight = grid_weight
         self.background = background
+        self.trim = trim
         self.normalize = normalize
         self.n_components = n_components
         self.smooth = smooth
@@ -278,6 +290,8 @@ class SeedLabelSpreading(_SeedMethod):
             raise SeedError(f"grid_weight={self.grid_weight!r} should be a number >= 0")
         if self.background != "auto" and not (isinstance(self.background, int | float) and 0 <= self.background < 1):
             raise SeedError(f"background={self.background!r} should be 'auto' or a weight in [0, 1)")
+        if not isinstance(self.trim, bool | np.bool_):
+            raise SeedError(f"trim={self.trim!r} should be True or False")
 
     def _proba(self, Z, seeds, k, coords, rng):
         """The exact path (at most ``GRAPH_SAMPLE`` patches): a kNN graph over every patch, plus grid edges."""
@@ -351,7 +365,19 @@ class SeedLabelSpreading(_SeedMethod):
                                                   background=self.background)
         self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, weight, clamp=True,
                                                                     walk=prepared.walk)
+        self._check_result(prepared.Z, seeds, check_random_state(self.random_state))
         return self
+
+    def _check_result(self, Z, seeds, rng):
+        """With ``trim`` and two classes: a distinct part of the positive class that no seed fell in goes back."""
+        self.trimmed_ = 0
+        if not self.trim or self.n_classes_ != 2:
+            return
+        rows = unseeded_part(Z, self.labels_, seeds, random_state=rng)
+        if rows.size:
+            self.labels_[rows] = 0
+            self.proba_[rows] = self.proba_[rows][:, ::-1]  # the labels stay the most likely class; same margin
+        self.trimmed_ = int(rows.size)
 
 
 def _filled(dist: np.ndarray, k: int) -> np.ndarray:
