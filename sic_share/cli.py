@@ -782,7 +782,7 @@ def sic(
     rule: Annotated[Optional[str], typer.Option("--rule", help="--method sic: 'structure' (ours, default), 'paper' (Algorithm 1 as published) or 'authors' (DEPICTER's code).")] = None,
     score: Annotated[Optional[str], typer.Option("--score", help="--method sic: score on the seeds, f1 (default) or accuracy.")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise embeddings first (DEPICTER does).")] = False,
-    smooth: Annotated[Optional[float], typer.Option("--smooth", help="Weight of grid neighbours when smoothing the result on the patch grid, 0-0.99 (0: off).")] = None,
+    smooth: Annotated[Optional[float], typer.Option("--smooth", help="Weight of grid neighbours when smoothing the result on the patch grid, 0-0.99 (0: off; default 0.5 for spreading, 0 for the others).")] = None,
     confidence: Annotated[bool, typer.Option("--confidence", help="Add per-patch confidence: a column (parquet, csv, tissuumaps) or QuPath measurements (geojson).")] = False,
     confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write the confidence as a PNG layer (red where the method hesitates).")] = None,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
