@@ -27,7 +27,7 @@ from sic_share.sic._grid import grid_graph, smooth_on_grid
 from sic_share.sic._sic import AD_CRITICAL, anderson_darling, split_is_significant
 
 METHODS = ["spreading", "sic", "prototype", "logreg"]
-SYNTHETIC = [f for f in FAMILIES if f != "real"]
+SYNTHETIC = [f for f in FAMILIES if not f.startswith("real")]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,24 @@ def test_the_real_family_is_real_embeddings_of_real_tissue(tiny_pool):
     for name in METHODS:
         est = create_method(name, random_state=0).fit(slide.X, seeds, slide.coords)
         assert est.labels_.shape == (300,)
+
+
+def test_the_held_out_real_family_is_another_network_on_new_crops(tiny_pool, tmp_path):
+    """real_lite2: EfficientNet-Lite2 on crops drawn with another seed; its slide i is not real's slide i."""
+    from sic_share.sic._families import REAL_POOLS, real_texture_pool
+
+    model, seed = REAL_POOLS["real_lite2"]
+    assert model == "efficientnet_lite2.in1k" and seed != REAL_POOLS["real"][1]
+    pool = real_texture_pool(tmp_path / "lite2.npz", model=model, per_class=4, random_state=seed)
+    assert set(pool) == set(tiny_pool) and all(v.shape[1] == 1280 for v in pool.values())
+    assert not any(np.allclose(pool[k], tiny_pool[k], atol=1e-2) for k in pool)  # another network's numbers
+    other = FAMILIES["real_lite2"](1, n_patches=300, pool=pool)
+    same_pool = FAMILIES["real_lite2"](1, n_patches=300, pool=tiny_pool)
+    first = FAMILIES["real"](1, n_patches=300, pool=tiny_pool)
+    assert other.X.shape == (300, 1280) and other.X.dtype == np.float16 and 0 < other.y.mean() < 0.5
+    assert not np.array_equal(same_pool.y, first.y)  # another layout stream
+    seeds = draw_seeds(other.y, 3, random_state=0)
+    assert create_method("spreading", random_state=0).fit(other.X, seeds, other.coords).labels_.shape == (300,)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -14,10 +14,12 @@ on every family; the tests run each family on small slides.
 | ``shapes`` | lesions of 1-40 %, 1-4 foci, irregular borders | size, spatial layout |
 | ``heterogeneous`` | a lesion of two sub-types far apart | one-blob assumptions |
 | ``real`` | EfficientNet-Lite0 (ImageNet) embeddings of real H&E tiles in mosaics | real features |
+| ``real_lite2`` | the same tissues seen by EfficientNet-Lite2, crops and layouts drawn anew | another real network |
 
-Dimensions are 64-1536 and float16 or float32, drawn per slide. The real family
-needs the texture pool of :func:`real_texture_pool` (torch, the ``export`` and
-``imagenet`` extras), computed once and cached as a small ``.npz``.
+Dimensions are 64-1536 and float16 or float32, drawn per slide. The real families
+need the texture pool of :func:`real_texture_pool` (torch, the ``export`` and
+``imagenet`` extras), computed once and cached as a small ``.npz``
+(:data:`REAL_POOLS` says which network and crop draw each family uses).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from sic_share.sic._synthetic import SyntheticSlide, make_slide
 
-__all__ = ["FAMILIES", "make_family_slide", "real_texture_pool"]
+__all__ = ["FAMILIES", "REAL_POOLS", "make_family_slide", "real_texture_pool"]
 
 _DIMS = (64, 128, 256, 384, 512, 768, 1024, 1280, 1536)
 
@@ -208,6 +210,9 @@ def heterogeneous(random_state: int, *, n_patches: int | None = None) -> Synthet
 _DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 _MODEL = "efficientnet_lite0.in1k"
 
+#: Per real family: the encoder that embeds its texture crops and the seed that draws them.
+REAL_POOLS: dict[str, tuple[str, int]] = {"real": (_MODEL, 0), "real_lite2": ("efficientnet_lite2.in1k", 1)}
+
 
 def _tiles(image: np.ndarray, keep: np.ndarray | None, count: int, sizes: tuple[int, ...],
            rng: np.random.Generator) -> list[np.ndarray]:
@@ -229,9 +234,9 @@ def _tiles(image: np.ndarray, keep: np.ndarray | None, count: int, sizes: tuple[
     return out
 
 
-def real_texture_pool(cache: str | os.PathLike[str] | None = None, *, per_class: int = 300,
+def real_texture_pool(cache: str | os.PathLike[str] | None = None, *, model: str = _MODEL, per_class: int = 300,
                       random_state: int = 0) -> dict[str, np.ndarray]:
-    """Embeddings of real H&E textures by EfficientNet-Lite0 with ImageNet weights, per texture class.
+    """Embeddings of real H&E textures by an ImageNet network (EfficientNet-Lite0 unless ``model``), per texture class.
 
     Classes: ``epidermis`` and ``dermis`` of the real slide in tests/data (split by its
     mask; glass left out), ``stardist`` (stardist's histo.jpg, dense nuclei) and
@@ -265,7 +270,7 @@ def real_texture_pool(cache: str | os.PathLike[str] | None = None, *, per_class:
         "carcinoma-a": (tia[:, :half], None, (64, 96, 128, 160)),
         "carcinoma-b": (tia[:, half:], None, (64, 96, 128, 160)),
     }
-    encoder = create_encoder(_MODEL)
+    encoder = create_encoder(model)
     pool = {}
     for name, (image, keep, sizes) in sources.items():
         feats = []
@@ -303,8 +308,26 @@ def real(random_state: int, *, n_patches: int | None = None, pool: dict[str, np.
     region's texture (1280-d, float16). Texture pools come from
     :func:`real_texture_pool`.
     """
-    rng = np.random.default_rng(random_state)
     pool = pool if pool is not None else real_texture_pool(cache)
+    return _real_mosaic(np.random.default_rng(random_state), pool, n_patches)
+
+
+def real_lite2(random_state: int, *, n_patches: int | None = None, pool: dict[str, np.ndarray] | None = None,
+               cache: str | os.PathLike[str] | None = None) -> SyntheticSlide:
+    """:func:`real`'s slides seen by another network: EfficientNet-Lite2 (ImageNet) embeddings of new crops.
+
+    The same four tissues, cropped anew (another seed) and embedded by a larger network
+    (1280-d, float16); layouts are drawn from another stream than :func:`real`'s, so
+    slide ``i`` of the two families differ. Added after every setting of the methods
+    was chosen, and never used to choose one: the held-out real family.
+    """
+    model, seed = REAL_POOLS["real_lite2"]
+    pool = pool if pool is not None else real_texture_pool(cache, model=model, random_state=seed)
+    return _real_mosaic(np.random.default_rng([random_state, 2]), pool, n_patches)
+
+
+def _real_mosaic(rng: np.random.Generator, pool: dict[str, np.ndarray], n_patches: int | None) -> SyntheticSlide:
+    """One slide of the real families: a mosaic of 2-3 textures of ``pool`` and a lesion of another."""
     names = sorted(pool)
     n = n_patches or int(rng.integers(800, 2000))
     grid, coords, side = _grid(n)
@@ -323,7 +346,7 @@ def real(random_state: int, *, n_patches: int | None = None, pool: dict[str, np.
     return SyntheticSlide(coords, X, lesion.astype(np.int64), region, -1)
 
 
-#: The families, by name; ``real`` needs its texture pool (see :func:`real_texture_pool`).
+#: The families, by name; the real ones need their texture pools (see :data:`REAL_POOLS`).
 FAMILIES: dict[str, Callable[..., SyntheticSlide]] = {
     "mosaic": mosaic,
     "subspace": subspace,
@@ -331,6 +354,7 @@ FAMILIES: dict[str, Callable[..., SyntheticSlide]] = {
     "shapes": shapes,
     "heterogeneous": heterogeneous,
     "real": real,
+    "real_lite2": real_lite2,
 }
 
 

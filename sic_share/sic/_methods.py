@@ -255,9 +255,8 @@ class SeedLabelSpreading(_SeedMethod):
     seed joins as a node linked to its nearest anchors, labels spread over anchors
     and seeds, and every patch takes the weighted mean of its anchors' labels,
     then the grid smoothing (``smooth``) brings back the grid neighbours the
-    anchors lack. An app that re-fits one
-    slide per click calls :meth:`prepare` once and passes it to ``fit(...,
-    prepared=)``: a fit then costs milliseconds. ``benchmarks/sic.py`` measures
+    anchors lack. An app that re-fits one slide per click calls :meth:`prepare`
+    once and passes it to ``fit(..., prepared=)``: a fit then costs milliseconds. ``benchmarks/sic.py`` measures
     both at 100k and 1M patches.
 
     **Unreached patches.** A patch in a graph component without seeds receives no
@@ -358,12 +357,11 @@ class SeedLabelSpreading(_SeedMethod):
         if coords is not None and prepared.walk is None:
             raise SeedError("prepared was built without coords: call prepare(X, coords) with them")
         self.components_, self.n_classes_ = prepared.components, k
-        weight = smooth if coords is not None else 0.0
         # The background weight is judged on the anchors' own labels here: judging the smoothed labels of
         # every patch, as the exact path does, cost 60 ms a click at 100k and no F1 (docs/sic.md).
         proba, self.background_ = prepared.spread(seeds, k, n_neighbors=self.n_neighbors, alpha=self.alpha,
                                                   background=self.background)
-        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, weight, clamp=True,
+        self.proba_, self.labels_, self.confidence_ = finish_labels(proba, seeds, coords, smooth, clamp=True,
                                                                     walk=prepared.walk)
         self._check_result(prepared.Z, seeds, check_random_state(self.random_state))
         return self
