@@ -32,7 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._project import project
-from sic_share.sic._spread import spread_labels
+from sic_share.sic._spread import ANCHOR_BACKGROUNDS, spread_labels
 
 __all__ = ["AnchorGraph", "build_anchor_graph"]
 
@@ -99,7 +99,8 @@ class AnchorGraph:
         link = sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, near.ravel())), shape=(q, m))
         graph = sparse.bmat([[self.graph, link.T], [link, None]], format="csr")
         labels = np.concatenate([np.full(m, -1, np.int64), seeds[seeded].astype(np.int64)])
-        dist, weight = spread_labels(graph, labels, k, alpha=alpha, background=background)
+        dist, weight = spread_labels(graph, labels, k, alpha=alpha, background=background,
+                                     candidates=ANCHOR_BACKGROUNDS)
         dist = dist[:m]
         proba = np.asarray(self.extend @ dist)
         total = proba.sum(axis=1, keepdims=True)

@@ -236,9 +236,11 @@ class SeedLabelSpreading(_SeedMethod):
     background : "auto" or float in [0, 1), default="auto"
         Two classes only: the weight of each patch's link to a private negative node,
         so that a patch no seed explains leans to the first class (everything else).
-        "auto" spreads with 0.001, 0.002 and 0.004 and keeps the one whose final
-        labels (after ``smooth``) have the smallest normalized cut of the graph
-        (:mod:`sic_share.sic._spread`); the weight used is ``background_``.
+        "auto" spreads with 0.001, 0.002, 0.004 and 0.008 and keeps the one whose
+        final labels (after ``smooth``) have the smallest normalized cut of the graph
+        plus that of the patch grid (large slides: 0.001-0.004, the anchors' own
+        labels and graph; :mod:`sic_share.sic._spread`); the weight used is
+        ``background_``.
     trim : bool, default=True
         Two classes: when every positive seed fell in one distinct part of the
         positive class and that is unlikely by chance (:mod:`sic_share.sic._trim`),
@@ -313,7 +315,7 @@ class SeedLabelSpreading(_SeedMethod):
             return final_labels(_filled(dist, k), seeds, walk, float(self.smooth))
 
         dist, self.background_ = spread_labels(graph, seeds, k, alpha=self.alpha, background=self.background,
-                                               judge=judge)
+                                               judge=judge, space=grid)
         return _filled(dist, k)
 
     def _graph_key(self) -> tuple:
