@@ -32,7 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._project import project
-from sic_share.sic._spread import ANCHOR_BACKGROUNDS, spread_labels
+from sic_share.sic._spread import ANCHOR_BACKGROUNDS, filled_proba, spread_labels
 
 __all__ = ["AnchorGraph", "build_anchor_graph"]
 
@@ -101,13 +101,7 @@ class AnchorGraph:
         labels = np.concatenate([np.full(m, -1, np.int64), seeds[seeded].astype(np.int64)])
         dist, weight = spread_labels(graph, labels, k, alpha=alpha, background=background,
                                      candidates=ANCHOR_BACKGROUNDS)
-        dist = dist[:m]
-        proba = np.asarray(self.extend @ dist)
-        total = proba.sum(axis=1, keepdims=True)
-        empty = total[:, 0] <= 0
-        proba[empty] = 1.0 / k
-        total[empty] = 1.0
-        return (proba / total).astype(np.float32), weight
+        return filled_proba(np.asarray(self.extend @ dist[:m]), k).astype(np.float32), weight
 
 
 def build_anchor_graph(

@@ -10,7 +10,7 @@ from scipy.special import softmax
 from sic_share.errors import SeedError
 from sic_share.sic._grid import grid_graph, grid_walk, smooth_with_walk
 
-__all__ = ["centroid_proba", "check_smooth", "final_labels", "finish_labels", "label_margin", "margin"]
+__all__ = ["centroid_proba", "check_smooth", "finish_labels", "label_margin", "margin"]
 
 
 def centroid_proba(Z: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -75,21 +75,6 @@ def check_smooth(smooth: object) -> float:
     if not 0.0 <= value < 1.0:
         raise SeedError(f"smooth={smooth!r} should be in [0, 1): how much a patch's grid neighbours count (0: off)")
     return value
-
-
-def final_labels(proba: np.ndarray, seeds: np.ndarray, walk: tuple[Any, np.ndarray] | None,
-                 smooth: float) -> np.ndarray:
-    """The labels :func:`finish_labels` (with ``clamp``) gives, without its probabilities and confidence.
-
-    For a method that compares candidate results by their final labels (the
-    background choice of label spreading): smoothed on the grid ``walk`` when given.
-    """
-    if walk is not None and smooth > 0:
-        proba = smooth_with_walk(proba, walk, weight=smooth)
-    labels = np.argmax(proba, axis=1)
-    seeded = seeds >= 0
-    labels[seeded] = seeds[seeded]
-    return labels
 
 
 def finish_labels(

@@ -32,11 +32,11 @@ from sklearn.utils import check_random_state
 
 from sic_share.errors import SeedError
 from sic_share.sic._anchors import AnchorGraph, build_anchor_graph
-from sic_share.sic._confidence import check_smooth, final_labels, finish_labels
+from sic_share.sic._confidence import check_smooth, finish_labels
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._kmeans import check_embeddings, check_seeds
 from sic_share.sic._project import project
-from sic_share.sic._spread import spread_labels
+from sic_share.sic._spread import filled_proba, spread_labels
 from sic_share.sic._trim import unseeded_part
 from sic_share.sic._registry import DEFAULT_METHOD, MethodInfo, create_method, list_methods, method_info
 
@@ -312,11 +312,11 @@ class SeedLabelSpreading(_SeedMethod):
         walk = grid_walk(grid) if grid is not None and self.smooth > 0 else None
 
         def judge(dist: np.ndarray) -> np.ndarray:  # the labels fit will return, for the background choice
-            return final_labels(_filled(dist, k), seeds, walk, float(self.smooth))
+            return finish_labels(filled_proba(dist, k), seeds, coords, self.smooth, clamp=True, walk=walk)[1]
 
         dist, self.background_ = spread_labels(graph, seeds, k, alpha=self.alpha, background=self.background,
                                                judge=judge, space=grid)
-        return _filled(dist, k)
+        return filled_proba(dist, k)
 
     def _graph_key(self) -> tuple:
         seed = self.random_state if isinstance(self.random_state, int | None) else id(self.random_state)
@@ -378,13 +378,6 @@ class SeedLabelSpreading(_SeedMethod):
             self.labels_[rows] = 0
             self.proba_[rows] = self.proba_[rows][:, ::-1]  # the labels stay the most likely class; same margin
         self.trimmed_ = int(rows.size)
-
-
-def _filled(dist: np.ndarray, k: int) -> np.ndarray:
-    """Spread distributions as probabilities: rows summing to 1, equal for a node no label reached."""
-    dist = dist.copy()
-    dist[dist.sum(axis=1) == 0] = 1.0 / k
-    return dist / dist.sum(axis=1, keepdims=True)
 
 
 def _similar_grid(Z: np.ndarray, grid: sparse.csr_matrix, scale: np.ndarray) -> sparse.csr_matrix:

@@ -61,14 +61,14 @@ def unseeded_part(Z: np.ndarray, labels: np.ndarray, seeds: np.ndarray, *, alpha
     if q < 2 or positive.size < 2 * MIN_SPLIT:
         return none
     rng = check_random_state(random_state)
-    fit_rows = positive if positive.size <= _FIT_ROWS else np.sort(rng.choice(positive, _FIT_ROWS, replace=False))
-    km = KMeans(2, n_init=3, random_state=rng).fit(np.asarray(Z[fit_rows], dtype=np.float32))
-    part = km.predict(np.asarray(Z[positive], dtype=np.float32))
+    Zp = np.asarray(Z[positive], dtype=np.float32)
+    fit = Zp if positive.size <= _FIT_ROWS else Zp[np.sort(rng.choice(positive.size, _FIT_ROWS, replace=False))]
+    part = KMeans(2, n_init=3, random_state=rng).fit(fit).predict(Zp)
     seeded = np.unique(part[seeds[positive] == 1])
     if seeded.size != 1:
         return none
     kept = part == seeded[0]
     if float(kept.mean()) ** q >= alpha:
         return none
-    significant, _ = split_is_significant(Z[positive], kept.astype(np.int64), rng)
+    significant, _ = split_is_significant(Zp, kept.astype(np.int64), rng)
     return positive[~kept] if significant else none
