@@ -446,6 +446,31 @@ def test_background_auto_judges_each_weight_by_the_labels_the_user_will_see():
     np.testing.assert_array_equal(auto.labels_, fixed.labels_)
 
 
+def test_background_candidates_scale_with_the_positive_seeds():
+    """x0.5 at one positive seed, x1 at two and three, x2 at five and held there; a one-seed lesion is found whole.
+
+    ``shapes`` slide 8 of the suite, one seed per class: its 22 % lesion is cut short at 0.001
+    (the smallest unscaled weight) and whole at 0.0005, which only the scaled candidates hold.
+    """
+    from sklearn.metrics import f1_score
+
+    from sic_share.sic._spread import BACKGROUNDS, seed_scale
+
+    assert [seed_scale(q) for q in (0, 1, 2, 3, 5, 9)] == [0.5, 0.5, 1.0, 1.0, 2.0, 2.0]
+    assert seed_scale(4) == pytest.approx(2 ** 0.5)
+    slide = FAMILIES["shapes"](10_008)
+    seeds = draw_seeds(slide.y, 1, random_state=8)
+    auto = SeedLabelSpreading(random_state=8).fit(slide.X, seeds, slide.coords)
+    short = SeedLabelSpreading(random_state=8, background=min(BACKGROUNDS)).fit(slide.X, seeds, slide.coords)
+    assert auto.background_ == 0.0005
+    assert f1_score(slide.y, auto.labels_) > 0.95 > 0.9 > f1_score(slide.y, short.labels_)
+    assert auto.labels_.sum() > short.labels_.sum() + 50  # the part the larger weight cut off
+    # five seeds per class: the candidates are doubled
+    seeds = draw_seeds(slide.y, 5, random_state=8)
+    assert SeedLabelSpreading(random_state=8).fit(slide.X, seeds, slide.coords).background_ in \
+        {2 * b for b in BACKGROUNDS}
+
+
 def test_trim_returns_a_look_alike_no_seed_fell_in_and_keeps_a_region_the_seeds_cover():
     """Hand-checked: 40 lesion patches + 120 look-alike ones labelled positive, 3 seeds in the lesion.
 

@@ -239,8 +239,9 @@ class SeedLabelSpreading(_SeedMethod):
         "auto" spreads with 0.001, 0.002, 0.004 and 0.008 and keeps the one whose
         final labels (after ``smooth``) have the smallest normalized cut of the graph
         plus that of the patch grid (large slides: 0.001-0.004, the anchors' own
-        labels and graph; :mod:`sic_share.sic._spread`); the weight used is
-        ``background_``.
+        labels and graph; :mod:`sic_share.sic._spread`); the weights are scaled by
+        the positive seeds (x0.5 for one, x2 for five or more: more seeds, more
+        positive mass to hold back). The weight used is ``background_``.
     trim : bool, default=True
         Two classes: when every positive seed fell in one distinct part of the
         positive class and that is unlikely by chance (:mod:`sic_share.sic._trim`),
