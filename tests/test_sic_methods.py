@@ -465,10 +465,13 @@ def test_background_candidates_scale_with_the_positive_seeds():
     assert auto.background_ == 0.0005
     assert f1_score(slide.y, auto.labels_) > 0.95 > 0.9 > f1_score(slide.y, short.labels_)
     assert auto.labels_.sum() > short.labels_.sum() + 50  # the part the larger weight cut off
-    # five seeds per class: the candidates are doubled
+    # five seeds per class: the candidates are doubled; one lesion seed beside five others: halved
     seeds = draw_seeds(slide.y, 5, random_state=8)
     assert SeedLabelSpreading(random_state=8).fit(slide.X, seeds, slide.coords).background_ in \
         {2 * b for b in BACKGROUNDS}
+    seeds[np.flatnonzero(seeds == 1)[1:]] = -1
+    assert SeedLabelSpreading(random_state=8).fit(slide.X, seeds, slide.coords).background_ in \
+        {b / 2 for b in BACKGROUNDS}
 
 
 def test_trim_returns_a_look_alike_no_seed_fell_in_and_keeps_a_region_the_seeds_cover():
