@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
-from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 
 from sic_share.sic._grid import grid_graph, grid_walk
@@ -152,11 +151,13 @@ def _nearest_anchors(Z: np.ndarray, Za: np.ndarray, reach: int,
         upto = max(min(_NEAR_CELLS, cells), int(np.searchsorted(taken, reach)) + 1)
         candidates.append(np.concatenate([members[c] for c in row[:upto]]))
     sq_anchor = (Za.astype(np.float32) ** 2).sum(1)
+    sq_centre = (centres ** 2).sum(1)
     cols = np.empty((n, reach), np.int64)
     weights = np.empty((n, reach), np.float32)
     for start in range(0, n, _CHUNK):
         block = np.asarray(Z[start:start + _CHUNK], np.float32)
-        home = np.argmin(euclidean_distances(block, centres, squared=True), axis=1)
+        # |z|^2 left out, as below; scikit-learn's euclidean_distances works in float64 here (70 ms more at 100k)
+        home = np.argmin(sq_centre[None, :] - 2.0 * (block @ centres.T), axis=1)
         for c in np.unique(home):
             rows = np.flatnonzero(home == c)
             cand = candidates[c]
