@@ -56,10 +56,11 @@ from sklearn.semi_supervised import LabelSpreading
 
 __all__ = ["ANCHOR_BACKGROUNDS", "BACKGROUNDS", "filled_proba", "normalized_cut", "seed_scale", "spread_labels"]
 
-#: The background weights ``background="auto"`` chooses from (see the module notes).
+#: The background weights ``background="auto"`` chooses from at two or three positive seeds;
+#: :func:`seed_scale` scales them for other counts (see the module notes).
 BACKGROUNDS = (0.001, 0.002, 0.004, 0.008)
-#: Those of the large-slide (anchor) path: 0.008 changed no F1 there (24 slides of 12,000
-#: patches) and cost 20 ms a click at 100k patches.
+#: Those of the large-slide (anchor) path, scaled the same way: 0.008 changed no F1 there
+#: (24 slides of 12,000 patches, 3 seeds) and cost 20 ms a click at 100k patches.
 ANCHOR_BACKGROUNDS = (0.001, 0.002, 0.004)
 
 
