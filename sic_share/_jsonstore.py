@@ -13,7 +13,7 @@ from typing import Any
 
 from sic_share.errors import SicShareError
 
-__all__ = ["load_json", "save_json", "atomic_write_bytes", "staged_folder"]
+__all__ = ["load_json", "save_json", "atomic_write_bytes", "staged_folder", "read_bounded"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -33,6 +33,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of ``path``, refusing a file (or device, or pipe) larger than ``limit`` bytes.
+
+    Reads at most ``limit + 1`` bytes, so ``/dev/zero`` or a huge file cannot fill memory.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise SicShareError(f"{what} {path} is larger than {limit} bytes: it is not a file sic-share wrote, check the path")
+    return data
 
 
 def load_json(path: Path, default: Any) -> Any:

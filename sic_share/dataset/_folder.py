@@ -30,6 +30,7 @@ class DatasetSummary:
     n_slides: int
     n_patches: int
     files: tuple[Path, ...]
+    rows: tuple[int, ...] = ()  # patches per file, in the order of ``files``
 
 
 def near_slides(slide_id: str, known: list[str] | dict[str, Any]) -> str | None:
@@ -65,6 +66,7 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
     first: SlideMetadata | None = None
     patching: dict[str, Any] = {}
     total = 0
+    counts: list[int] = []
     for path in files:
         check_name(path.stem, "slide file name")
         meta, rows = read_slide_metadata(path)
@@ -83,5 +85,6 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
             if patching[key] != value:
                 patching[key] = None
         total += rows
+        counts.append(rows)
     assert first is not None  # slide_files never returns an empty list
-    return DatasetSummary(first, patching, len(files), total, tuple(files))
+    return DatasetSummary(first, patching, len(files), total, tuple(files), tuple(counts))

@@ -13,9 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sic_share.errors import VerificationError
 from sic_share.signing._keys import key_id
 
-__all__ = ["IN_TOTO_PAYLOAD_TYPE", "pae", "sign_envelope", "open_envelope", "signature_verifies"]
+__all__ = ["IN_TOTO_PAYLOAD_TYPE", "MAX_ENVELOPE_BYTES", "pae", "sign_envelope", "open_envelope", "signature_verifies"]
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+#: The largest envelope any reader accepts: 16 MiB holds the manifest of about 35,000 slides.
+MAX_ENVELOPE_BYTES = 16 << 20
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -51,6 +53,11 @@ def _b64decode(text: Any) -> bytes:
 
 def open_envelope(raw: bytes, where: str) -> tuple[str, bytes, list[tuple[str, bytes]]]:
     """Parse an envelope into ``(payload_type, body, [(keyid, sig), ...])``, checking only its shape."""
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise VerificationError(
+            f"{where} is larger than {MAX_ENVELOPE_BYTES >> 20} MiB ({len(raw)} bytes): no sic-share manifest is, "
+            "do not use it"
+        )
     try:
         envelope = json.loads(raw)
         payload_type = envelope["payloadType"]

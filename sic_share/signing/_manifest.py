@@ -6,12 +6,13 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from sic_share._jsonstore import atomic_write_bytes
+from sic_share._layout import BLOCK_SIZE, digest_file, manifest_digest
 from sic_share.dataset import SLIDES_DIR, check_name, summarize
 from sic_share.errors import DatasetError, SicShareError, TrustError, VerificationError
 from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, sign_envelope, signature_verifies
@@ -37,8 +38,13 @@ MANIFEST = "manifest.json"
 ENVELOPE = "manifest.dsse.json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://sic-share.dev/embedding-dataset/v1"
-_FILE_NAME = re.compile(r"^slides/[a-z0-9][a-z0-9._-]{0,63}\.parquet$")
+_FILE_NAME = re.compile(r"slides/[a-z0-9][a-z0-9._-]{0,63}\.parquet")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+#: Manifest minor version: 1 adds each file's ``rows`` and ``blocks`` (per-block digests, see
+#: :mod:`sic_share._layout`) and the hub layout under ``<version>/<sha256 of manifest.json>/``.
+#: Manifests without it (1.0) still verify and pull; ``query`` then verifies whole files.
+FORMAT_MINOR = 1
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -61,6 +67,15 @@ class Manifest:
     version: int
     files: dict[str, tuple[int, str]]  # name -> (size, sha256)
     predicate: dict[str, Any]
+    blocks: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (block size, root); 1.1 only
+    rows: dict[str, int] = field(default_factory=dict)  # name -> patches; 1.1 only
+    digest: str = ""  # sha256 of manifest.json's bytes: names the version's data folder on a hub
+
+    @property
+    def minor(self) -> int:
+        """The manifest's minor format version (0 for manifests written before 1.1)."""
+        value = self.predicate.get("format_minor", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
     def ref(self) -> str:
@@ -118,8 +133,10 @@ def sign_dataset(
     if expires_days is not None and expires_days < 1:
         raise SicShareError(f"expires_days={expires_days} should be at least 1")
     files = []
-    for path in summary.files:
-        files.append({"name": f"{SLIDES_DIR}/{path.name}", "size": path.stat().st_size, "sha256": sha256_file(path)})
+    for path, rows in zip(summary.files, summary.rows):
+        digests = digest_file(path)
+        files.append({"name": f"{SLIDES_DIR}/{path.name}", "size": digests.size, "sha256": digests.sha256,
+                      "rows": rows, "blocks": {"size": BLOCK_SIZE, "root": digests.root}})
     created = _now()
     meta = summary.metadata
     predicate: dict[str, Any] = {
@@ -128,6 +145,7 @@ def sign_dataset(
         "version": version,
         "created": created.isoformat(timespec="seconds"),
         "format_version": meta.format_version,
+        "format_minor": FORMAT_MINOR,
         "model": asdict(meta.model),
         "patching": summary.patching,
         "classes": list(meta.classes),
@@ -176,21 +194,43 @@ def parse_manifest(body: bytes, where: str) -> Manifest:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError(f"version {version!r} is not a positive integer")
         files: dict[str, tuple[int, str]] = {}
+        blocks: dict[str, tuple[int, str]] = {}
+        rows: dict[str, int] = {}
+        if not isinstance(predicate["files"], list):
+            raise ValueError("the file list is not a list")
         for entry in predicate["files"]:
             fname, size, digest = entry["name"], entry["size"], entry["sha256"]
-            if not isinstance(fname, str) or not _FILE_NAME.match(fname) or ".." in fname:
+            if not isinstance(fname, str) or not _FILE_NAME.fullmatch(fname) or ".." in fname:
                 raise ValueError(f"file name {fname!r} is not slides/<slide_id>.parquet")
-            if not isinstance(size, int) or not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+            if not _is_count(size) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
                 raise ValueError(f"file {fname} has no valid size and sha256")
+            if fname in files:
+                raise ValueError(f"file {fname} is listed twice")
             files[fname] = (size, digest)
+            if "blocks" in entry:
+                block = entry["blocks"]
+                bsize, root = block["size"], block["root"]
+                if not _is_count(bsize) or not bsize or not isinstance(root, str) or not _HEX64.fullmatch(root):
+                    raise ValueError(f"file {fname} has no valid block size and root")
+                blocks[fname] = (bsize, root)
+            if "rows" in entry:
+                if not _is_count(entry["rows"]):
+                    raise ValueError(f"file {fname} has an invalid row count {entry['rows']!r}")
+                rows[fname] = entry["rows"]
         subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
         if subjects != {k: v[1] for k, v in files.items()}:
             raise ValueError("subjects and file list disagree")
         check_name(publisher, "publisher")
         check_name(name, "dataset name")
-    except (ValueError, KeyError, TypeError, DatasetError) as exc:
+        if not isinstance(predicate, dict):
+            raise ValueError("the predicate is not an object")
+    except (ValueError, KeyError, TypeError, AttributeError, DatasetError) as exc:
         raise VerificationError(f"{where} is not a valid sic-share manifest ({exc})") from None
-    return Manifest(publisher, name, version, files, predicate)
+    return Manifest(publisher, name, version, files, predicate, blocks, rows, manifest_digest(body))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def verify_signature(
