@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sic_share import __version__
+from sic_share._terminal import escape_text, visible_controls
 from sic_share.errors import SicShareError
 
 __all__ = ["app", "main"]
@@ -44,8 +45,9 @@ app.add_typer(slides_app, name="slides")
 app.add_typer(cache_app, name="cache")
 
 # Not a terminal (pipes, CI logs): wide enough that tables are not cut.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+# emoji=False: a hub-supplied ":warning:" stays text (markup and controls are escaped at each print).
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 _state = {"debug": False}
 
 HubOption = Annotated[
@@ -117,7 +119,7 @@ def keys_generate(
             "Passphrase", hide_input=True, confirmation_prompt=True
         )
     private, public, kid = generate_key(publisher, out_dir=out_dir, passphrase=secret)
-    err.print(f"private key: {private}\npublic key:  {public}  (give this file to consumers)")
+    err.print(f"private key: {escape_text(private)}\npublic key:  {escape_text(public)}  (give this file to consumers)")
     out.print(kid)
 
 
@@ -137,11 +139,12 @@ def keys_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         out.print_json(json.dumps([asdict(k) for k in keys]))
         return
     if not keys:
-        err.print(f"no signing keys in {keys_dir()}: create one with 'sic-share keys generate --publisher NAME'")
+        err.print(f"no signing keys in {escape_text(keys_dir())}: create one with 'sic-share keys generate --publisher NAME'")
         return
     table = Table("publisher", "key id", "public key (give this file to consumers)")
     for k in keys:
-        table.add_row(k.publisher, (k.keyid or "?")[:16], k.public or "[red]missing .pub[/red]")
+        table.add_row(escape_text(k.publisher), (k.keyid or "?")[:16],
+                      escape_text(k.public) if k.public else "[red]missing .pub[/red]")
     out.print(table)
 
 
@@ -178,7 +181,7 @@ def _print_slides(slide_map, entries, as_json: bool) -> None:
         return
     table = Table("slide id", "name", "file", "last exported or imported")
     for e in entries:
-        table.add_row(e.slide_id, escape(e.name), escape(e.path), e.seen)
+        table.add_row(escape_text(e.slide_id), escape_text(e.name), escape_text(e.path), escape_text(e.seen))
     out.print(table)
 
 
@@ -194,7 +197,7 @@ def trust_add(
     from sic_share.signing import TrustStore
 
     entry = TrustStore().add(public_key, publisher)
-    out.print(f"trusted {entry.keyid} for publisher {entry.publisher}")
+    out.print(f"trusted {entry.keyid} for publisher {escape_text(entry.publisher)}")
 
 
 @trust_app.command("ls")
@@ -211,7 +214,7 @@ def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
         return
     table = Table("publisher", "key id", "added")
     for k in keys:
-        table.add_row(k.publisher, k.keyid, k.added)
+        table.add_row(escape_text(k.publisher), escape_text(k.keyid), escape_text(k.added))
     out.print(table)
 
 
@@ -224,7 +227,7 @@ def trust_rm(key: Annotated[str, typer.Argument(help="Key id (or a prefix of 4+ 
     from sic_share.signing import TrustStore
 
     for entry in TrustStore().remove(key):
-        out.print(f"removed {entry.keyid} ({entry.publisher})")
+        out.print(f"removed {escape_text(entry.keyid)} ({escape_text(entry.publisher)})")
 
 
 @hub_app.command("add")
@@ -241,7 +244,7 @@ def hub_add(
     from sic_share.hub import add_hub
 
     entry = add_hub(name, url, endpoint_url=endpoint_url, region=region)
-    out.print(f"hub {entry.name}: {entry.url}" + (f" at {entry.endpoint_url}" if entry.endpoint_url else ""))
+    out.print(escape_text(f"hub {entry.name}: {entry.url}" + (f" at {entry.endpoint_url}" if entry.endpoint_url else "")))
 
 
 @hub_app.command("ls")
@@ -254,7 +257,7 @@ def hub_ls() -> None:
 
     table = Table("name", "url", "endpoint", "region")
     for h in list_hubs():
-        table.add_row(h.name, h.url, h.endpoint_url or "", h.region or "")
+        table.add_row(*(escape_text(v or "") for v in (h.name, h.url, h.endpoint_url, h.region)))
     out.print(table)
 
 
@@ -266,7 +269,7 @@ def hub_rm(name: Annotated[str, typer.Argument(help="Hub name.")]) -> None:
     """
     from sic_share.hub import remove_hub
 
-    out.print(f"removed hub {remove_hub(name).name}")
+    out.print(f"removed hub {escape_text(remove_hub(name).name)}")
 
 
 def _mib(size: int) -> str:
@@ -285,9 +288,9 @@ def cache_ls() -> None:
     entries = cache.entries()
     table = Table("sha256", "size", "fetched as")
     for e in entries:
-        table.add_row(e.digest[:16], _mib(e.size), e.source)
+        table.add_row(escape_text(e.digest[:16]), _mib(e.size), escape_text(e.source))
     out.print(table)
-    out.print(f"{len(entries)} files, {_mib(sum(e.size for e in entries))} in {cache.root}")
+    out.print(f"{len(entries)} files, {_mib(sum(e.size for e in entries))} in {escape_text(cache.root)}")
 
 
 @cache_app.command("clear")
@@ -330,7 +333,7 @@ def sign(
         passphrase=secret,
     )
     counts = manifest.predicate["counts"]
-    out.print(f"signed {manifest.ref}: {counts['slides']} slides, {counts['patches']} patches")
+    out.print(escape_text(f"signed {manifest.ref}: {counts['slides']} slides, {counts['patches']} patches"))
 
 
 @app.command("verify")
@@ -356,8 +359,8 @@ def verify(
         out.print_json(json.dumps({"verified": True, "dataset": manifest.ref, "publisher": manifest.publisher,
                                    "files_held": held, "files": len(manifest.files)}))
         return
-    out.print(f"verified {manifest.ref}: {held} of {len(manifest.files)} files, "
-              f"signed by a key trusted for {manifest.publisher}")
+    out.print(escape_text(f"verified {manifest.ref}: {held} of {len(manifest.files)} files, "
+                          f"signed by a key trusted for {manifest.publisher}"))
 
 
 @app.command("publish")
@@ -374,7 +377,7 @@ def publish(
     bar, update = _progress("publishing")
     with bar:
         url = publish_dataset(dataset, hub, progress=update)
-    out.print(f"published {url}")
+    out.print(f"published {escape_text(url)}")
 
 
 @app.command("pull")
@@ -407,7 +410,7 @@ def pull(
                                    "files": len(manifest.files), "verified": True}))
         return
     what = f"{held} of {len(manifest.files)} slides of " if wanted else ""
-    out.print(f"pulled and verified {what}{manifest.ref} into {dest}")
+    out.print(escape_text(f"pulled and verified {what}{manifest.ref} into {dest}"))
 
 
 @app.command("ls")
@@ -432,7 +435,8 @@ def ls(
     table = Table("dataset", "model", "dim", "slides", "patches", "created", "trusted")
     for e in entries:
         table.add_row(
-            f"{e.publisher}/{e.name}@{e.version}", e.model, str(e.dim), str(e.slides), str(e.patches), e.created,
+            *(escape_text(v) for v in (f"{e.publisher}/{e.name}@{e.version}", e.model, e.dim, e.slides, e.patches,
+                                       e.created)),
             "yes" if e.trusted else "[red]no[/red]",
         )
     out.print(table)
@@ -461,7 +465,7 @@ def info_cmd(
         ("location", info.location),
         ("created", info.created or "-"),
         ("signer", (info.signer or "-")[:16]),
-        ("trusted", "yes" if info.trusted else f"[red]no[/red]: {escape(info.trust_note)}"),
+        ("trusted", "yes" if info.trusted else f"[red]no[/red]: {escape_text(info.trust_note)}"),
         ("model", f"{model.get('id')} ({model.get('source')}, {model.get('dim')}-d"
                   + (f", layer {model['layer']}" if model.get("layer") else "") + ")"),
         ("weights sha256", model.get("weights_sha256") or "-"),
@@ -473,11 +477,11 @@ def info_cmd(
     ]
     table = Table.grid(padding=(0, 2))
     for key, value in rows:
-        table.add_row(f"[bold]{key}[/bold]", value if key == "trusted" else escape(str(value)))
+        table.add_row(f"[bold]{key}[/bold]", value if key == "trusted" else escape_text(value))
     out.print(table)
     slides = Table("slide", "patches", "MiB")
     for s in info.slides:
-        slides.add_row(s["slide_id"], str(s["patches"]), _mib(s["bytes"]))
+        slides.add_row(escape_text(s["slide_id"]), escape_text(s["patches"]), _mib(s["bytes"]))
     out.print(slides)
 
 
@@ -569,8 +573,8 @@ def import_(
             secret_path=secret, progress=update,
         )
     for note in report.assumptions:
-        err.print(f"[yellow]assumed:[/yellow] {note}")
-    out.print(f"imported {report.slides} slides, {report.patches} patches into {report.out_dir}")
+        err.print(f"[yellow]assumed:[/yellow] {escape_text(note)}")
+    out.print(escape_text(f"imported {report.slides} slides, {report.patches} patches into {report.out_dir}"))
 
 
 @app.command("export")
@@ -648,7 +652,7 @@ def export(
         ref = result.signed.get(model_name)
         out.print(f"  {model_name}: {folder}" + (f"  signed {ref}" if ref else ""))
     if result.unsigned_reason:
-        err.print(f"[yellow]not signed:[/yellow] {result.unsigned_reason}")
+        err.print(f"[yellow]not signed:[/yellow] {escape_text(result.unsigned_reason)}")
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning.slide)}: {escape(warning.problem)}")
     for problem in report.problems:
@@ -829,7 +833,7 @@ def sic(
                      normalize=normalize, smooth=smooth, random_state=seed)
     note = result.seeds.summary()
     if note:
-        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {escape_text(note)}", highlight=False)
     n_seeded = int((result.seeds.labels >= 0).sum())
     title = (f"slide {result.slide.slide_id}: {result.method} from {n_seeded} seeded patches, "
              f"{result.slide.metadata.model.id}")
@@ -860,9 +864,9 @@ def sic(
         return
     counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
     how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
-    out.print(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled ({counts}) "
-              f"from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with confidence < 0.5; wrote "
-              + ", ".join(written), highlight=False)
+    out.print(escape_text(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled "
+                          f"({counts}) from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with "
+                          "confidence < 0.5; wrote " + ", ".join(written)), highlight=False)
 
 
 # --- seeing and comparing embeddings -----------------------------------------------------------
@@ -909,8 +913,8 @@ def app_cmd(
 
     def ready(info) -> None:
         shown = f"image {info.image}" if info.image else "embedding map (no pixels)"
-        out.print(f"slide {info.slide_id} of {info.source}: {info.n_patches} patches, {shown}; ready in "
-                  f"{info.seconds:.1f} s at {info.url}  (Ctrl-C stops)", highlight=False, soft_wrap=True)
+        out.print(escape_text(f"slide {info.slide_id} of {info.source}: {info.n_patches} patches, {shown}; ready in "
+                              f"{info.seconds:.1f} s at {info.url}  (Ctrl-C stops)"), highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
     launch(dataset, slide_id=slide, hub=hub, image=image, host=host, port=port, projection=projection,
@@ -946,10 +950,10 @@ def umap_map(
                                    progress=update)
     note = made.seeds.summary() if made.seeds is not None else None
     if note:
-        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {escape_text(note)}", highlight=False)
     extra = f" and {made.tissuumaps}" if made.tissuumaps else ""
-    out.print(f"slide {made.slide_id} of {made.source}: {made.n_patches} patches coloured by {made.method}; "
-              f"wrote {made.path}{extra}", highlight=False)
+    out.print(escape_text(f"slide {made.slide_id} of {made.source}: {made.n_patches} patches coloured by "
+                          f"{made.method}; wrote {made.path}{extra}"), highlight=False)
 
 
 @app.command("to-anndata")
@@ -969,7 +973,7 @@ def to_anndata_cmd(
 
     _check_suffix(out_path, ".h5ad", "--out")
     path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=_projection(method), random_state=seed)
-    out.print(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)", highlight=False)
+    out.print(escape_text(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)"), highlight=False)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -1032,7 +1036,7 @@ def benchmark(
     elif as_csv:
         sys.stdout.write(result.to_csv())
     else:
-        sys.stdout.write(result.to_text())  # skipped slides are listed under the table
+        sys.stdout.write(visible_controls(result.to_text(), multiline=True))  # skipped slides are listed under the table
     if files:
         err.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False)
 
@@ -1056,7 +1060,7 @@ def similarity_cmd(
     bar, update = _progress("comparing slides")
     with bar:
         result = similarity(dataset_a, dataset_b, hub=hub, k=k, seed=seed, clicks=clicks, progress=update)
-    sys.stdout.write(result.to_json() if as_json else result.to_text())
+    sys.stdout.write(result.to_json() if as_json else visible_controls(result.to_text(), multiline=True))
 
 
 def main() -> None:
@@ -1155,8 +1159,9 @@ def _readable_types(command) -> None:
 
 
 def _fail(message: str) -> None:
-    # escaped: install hints such as pip install 'sic-share[imagenet]' are not rich markup
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
+    # escaped: install hints such as pip install 'sic-share[imagenet]' are not rich markup, and a name a hub
+    # or a file chose (quoted in the message) shows its control characters as visible escapes, on one line
+    err.print(f"[red]error:[/red] {escape_text(message)}", highlight=False, soft_wrap=True, markup=True)
     sys.exit(1)
 
 
