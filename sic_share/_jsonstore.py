@@ -13,7 +13,8 @@ from typing import Any
 
 from sic_share.errors import SicShareError
 
-__all__ = ["load_json", "save_json", "atomic_write_bytes", "staged_folder", "read_bounded"]
+__all__ = ["STATE_LIMIT", "load_json", "not_written_by_us", "save_json", "atomic_write_bytes", "staged_folder",
+           "read_bounded"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -35,26 +36,63 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         tmp.unlink(missing_ok=True)
 
 
+def _size(limit: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if limit >= 1 << shift and limit % (1 << shift) == 0:
+            return f"{limit >> shift} {unit}"
+    return f"{limit} bytes"
+
+
 def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
     """The bytes of ``path``, refusing a file (or device, or pipe) larger than ``limit`` bytes.
 
     Reads at most ``limit + 1`` bytes, so ``/dev/zero`` or a huge file cannot fill memory.
+    A folder is refused as one line too; a missing file raises ``FileNotFoundError`` for
+    the caller to word.
     """
-    with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except IsADirectoryError:
+        raise SicShareError(f"{what} {path} is a folder, not a file: give the file itself") from None
     if len(data) > limit:
-        raise SicShareError(f"{what} {path} is larger than {limit} bytes: it is not a file sic-share wrote, check the path")
+        raise SicShareError(
+            f"{what} {path} is larger than {_size(limit)}: it is not a file sic-share wrote, check the path"
+        )
     return data
 
 
-def load_json(path: Path, default: Any) -> Any:
-    """Parse ``path``, or return ``default`` when it does not exist."""
+#: The largest local state file (trust store, verified versions, hub config) read.
+STATE_LIMIT = 16 << 20
+
+
+def not_written_by_us(path: str | os.PathLike[str], what: str, detail: str) -> SicShareError:
+    """The one-line error for a state file that parses but does not hold what sic-share writes there."""
+    return SicShareError(f"{path} is not {what} sic-share wrote ({detail}): fix or delete it")
+
+
+def load_json(path: Path, default: Any, *, what: str = "a state file", limit: int = STATE_LIMIT) -> Any:
+    """Parse ``path`` (at most ``limit`` bytes), or return ``default`` when it does not exist.
+
+    ``what`` names the file in errors: ``"a trust store"`` gives ``.../trust.json is not
+    a trust store sic-share wrote (...): fix or delete it``. Its shape is the caller's to check
+    (with :func:`not_written_by_us`).
+    """
     try:
-        return json.loads(path.read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
     except FileNotFoundError:
         return default
-    except ValueError:
-        raise SicShareError(f"{path} is not valid JSON: fix or delete it") from None
+    except IsADirectoryError:
+        raise not_written_by_us(path, what, "a folder") from None
+    if len(raw) > limit:
+        raise not_written_by_us(path, what, f"larger than {_size(limit)}")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise not_written_by_us(path, what, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise not_written_by_us(path, what, "nested too deeply") from None
 
 
 def save_json(path: Path, value: Any) -> None:

@@ -43,7 +43,8 @@ def check_name(value: str, what: str) -> str:
     Names become path segments on a hub, so they are lowercase letters, digits,
     ``.``, ``_`` and ``-``, start with a letter or digit, and hold no ``..``.
     """
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    # fullmatch: with match, the pattern's '$' also accepts a final newline ('lab-a\n')
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise DatasetError(
             f"{what} {value!r} is not a valid name: use 1-64 lowercase letters, digits, "
             "'.', '_' or '-', starting with a letter or digit, without '..' or '/'"

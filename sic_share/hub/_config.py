@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sic_share._jsonstore import load_json, save_json
+from sic_share._jsonstore import load_json, not_written_by_us, save_json
 from sic_share._paths import config_dir, default_hub_url
 from sic_share.dataset import check_name
 from sic_share.errors import HubError
@@ -36,13 +36,27 @@ class HubConfig:
     region: str | None = None
 
 
+_FIELDS = ("name", "url", "endpoint_url", "region")
+
+
 def _path(path: str | os.PathLike[str] | None) -> Path:
     return Path(path) if path is not None else config_dir() / "hubs.json"
 
 
 def list_hubs(path: str | os.PathLike[str] | None = None) -> list[HubConfig]:
-    """Named hubs from the config file."""
-    return [HubConfig(**entry) for entry in load_json(_path(path), {"hubs": []})["hubs"]]
+    """Named hubs from the config file; one that does not hold what ``add_hub`` writes is one error naming it."""
+    where = _path(path)
+    data = load_json(where, {"hubs": []}, what="a hub config")
+    if not isinstance(data, dict) or not isinstance(data.get("hubs"), list):
+        raise not_written_by_us(where, "a hub config", 'no list "hubs" at the top')
+    hubs = []
+    for i, entry in enumerate(data["hubs"], 1):
+        if (not isinstance(entry, dict) or not {"name", "url"} <= set(entry) <= set(_FIELDS)
+                or not isinstance(entry["name"], str) or not isinstance(entry["url"], str)
+                or not all(isinstance(entry.get(f), (str, type(None))) for f in _FIELDS)):
+            raise not_written_by_us(where, "a hub config", f"hub {i} is not an object of strings {', '.join(_FIELDS)}")
+        hubs.append(HubConfig(**entry))
+    return hubs
 
 
 def add_hub(name: str, url: str, *, endpoint_url: str | None = None, region: str | None = None,

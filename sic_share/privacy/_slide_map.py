@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sic_share._jsonstore import atomic_write_bytes
+from sic_share._jsonstore import STATE_LIMIT, atomic_write_bytes, read_bounded
 from sic_share._paths import keys_dir
 from sic_share.errors import SicShareError
 
@@ -59,10 +59,10 @@ class SlideMap:
 
     def _load(self) -> dict[str, dict[str, str]]:
         try:
-            data = json.loads(self.path.read_bytes())
+            data = json.loads(read_bounded(self.path, STATE_LIMIT, "slide map"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise SicShareError(f"slide map {self.path} cannot be read ({exc}): restore it from backup") from None
         return data.get("slides", {}) if isinstance(data, dict) else {}
 

@@ -65,6 +65,8 @@ def open_envelope(raw: bytes, where: str) -> tuple[str, bytes, list[tuple[str, b
         signatures = [(str(s.get("keyid", "")), _b64decode(s["sig"])) for s in envelope["signatures"]]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise VerificationError(f"{where} is not a valid DSSE envelope ({exc}): pull the dataset again") from None
+    except RecursionError:
+        raise VerificationError(f"{where} is not a valid DSSE envelope (nested too deeply): pull the dataset again") from None
     if not isinstance(payload_type, str) or not signatures:
         raise VerificationError(f"{where} has no payload type or no signature: pull the dataset again")
     return payload_type, body, signatures

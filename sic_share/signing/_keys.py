@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sic_share._jsonstore import read_bounded
 from sic_share._paths import keys_dir
 from sic_share.dataset import check_name
 from sic_share.errors import SicShareError, TrustError
 
-__all__ = ["KeyInfo", "key_id", "generate_key", "list_keys", "load_private_key", "load_public_key",
+__all__ = ["KeyInfo", "MAX_KEY_BYTES", "key_id", "generate_key", "list_keys", "load_private_key", "load_public_key",
            "default_private_key"]
 
 PASSPHRASE_ENV = "SIC_SHARE_KEY_PASSPHRASE"
+#: The largest key file read: an Ed25519 PEM key is 100-300 bytes, encrypted or not.
+MAX_KEY_BYTES = 8 << 10
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -71,7 +75,8 @@ def load_private_key(path: str | os.PathLike[str], passphrase: str | None = None
     if passphrase is None:
         passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
-        data = path.read_bytes()
+        _check_private_mode(path, path.stat().st_mode)
+        data = read_bounded(path, MAX_KEY_BYTES, "signing key")
     except FileNotFoundError:
         raise SicShareError(f"signing key {path} does not exist: create one with 'sic-share keys generate'") from None
     try:
@@ -85,6 +90,15 @@ def load_private_key(path: str | os.PathLike[str], passphrase: str | None = None
     if not isinstance(key, Ed25519PrivateKey):
         raise SicShareError(f"signing key {path} is not an Ed25519 key: create one with 'sic-share keys generate'")
     return key
+
+
+def _check_private_mode(path: Path, mode: int) -> None:
+    """Refuse a private key file that other users can read or write, as ssh does."""
+    if os.name == "posix" and stat.S_ISREG(mode) and mode & 0o077:
+        raise SicShareError(
+            f"signing key {path} is accessible by other users (mode {stat.S_IMODE(mode):04o}): "
+            f"run 'chmod 600 {path}' and sign again"
+        )
 
 
 def load_public_key(data: bytes, where: str) -> Ed25519PublicKey:
@@ -133,8 +147,8 @@ def list_keys(folder: str | os.PathLike[str] | None = None) -> list[KeyInfo]:
         keyid = None
         if public.is_file():
             try:
-                keyid = key_id(load_public_key(public.read_bytes(), str(public)))
-            except SicShareError:
+                keyid = key_id(load_public_key(read_bounded(public, MAX_KEY_BYTES, "public key"), str(public)))
+            except (SicShareError, OSError):
                 keyid = None
         found.append(KeyInfo(private.stem, keyid, str(private), str(public) if public.is_file() else None))
     return found

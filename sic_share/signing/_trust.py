@@ -8,19 +8,23 @@ older (rolled-back) version is refused later.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sic_share._jsonstore import load_json, save_json
+from sic_share._jsonstore import load_json, not_written_by_us, read_bounded, save_json
 from sic_share._paths import config_dir
 from sic_share.dataset import check_name
-from sic_share.errors import TrustError
-from sic_share.signing._keys import key_id, load_public_key
+from sic_share.errors import SicShareError, TrustError
+from sic_share.signing._keys import MAX_KEY_BYTES, key_id, load_public_key
 
 __all__ = ["TrustedKey", "TrustStore", "VersionRecord"]
+
+_FIELDS = ("keyid", "publisher", "public_pem", "added")
+_KEYID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,32 @@ class TrustStore:
         self.path = Path(path) if path is not None else config_dir() / "trust.json"
 
     def keys(self) -> list[TrustedKey]:
-        return [TrustedKey(**entry) for entry in load_json(self.path, {"keys": []})["keys"]]
+        """Every trusted key; a file that does not hold what ``add`` writes is one error naming it."""
+        data = load_json(self.path, {"keys": []}, what="a trust store")
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise not_written_by_us(self.path, "a trust store", 'no list "keys" at the top')
+        found = []
+        for i, entry in enumerate(data["keys"], 1):
+            if not isinstance(entry, dict) or sorted(entry) != sorted(_FIELDS) or not all(
+                isinstance(entry[f], str) for f in _FIELDS
+            ):
+                raise not_written_by_us(self.path, "a trust store", f"key {i} is not an object of strings {', '.join(_FIELDS)}")
+            if not _KEYID.fullmatch(entry["keyid"]):
+                raise not_written_by_us(self.path, "a trust store", f"key {i} has no sha256 key id")
+            try:
+                check_name(entry["publisher"], "publisher")
+            except SicShareError:
+                raise not_written_by_us(self.path, "a trust store",
+                                        f"key {i} is bound to {entry['publisher']!r}, not a publisher name") from None
+            found.append(TrustedKey(**entry))
+        return found
 
     def add(self, public_key_file: str | os.PathLike[str], publisher: str) -> TrustedKey:
         """Trust the key in ``public_key_file`` for ``publisher`` only."""
         check_name(publisher, "publisher")
         path = Path(public_key_file)
         try:
-            pem = path.read_bytes()
+            pem = read_bounded(path, MAX_KEY_BYTES, "public key file")
         except FileNotFoundError:
             raise TrustError(f"{path} does not exist: give the publisher's .pub file") from None
         kid = key_id(load_public_key(pem, str(path)))
@@ -94,12 +116,22 @@ class VersionRecord:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else config_dir() / "verified.json"
 
+    def _load(self) -> dict[str, int]:
+        seen = load_json(self.path, {}, what="a record of verified versions")
+        if not isinstance(seen, dict):
+            raise not_written_by_us(self.path, "a record of verified versions", "not an object")
+        for key, version in seen.items():
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise not_written_by_us(self.path, "a record of verified versions",
+                                        f"{key!r} has version {version!r}, not a whole number")
+        return seen
+
     def highest(self, publisher: str, name: str) -> int:
-        return int(load_json(self.path, {}).get(f"{publisher}/{name}", 0))
+        return self._load().get(f"{publisher}/{name}", 0)
 
     def record(self, publisher: str, name: str, version: int) -> None:
-        seen = load_json(self.path, {})
+        seen = self._load()
         key = f"{publisher}/{name}"
-        if version > int(seen.get(key, 0)):
+        if version > seen.get(key, 0):
             seen[key] = version
             save_json(self.path, seen)
