@@ -57,11 +57,15 @@ class FileDigests:
         return blocks_root(self.blocks)
 
 
-def digest_file(path: str | os.PathLike[str], block_size: int = BLOCK_SIZE) -> FileDigests:
-    """Size, whole-file sha256 and per-block digests of ``path``, read once in 1 MiB chunks."""
+def digest_file(path: str | os.PathLike[str], block_size: int = BLOCK_SIZE, *, whole: bool = True) -> FileDigests:
+    """Size, whole-file sha256 and per-block digests of ``path``, read once in 1 MiB chunks.
+
+    ``whole=False`` skips the whole-file hash (``sha256`` is then ""): the block root alone
+    already binds every byte, at half the hashing.
+    """
     if _CHUNK % block_size:
         raise ValueError(f"block_size={block_size} should divide {_CHUNK}")
-    whole = hashlib.sha256()
+    hasher = hashlib.sha256()
     blocks = bytearray()
     size = 0
     buffer = bytearray(_CHUNK)
@@ -76,13 +80,14 @@ def digest_file(path: str | os.PathLike[str], block_size: int = BLOCK_SIZE) -> F
                 n += got
             if not n:
                 break
-            whole.update(view[:n])
+            if whole:
+                hasher.update(view[:n])
             for start in range(0, n, block_size):
                 blocks += hashlib.sha256(view[start:min(n, start + block_size)]).digest()
             size += n
             if n < _CHUNK:
                 break
-    return FileDigests(size, whole.hexdigest(), bytes(blocks))
+    return FileDigests(size, hasher.hexdigest() if whole else "", bytes(blocks))
 
 
 def blocks_root(blocks: bytes) -> str:

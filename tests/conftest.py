@@ -237,3 +237,13 @@ def as_user(dev_hub, monkeypatch):
     switch("lab-a")
     yield switch
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def hub_data(version_dir: Path) -> Path:
+    """The layout-1.1 data folder of a published version on a local hub: ``<version>/<sha256 of manifest.json>``."""
+    import hashlib
+
+    from sic_share.signing import ENVELOPE, open_envelope
+
+    body = open_envelope((version_dir / ENVELOPE).read_bytes(), str(version_dir))[1]
+    return version_dir / hashlib.sha256(body).hexdigest()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, make_dataset
+from conftest import assert_one_line_error, hub_data, make_dataset
 from sic_share.hub import BlobCache, fetch_slides
 from sic_share.signing import ENVELOPE, MANIFEST, sha256_file, sign_dataset
 
@@ -25,7 +25,7 @@ def hub(tmp_path, cli, signed) -> Path:
 
 
 def hub_file(hub: Path, name: str) -> Path:
-    return hub / "lab-a" / "crc" / "1" / "slides" / f"{name}.parquet"
+    return hub_data(hub / "lab-a" / "crc" / "1") / "slides" / f"{name}.parquet"
 
 
 def test_pull_slides_fetches_only_those_and_verifies_them(cli, tmp_path, hub, signed):

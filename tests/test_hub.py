@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, make_dataset, make_publisher
+from conftest import assert_one_line_error, hub_data, make_dataset, make_publisher
 from sic_share.hub import list_datasets
 from sic_share.signing import ENVELOPE, MANIFEST, load_private_key, sign_dataset, sign_envelope
 
@@ -55,7 +55,7 @@ def test_publish_ls_pull_round_trip(cli, tmp_path, hub, signed):
     assert "lab-a/crc/1" in result.out
     version_dir = hub / "lab-a" / "crc" / "1"
     assert (version_dir / ENVELOPE).read_bytes() == (signed / ENVELOPE).read_bytes()
-    assert (version_dir / MANIFEST).read_bytes() == (signed / MANIFEST).read_bytes()
+    assert (hub_data(version_dir) / MANIFEST).read_bytes() == (signed / MANIFEST).read_bytes()
 
     listing = cli("ls", "--hub", hub)
     assert listing.code == 0, listing.err
@@ -182,7 +182,7 @@ def test_publish_refuses_a_manifest_edited_after_signing(cli, hub, signed):
 
 def test_pull_of_a_file_tampered_on_the_hub_leaves_nothing(cli, tmp_path, hub, signed):
     assert cli("publish", signed, "--hub", hub).code == 0
-    flip_byte(hub / "lab-a" / "crc" / "1" / "slides" / "s0.parquet")
+    flip_byte(hub_data(hub / "lab-a" / "crc" / "1") / "slides" / "s0.parquet")
     parent = tmp_path / "downloads"
     parent.mkdir()
     dest = parent / "crc"
@@ -195,7 +195,7 @@ def test_pull_of_a_file_tampered_on_the_hub_leaves_nothing(cli, tmp_path, hub, s
 
 def test_pull_of_a_file_missing_on_the_hub_leaves_nothing(cli, tmp_path, hub, signed):
     assert cli("publish", signed, "--hub", hub).code == 0
-    (hub / "lab-a" / "crc" / "1" / "slides" / "s1.parquet").unlink()
+    (hub_data(hub / "lab-a" / "crc" / "1") / "slides" / "s1.parquet").unlink()
     dest = tmp_path / "downloads" / "crc"
     assert_one_line_error(cli("pull", "lab-a/crc", "--hub", hub, "--to", dest), "slides/s1.parquet", "missing")
     assert not dest.exists()
@@ -204,7 +204,7 @@ def test_pull_of_a_file_missing_on_the_hub_leaves_nothing(cli, tmp_path, hub, si
 
 def test_pull_ignores_unlisted_files_on_the_hub(cli, tmp_path, hub, signed):
     assert cli("publish", signed, "--hub", hub).code == 0
-    extra = hub / "lab-a" / "crc" / "1" / "slides" / "s9.parquet"
+    extra = hub_data(hub / "lab-a" / "crc" / "1") / "slides" / "s9.parquet"
     shutil.copy(signed / "slides" / "s0.parquet", extra)
     dest = tmp_path / "pulled"
     assert cli("pull", "lab-a/crc", "--hub", hub, "--to", dest).code == 0

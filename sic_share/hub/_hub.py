@@ -9,9 +9,11 @@ create, so a version is visible only when complete and is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +24,12 @@ import fsspec
 
 from sic_share._fsutil import is_local, join, resolve
 from sic_share._jsonstore import staged_folder
+from sic_share._layout import BLOCKS_SUFFIX, data_folder, manifest_digest
 from sic_share.dataset import check_name, near_slides
 from sic_share.errors import AlreadyPublishedError, HubError, SicShareError, VerificationError
 from sic_share.hub._cache import BlobCache
 from sic_share.hub._config import resolve_hub
+from sic_share.signing._dsse import MAX_ENVELOPE_BYTES
 from sic_share.signing import (
     ENVELOPE,
     MANIFEST,
@@ -204,47 +208,157 @@ def _refuse_versioned_bucket(fs: fsspec.AbstractFileSystem, base: str) -> None:
         )
 
 
-def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, progress: Progress | None = None) -> str:
+class _LocalHubWriter:
+    """Writes into a local hub folder without following a symbolic link below the hub's root.
+
+    Every folder from the hub root down is opened with ``O_NOFOLLOW`` relative to its
+    parent (a planted link is refused, never written through); files are created under
+    a unique hidden temporary name with ``O_EXCL | O_NOFOLLOW`` and renamed into place
+    (a rename replaces a link planted at the final name instead of writing through it),
+    or, for the envelope, hard-linked (which fails when the name exists).
+    """
+
+    def __init__(self, root: str, url: str) -> None:
+        self.root, self.url = root, url
+
+    @contextmanager
+    def folder(self, parts: Sequence[str]) -> Iterator[int]:
+        """A descriptor of ``root/parts...``, each created when missing and none a symbolic link."""
+        os.makedirs(self.root, exist_ok=True)  # the root itself is the user's choice, link or not
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i, part in enumerate(parts):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        where = "/".join(parts[: i + 1])
+                        raise HubError(
+                            f"{where} in the hub {self.url} is a symbolic link or a file, not a folder: "
+                            "someone planted it there, remove it and publish again"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def write(fd: int, name: str, source: Path | bytes, *, exclusive: bool = False) -> None:
+        """Create ``name`` in folder ``fd`` from a file or bytes; ``exclusive``: FileExistsError if it exists."""
+        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as sink:
+                if isinstance(source, bytes):
+                    sink.write(source)
+                else:
+                    with open(source, "rb") as src:
+                        shutil.copyfileobj(src, sink, 1 << 20)
+            if exclusive:
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+            else:
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+
+
+def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, progress: Progress | None = None,
+            trust: TrustStore | None = None) -> str:
     """Upload a signed dataset folder to a hub; returns the version's hub URL.
 
     Raises
     ------
     AlreadyPublishedError
-        When that version's envelope already exists on the hub.
+        When that version's envelope already exists on the hub with other content.
+    VerificationError
+        When the folder would not verify (see :func:`~sic_share.signing.check_unverified`):
+        nothing is uploaded and the version number stays free.
 
     Notes
     -----
-    The holder's files are checked against the manifest first (sizes and
-    digests), so a dataset modified after signing is never uploaded. Re-running
-    an interrupted publish uploads the files again and completes it.
+    The folder is checked first: signature (with the holder's own or a trusted
+    key), expiry, every file's size and digests. Data goes under
+    ``<version>/<sha256 of manifest.json>/`` (hub layout 1.1, :mod:`sic_share._layout`):
+    two publishers racing for one version upload into different folders, and only
+    the envelope, created exclusively (``If-None-Match: *`` on S3, a hard link on a
+    local hub), decides which one is the version. The loser removes its own data
+    folder and is told the version exists. Re-running an interrupted publish writes
+    the same bytes under the same names and completes it. On a local hub no
+    symbolic link below the hub's root is ever followed.
     """
     root = Path(dataset_dir)
-    manifest = check_unverified(root)
+    ready = check_unverified(root, trust=trust)
+    manifest = ready.manifest
     fs, base, url = _open_hub(hub, reading=False)
-    dest = join(base, manifest.publisher, manifest.name, str(manifest.version))
+    parts = [manifest.publisher, manifest.name, str(manifest.version)]
+    dest = join(base, *parts)
+    data = data_folder(dest, ready.body)
     envelope_path = join(dest, ENVELOPE)
+    done = f"{url.rstrip('/')}/{manifest.publisher}/{manifest.name}/{manifest.version}"
     already = AlreadyPublishedError(
         f"version {manifest.version} of {manifest.publisher}/{manifest.name} is already published on {url}: "
         f"versions are immutable, sign a new one with 'sic-share sign --version {manifest.version + 1}'"
     )
+    uploads: list[tuple[str, Path | bytes]] = [(MANIFEST, ready.body)]
+    for fname in sorted(manifest.files):
+        uploads.append((fname, root / fname))
+        if fname in ready.sidecars:
+            uploads.append((fname + BLOCKS_SUFFIX, ready.sidecars[fname]))
     with _refusals(fs, base, url, "the upload", f"write under {manifest.publisher}/"):
-        if fs.exists(envelope_path):
+        if _read_if_exists(fs, envelope_path) is not None:
             raise already
         _refuse_versioned_bucket(fs, base)
-        names = sorted(manifest.files)
-        for i, fname in enumerate(names):
-            target = join(dest, fname)
-            if is_local(fs):  # object stores have no folders (s3fs would try to create the bucket)
-                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(root / fname), target)
-            if progress:
-                progress(fname, i + 1, len(names))
-        fs.pipe_file(join(dest, MANIFEST), (root / MANIFEST).read_bytes())
+        writer = _LocalHubWriter(base, url) if is_local(fs) else None
+        total, sent = len(manifest.files), 0
         try:
-            _create_exclusive(fs, envelope_path, (root / ENVELOPE).read_bytes())
+            for name, source in uploads:
+                target = join(data, name)
+                if writer is not None:
+                    folder_parts = [*parts, manifest_digest(ready.body), *name.split("/")[:-1]]
+                    with writer.folder(folder_parts) as fd:
+                        writer.write(fd, name.rsplit("/", 1)[-1], source)
+                elif isinstance(source, bytes):
+                    fs.pipe_file(target, source)
+                else:
+                    fs.put_file(str(source), target)
+                if isinstance(source, Path):
+                    sent += 1
+                    if progress:
+                        progress(name, sent, total)
+            if writer is not None:
+                with writer.folder(parts) as fd:
+                    writer.write(fd, ENVELOPE, ready.envelope, exclusive=True)
+            else:
+                _create_exclusive(fs, envelope_path, ready.envelope)
         except FileExistsError:
+            if _read_if_exists(fs, envelope_path) != ready.envelope:
+                _remove_quietly(fs, data)  # the winner's data lies elsewhere: only our own folder goes
             raise already from None
-    return f"{url.rstrip('/')}/{manifest.publisher}/{manifest.name}/{manifest.version}"
+    return done
+
+
+def _read_if_exists(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
+    """A hub object's bytes (at most the envelope limit), or None when it does not exist."""
+    try:
+        fs.invalidate_cache(path)
+        return fs.cat_file(path, start=0, end=MAX_ENVELOPE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+    """Best-effort removal of an uncommitted data folder (``hub gc`` removes what this leaves)."""
+    with contextlib.suppress(Exception):
+        if is_local(fs):
+            if not os.path.islink(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            fs.rm(folder, recursive=True)
 
 
 def _versions(fs: fsspec.AbstractFileSystem, base: str, ref: DatasetRef) -> list[int]:
@@ -271,17 +385,23 @@ def _pick_version(fs: fsspec.AbstractFileSystem, base: str, url: str, ref: Datas
 
 
 def _open_version(
-    ref: DatasetRef, hub: str | None, *, trust: TrustStore, record: VersionRecord, allow_rollback: bool
+    ref: DatasetRef, hub: str | None, *, trust: TrustStore, record: VersionRecord, allow_rollback: bool,
+    remember: bool = True,
 ) -> tuple[Manifest, bytes, bytes, _Remote]:
     """Find the asked (or newest) version and verify its envelope before anything else is read.
 
     Returns the manifest, the envelope and manifest bytes, and where its files are.
+    Every reader of a hub version comes through here, so each one checks and
+    (``remember``) records the highest version seen: a hub that later hides the
+    newest version is refused by ``sic``, ``app`` or ``pull --slides`` alike.
     """
     fs, base, url = _open_hub(hub)
     version = _pick_version(fs, base, url, ref, "the download")
-    remote = _Remote(fs, base, url, join(base, ref.publisher, ref.name, str(version)))
-    with remote.refusals(ref):
-        envelope = fs.cat_file(join(remote.folder, ENVELOPE))
+    folder = join(base, ref.publisher, ref.name, str(version))
+    with _refusals(fs, base, url, "the download", f"read {ref.publisher}/{ref.name}"):
+        envelope = _read_if_exists(fs, join(folder, ENVELOPE))
+    if envelope is None:
+        raise HubError(f"{ref.publisher}/{ref.name} has no version {version} on {url}: see 'sic-share ls --hub {url}'")
     manifest, body = verify_signature(
         envelope, f"{ref.publisher}/{ref.name}@{version}", trust=trust, record=record, allow_rollback=allow_rollback
     )
@@ -290,7 +410,9 @@ def _open_version(
             f"the envelope at {ref.publisher}/{ref.name}@{version} is signed for {manifest.ref}: "
             "the hub holds a misplaced or replayed manifest, do not use it"
         )
-    return manifest, envelope, body, remote
+    if remember:
+        record.record(manifest.publisher, manifest.name, manifest.version)
+    return manifest, envelope, body, _Remote(fs, base, url, folder, data_folder(folder, body))
 
 
 @dataclass(frozen=True)
@@ -298,7 +420,12 @@ class _Remote:
     fs: fsspec.AbstractFileSystem
     base: str
     url: str
-    folder: str
+    folder: str  # the version folder: the envelope, and the data of hub layout 1.0
+    data: str  # the data folder of hub layout 1.1 (``<version>/<sha256 of manifest.json>``)
+
+    def paths(self, fname: str) -> tuple[str, str]:
+        """Where a manifest file lies: layout 1.1 first, then 1.0 (checked by digest either way)."""
+        return join(self.data, fname), join(self.folder, fname)
 
     def ranges(self, path: str, size: int) -> Iterator[bytes]:
         """The first ``size`` bytes of ``path`` in ranged reads of ``_STREAM_BLOCK`` (one GET each on S3)."""
@@ -341,11 +468,13 @@ def _fetch(
         if blob is not None:
             return blob
         name = f"{fname} of {manifest.ref}"
-        try:
-            with remote.refusals(ref):
-                return cache.store(remote.ranges(join(remote.folder, fname), size), digest, size, name)
-        except FileNotFoundError:
-            raise VerificationError(f"{name} is missing on the hub: the publish is incomplete") from None
+        for path in remote.paths(fname):
+            try:
+                with remote.refusals(ref):
+                    return cache.store(remote.ranges(path, size), digest, size, name)
+            except FileNotFoundError:
+                continue
+        raise VerificationError(f"{name} is missing on the hub: the publish is incomplete, tell its publisher")
 
     found: dict[str, Path] = {}
     with ThreadPoolExecutor(max_workers=_PARALLEL_FILES) as pool:
@@ -473,28 +602,48 @@ class HubEntry:
 
 
 def iter_published(
-    fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore, *, owner: str = "*"
+    fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore, *, owner: str = "*",
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[Manifest, bool, str]]:
     """Every published version under ``base``: ``(manifest, trusted, version folder path)``.
 
     ``trusted``: the envelope is signed by a key trusted for the manifest's
     publisher, unexpired, and sits under its own publisher/name/version.
-    Envelopes that cannot be parsed at all are skipped. Shared by ``ls`` and
-    ``query``.
+    Shared by ``ls`` and ``query``.
+
+    A bad entry never stops the listing: an envelope larger than
+    ``MAX_ENVELOPE_BYTES`` (judged by the listing's size, never read), one that is
+    not a DSSE envelope over a sic-share manifest, or one that vanished meanwhile
+    is skipped, with one line saying why appended to ``skipped``.
     """
     with _refusals(fs, base, url, "the listing", "list and read the hub"):
-        found = sorted(fs.glob(join(base, owner, "*", "*", ENVELOPE)))
-    for envelope_path in found:
+        found = fs.glob(join(base, owner, "*", "*", ENVELOPE), detail=True)
+    for envelope_path in sorted(found):
         folder = envelope_path.rsplit("/", 1)[0]
+        where = "/".join(folder.split("/")[-3:])
+        size = found[envelope_path].get("size")
+        if isinstance(size, int) and size > MAX_ENVELOPE_BYTES:
+            if skipped is not None:
+                skipped.append(f"{where}: its envelope has {size} bytes, more than any sic-share manifest; skipped")
+            continue
         with _refusals(fs, base, url, "the listing", "list and read the hub"):
-            raw = fs.cat_file(envelope_path)
+            try:
+                raw = _read_if_exists(fs, envelope_path)
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, PermissionError):
+                    raise
+                raw = None
+        if raw is None:
+            continue
         try:
-            manifest, _ = verify_signature(raw, envelope_path, trust=trust, allow_rollback=True)
+            manifest, _ = verify_signature(raw, where, trust=trust, allow_rollback=True)
             trusted = True
         except VerificationError:
             try:
-                manifest = parse_manifest(open_envelope(raw, envelope_path)[1], envelope_path)
-            except VerificationError:
+                manifest = parse_manifest(open_envelope(raw, where)[1], where)
+            except VerificationError as exc:
+                if skipped is not None:
+                    skipped.append(f"{where}: {exc}; skipped")
                 continue
             trusted = False
         placed = (manifest.publisher, manifest.name, str(manifest.version)) == tuple(folder.split("/")[-3:])
@@ -507,6 +656,7 @@ def list_datasets(
     trust: TrustStore | None = None,
     publisher: str | None = None,
     model: str | None = None,
+    skipped: list[str] | None = None,
 ) -> list[HubEntry]:
     """Every published version on a hub, read from the signed envelopes alone.
 
@@ -520,25 +670,39 @@ def list_datasets(
         Only this publisher's datasets (only its folder is listed).
     model : str, optional
         Only datasets whose model id contains this text (case-insensitive).
+    skipped : list, optional
+        Receives one line per hub entry that could not be read (see :func:`iter_published`).
     """
     fs, base, url = _open_hub(hub)
     owner = check_name(publisher, "publisher") if publisher else "*"
     entries = []
-    for manifest, trusted, _folder in iter_published(fs, base, url, trust or TrustStore(), owner=owner):
-        predicate = manifest.predicate
-        if model and model.lower() not in str(predicate.get("model", {}).get("id", "")).lower():
+    for manifest, trusted, _folder in iter_published(fs, base, url, trust or TrustStore(), owner=owner,
+                                                     skipped=skipped):
+        model_id = str(_field(manifest, "model", "id", "?"))
+        if model and model.lower() not in model_id.lower():
             continue
         entries.append(
             HubEntry(
                 manifest.publisher,
                 manifest.name,
                 manifest.version,
-                str(predicate.get("model", {}).get("id", "?")),
-                int(predicate.get("model", {}).get("dim", 0)),
-                int(predicate.get("counts", {}).get("slides", 0)),
-                int(predicate.get("counts", {}).get("patches", 0)),
-                str(predicate.get("created", "")),
+                model_id,
+                _count(_field(manifest, "model", "dim", 0)),
+                _count(_field(manifest, "counts", "slides", 0)),
+                _count(_field(manifest, "counts", "patches", 0)),
+                str(manifest.predicate.get("created", "")),
                 trusted,
             )
         )
     return entries
+
+
+def _field(manifest: Manifest, section: str, key: str, default: object) -> object:
+    """``predicate[section][key]``, or ``default`` where an (untrusted) manifest has another shape."""
+    block = manifest.predicate.get(section)
+    return block.get(key, default) if isinstance(block, dict) else default
+
+
+def _count(value: object) -> int:
+    """A non-negative int from an (untrusted) manifest field; 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

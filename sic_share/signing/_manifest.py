@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -10,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sic_share._jsonstore import atomic_write_bytes
 from sic_share._layout import BLOCK_SIZE, digest_file, manifest_digest
@@ -32,6 +37,8 @@ __all__ = [
     "verify_files",
     "verify_dataset",
     "check_unverified",
+    "PublishReady",
+    "FORMAT_MINOR",
 ]
 
 MANIFEST = "manifest.json"
@@ -157,6 +164,10 @@ def sign_dataset(
             "slide_metadata": "none: only level-0 µm/px and patch geometry",
         },
         "signer": key_id(key.public_key()),
+        # The raw public key (its sha256 is ``signer``): lets ``publish`` check the signature before
+        # uploading. Trust never comes from here: consumers trust keys with 'trust add'.
+        "signer_key": base64.b64encode(key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode(),
         "files": files,
     }
     if expires_days is not None:
@@ -289,8 +300,11 @@ def verify_signature(
     return manifest, body
 
 
-def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None) -> None:
-    """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; no unlisted Parquet file."""
+def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None, hash_files: bool = True) -> None:
+    """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; no unlisted Parquet file.
+
+    ``hash_files=False`` checks presence and sizes only (for a caller that hashes them itself).
+    """
     wanted = manifest.files if only is None else {k: v for k, v in manifest.files.items() if k in only}
     slides = root / SLIDES_DIR
     # Only Parquet files can be read as slides; other files there are never used.
@@ -314,7 +328,7 @@ def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None
                 f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
                 "it was truncated or replaced, pull it again"
             )
-        if sha256_file(path) != digest:
+        if hash_files and sha256_file(path) != digest:
             raise VerificationError(
                 f"{fname} of {manifest.ref} does not match its signed sha256: it was modified, pull it again"
             )
@@ -385,21 +399,97 @@ def verify_dataset(
     return manifest
 
 
-def check_unverified(dataset_dir: str | os.PathLike[str]) -> Manifest:
-    """Integrity without trust: manifest.json is the envelope's payload and every file matches it.
+@dataclass(frozen=True)
+class PublishReady:
+    """A dataset folder checked for publishing: what ``publish`` uploads, all read once."""
 
-    Used by ``publish``, which uploads what the holder signed even when the
-    holder has not trusted their own key; consumers verify the signature on pull.
+    manifest: Manifest
+    body: bytes  # manifest.json, the envelope's payload
+    envelope: bytes
+    sidecars: dict[str, bytes]  # file name -> its per-block digests (format 1.1 manifests)
+
+
+def _signer_keys(manifest: Manifest, trust: TrustStore | None) -> list[Ed25519PublicKey]:
+    """Keys that may have signed ``manifest``: the one it names (``signer_key``, when its sha256 is
+    ``signer``), else the holder's own key pairs and every trusted key (manifests before 1.1)."""
+    from sic_share.signing._keys import list_keys, load_public_key
+
+    raw, signer = manifest.predicate.get("signer_key"), manifest.predicate.get("signer")
+    if isinstance(raw, str):
+        try:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(raw, validate=True))
+        except (ValueError, binascii.Error):
+            return []
+        return [key] if key_id(key) == signer else []
+    found = []
+    for info in list_keys():
+        if info.public is not None and info.keyid is not None:
+            try:
+                found.append(load_public_key(Path(info.public).read_bytes(), info.public))
+            except (OSError, SicShareError):
+                continue
+    found.extend(key.public_key for key in (trust or TrustStore()).keys())
+    return found
+
+
+def check_unverified(dataset_dir: str | os.PathLike[str], *, trust: TrustStore | None = None) -> PublishReady:
+    """What ``publish`` checks before a byte leaves the holder: signature, expiry, every file.
+
+    The envelope's signature must verify with the key the manifest names
+    (``signer_key``; for manifests before 1.1, one of the holder's own or trusted
+    keys); whom consumers trust is theirs to decide on pull. manifest.json
+    must be its payload; the manifest must not have expired; every listed file must
+    have its signed size, sha256 and (format 1.1) per-block digests, computed in one
+    read that also yields the ``.blocks`` sidecars uploaded beside the files. So a
+    folder that no consumer would accept is never uploaded and never burns a
+    version number.
     """
+    from sic_share._layout import digest_file
+
     root = Path(dataset_dir)
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise VerificationError(f"dataset folder {root} {what}: give the folder that holds {ENVELOPE}")
     try:
         envelope = (root / ENVELOPE).read_bytes()
         body = (root / MANIFEST).read_bytes()
     except FileNotFoundError as exc:
         raise VerificationError(f"{root} is not signed ({Path(exc.filename).name} missing): run 'sic-share sign' first") from None
-    _, payload, _ = open_envelope(envelope, str(root / ENVELOPE))
+    payload_type, payload, signatures = open_envelope(envelope, str(root / ENVELOPE))
     if payload != body:
         raise VerificationError(f"{root / MANIFEST} was edited after signing: sign the dataset again")
     manifest = parse_manifest(body, str(root / MANIFEST))
-    verify_files(root, manifest)
-    return manifest
+    if payload_type != IN_TOTO_PAYLOAD_TYPE or not any(
+            signature_verifies(key, payload_type, body, sig) for key in _signer_keys(manifest, trust)
+            for _, sig in signatures):
+        raise VerificationError(
+            f"the signature in {root / ENVELOPE} does not verify (damaged, or made by another key than the "
+            f"manifest names): sign {root} again with 'sic-share sign'"
+        )
+    expires = manifest.predicate.get("expires")
+    if expires is not None:
+        try:
+            expired = datetime.fromisoformat(expires) <= _now()
+        except (TypeError, ValueError):
+            raise VerificationError(f"{manifest.ref} has an unreadable expiry {expires!r}: sign it again") from None
+        if expired:
+            raise VerificationError(f"{manifest.ref} expired on {expires}: sign a new version before publishing")
+    verify_files(root, manifest, hash_files=False)
+    sidecars: dict[str, bytes] = {}
+    for fname, (size, digest) in sorted(manifest.files.items()):
+        block = manifest.blocks.get(fname)
+        # The signed block root covers every byte, so one pass of block digests checks the file
+        # (no second whole-file hash: publish costs what it did before sidecars).
+        digests = digest_file(root / fname, block[0], whole=False) if block else None
+        if digests is None:
+            ok = sha256_file(root / fname) == digest
+        else:
+            ok = digests.size == size and digests.root == block[1]
+        if not ok:
+            raise VerificationError(
+                f"{fname} of {manifest.ref} does not match its signed sha256: it was modified after signing, "
+                "sign the dataset again"
+            )
+        if digests is not None:
+            sidecars[fname] = digests.blocks
+    return PublishReady(manifest, body, envelope, sidecars)
