@@ -513,37 +513,35 @@ def models_cmd(
 
 @app.command("query")
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over 'datasets' and patches('publisher/name[@version]').")],
+    sql: Annotated[str, typer.Argument(help="One SELECT over 'datasets' and patches('publisher/name[@version]').")],
     hub: HubOption = None,
-    verified_only: Annotated[bool, typer.Option("--verified-only", help="Only datasets signed by trusted keys.")] = False,
+    include_untrusted: Annotated[bool, typer.Option("--include-untrusted", help="Also read datasets not signed by a key you trust (marked trusted=false in 'datasets'); their bytes are still checked against their own manifest.")] = False,
+    allow_rollback: Annotated[bool, typer.Option("--allow-rollback", help="Let patches('pub/name') read a newest version older than one seen before.")] = False,
+    verified_only: Annotated[bool, typer.Option("--verified-only", hidden=True, help="The default now; accepted for old scripts.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     parquet: Annotated[Optional[Path], typer.Option("--out", "--parquet", help="Write the result to this Parquet file (--parquet is the same option).")] = None,
 ) -> None:
-    """Run SQL over a hub with DuckDB: the 'datasets' catalog and patches('lab-a/crc@1').
+    """Run one read-only SQL statement over a hub's verified datasets: 'datasets' and patches('lab-a/crc@1').
 
     Example: sic-share query "SELECT publisher, name, patches FROM datasets" --csv
     """
-    from sic_share.query import format_result, run_query
+    from sic_share.query import format_result, run_query, write_parquet
 
     if parquet is not None and not parquet.parent.is_dir():
         raise SicShareError(f"folder {parquet.parent} does not exist: create it or choose another --out path")
-    result = run_query(sql, hub, verified_only=verified_only)
+    result = run_query(sql, hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback)
     if parquet is not None:
-        import os
-
-        import pyarrow.parquet as pq
-
-        tmp = parquet.with_name(f".{parquet.name}.tmp")
-        pq.write_table(result, tmp)
-        os.replace(tmp, parquet)
-        out.print(f"{result.num_rows} rows written to {parquet}")
-    elif as_csv or as_json:
-        sys.stdout.write(format_result(result, "csv" if as_csv else "json"))
+        write_parquet(result, parquet)
+        out.print(f"{result.num_rows} rows written to {escape_text(parquet)}")
+    elif as_json:  # json.dumps escapes every control and non-ASCII character
+        sys.stdout.write(format_result(result, "json"))
+    elif as_csv:  # hub strings are data: controls written as visible escapes, line by line
+        sys.stdout.write("\n".join(visible_controls(line) for line in format_result(result, "csv").split("\n")))
     else:
-        table = Table(*result.column_names)
+        table = Table(*(escape_text(name) for name in result.column_names))
         for row in result.to_pylist():
-            table.add_row(*(str(value) for value in row.values()))
+            table.add_row(*(escape_text(value) for value in row.values()))
         out.print(table)
 
 
@@ -753,6 +751,14 @@ def audit(
 
 DatasetArg = Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")]
 SlideOption = Annotated[Optional[str], typer.Option("--slide", help="Slide id (optional when the dataset has one slide).")]
+UnsignedOption = Annotated[bool, typer.Option("--unsigned", help="Read an unsigned dataset folder (export --no-sign): its bytes are checked by nobody.")]
+RollbackOption = Annotated[bool, typer.Option("--allow-rollback", help="Accept a dataset version older than one verified before.")]
+
+
+def _note(note: str | None) -> None:
+    """A library note (e.g. an unsigned folder read with --unsigned): one line on stderr."""
+    if note:
+        err.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _method_options(method: str, **given: object) -> None:
@@ -793,13 +799,15 @@ def sic(
     no_legend: Annotated[bool, typer.Option("--no-legend", help="PNG: no title and legend band below the overlay (a bare overlay the size of the slide).")] = False,
     seed: Annotated[int, typer.Option("--random-state", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """Label every patch of a slide from a few seeds (label spreading by default; SIC with --method sic).
 
     Example: sic-share sic demo-lab/cmu-lite0 --seeds seeds.geojson --classes Dermis,Epidermis --out cmu.geojson --out cmu.png
     """
-    from sic_share.sic import run_sic
+    from sic_share.sic import locate_slide, run_sic
     from sic_share.viz import format_for, write_confidence_png, write_result
     from sic_share.viz._common import check_target
 
@@ -829,7 +837,9 @@ def sic(
         _check_suffix(confidence_png, ".png", "--confidence-png")
         check_target(confidence_png)
     names = tuple(c.strip() for c in classes.split(",")) if classes else None
-    result = run_sic(dataset, seeds, slide_id=slide, classes=names, hub=hub, method=method, rule=rule, score=score,
+    located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
+    _note(located.note)
+    result = run_sic(located, seeds, slide_id=slide, classes=names, hub=hub, method=method, rule=rule, score=score,
                      normalize=normalize, smooth=smooth, random_state=seed)
     note = result.seeds.summary()
     if note:
@@ -903,13 +913,18 @@ def app_cmd(
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
     projection: Annotated[str, typer.Option("--projection", help="Map colours and scatter: pca (fast) or umap (as 'umap --method').")] = "pca",
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a --host other machines can reach (there is no login).")] = False,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """Annotate one slide in the browser: click or lasso seed patches, see the annotation at once, export it.
 
     Example: sic-share app demo-lab/cmu-lite0 --image slides/cmu.svs
     """
-    from sic_share.app import launch
+    from sic_share.app import launch, locate_slide
+
+    located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
+    _note(located.note)
 
     def ready(info) -> None:
         shown = f"image {info.image}" if info.image else "embedding map (no pixels)"
@@ -917,7 +932,7 @@ def app_cmd(
                               f"{info.seconds:.1f} s at {info.url}  (Ctrl-C stops)"), highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
-    launch(dataset, slide_id=slide, hub=hub, image=image, host=host, port=port, projection=projection,
+    launch(located, slide_id=slide, hub=hub, image=image, host=host, port=port, projection=projection,
            open_browser=not no_browser, allow_remote=allow_remote, on_ready=ready)
     out.print("stopped", highlight=False)
 
@@ -933,19 +948,24 @@ def umap_map(
     tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
     max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
     seed: Annotated[int, typer.Option("--random-state", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel.
 
     Example: sic-share umap demo-lab/cmu-lite0 --out map.png --method pca --tissuumaps map.csv
     """
+    from sic_share.sic import locate_slide
     from sic_share.viz import write_embedding_map
 
     _check_suffix(out_path, ".png", "--out")
     projection = _projection(method)
+    located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
+    _note(located.note)
     bar, update = _progress("mapping the embeddings")
     with bar:
-        made = write_embedding_map(dataset, out_path, slide_id=slide, hub=hub, method=projection, seeds=seeds,
+        made = write_embedding_map(located, out_path, slide_id=slide, hub=hub, method=projection, seeds=seeds,
                                    result=result, tissuumaps=tissuumaps, max_side=max_side, random_state=seed,
                                    progress=update)
     note = made.seeds.summary() if made.seeds is not None else None
@@ -963,16 +983,22 @@ def to_anndata_cmd(
     slide: SlideOption = None,
     method: MethodOption = "auto",
     seed: Annotated[int, typer.Option("--random-state", help="random_state of the UMAP.", min=0, max=2**32 - 1)] = 0,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """Write one slide as AnnData (.h5ad) in the layout DEPICTER's TissUUmaps plugin reads.
 
     Example: sic-share to-anndata demo-lab/cmu-lite0 --out cmu.h5ad --method pca
     """
+    from sic_share.sic import locate_slide
     from sic_share.viz import to_anndata
 
     _check_suffix(out_path, ".h5ad", "--out")
-    path = to_anndata(dataset, out_path, slide_id=slide, hub=hub, method=_projection(method), random_state=seed)
+    projection = _projection(method)
+    located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
+    _note(located.note)
+    path = to_anndata(located, out_path, slide_id=slide, hub=hub, method=projection, random_state=seed)
     out.print(escape_text(f"wrote {path} (obsm: spatial = level-0 patch centres, features, X_umap; obs: color)"), highlight=False)
 
 
@@ -1000,13 +1026,15 @@ def benchmark(
     out_paths: Annotated[Optional[list[Path]], typer.Option("--out", help="Write files, repeatable; the suffix picks what: .png (box plot, the paper's Figure 2), .csv (per-fold rows), .json (everything), .txt (the table).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary, slides and folds as JSON instead of the table.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the per-fold rows as CSV instead of the table.")] = False,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """The paper's protocol: random seeds inside each class, each method, every patch scored against the truth.
 
     Example: sic-share benchmark lab/crc-resnet lab/crc-uni --clicks 1,3,5 --method spreading,sic --out box.png
     """
-    from sic_share.compare import run_benchmark
+    from sic_share.compare import open_dataset, run_benchmark
 
     names = [m.strip() for m in method.split(",")]
     for name in names:
@@ -1025,9 +1053,12 @@ def benchmark(
         if kind in files:
             raise SicShareError(f"--out {files[kind]} and --out {path} are both {path.suffix} files: give one of each")
         files[kind] = path
+    opened = [open_dataset(d, hub, unsigned=unsigned, allow_rollback=allow_rollback) for d in datasets]
+    for ds in opened:
+        _note(ds.note)
     bar, update = _progress("benchmarking slides")
     with bar:
-        result = run_benchmark(datasets, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed,
+        result = run_benchmark(opened, clicks=_ints(clicks, "--clicks"), folds=folds, score=score, seed=seed,
                                jobs=jobs, hub=hub, rule=rule, method=names, positive=positive, skip_small=skip_small,
                                csv_path=files.get("csv"), json_path=files.get("json"), plot_path=files.get("plot"),
                                text_path=files.get("text"), progress=update)
@@ -1049,17 +1080,22 @@ def similarity_cmd(
     clicks: Annotated[int, typer.Option("--clicks", help="Seeds per class for the SIC agreement.")] = 3,
     seed: Annotated[int, typer.Option("--random-state", help="Seed of the draws.", min=0, max=2**32 - 1)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    unsigned: UnsignedOption = False,
+    allow_rollback: RollbackOption = False,
     hub: HubOption = None,
 ) -> None:
     """How alike two models see the same patches: linear CKA, mutual kNN overlap, SIC agreement.
 
     Example: sic-share similarity lab/crc-resnet50 lab/crc-uni --json
     """
-    from sic_share.compare import similarity
+    from sic_share.compare import open_dataset, similarity
 
+    a, b = (open_dataset(d, hub, unsigned=unsigned, allow_rollback=allow_rollback) for d in (dataset_a, dataset_b))
+    _note(a.note)
+    _note(b.note if b.note != a.note else None)
     bar, update = _progress("comparing slides")
     with bar:
-        result = similarity(dataset_a, dataset_b, hub=hub, k=k, seed=seed, clicks=clicks, progress=update)
+        result = similarity(a, b, hub=hub, k=k, seed=seed, clicks=clicks, progress=update)
     sys.stdout.write(result.to_json() if as_json else visible_controls(result.to_text(), multiline=True))
 
 

@@ -51,17 +51,19 @@ def hub_with_two(tmp_path, publisher) -> tuple[Path, dict[str, Path]]:
     return hub, {"lab-a/crc@1": v1, "lab-a/crc@2": v2, "lab-x/lung@1": lung}
 
 
-def test_datasets_lists_every_version_with_trust(hub_with_two):
+def test_datasets_lists_trusted_versions_and_untrusted_only_when_asked(hub_with_two):
     hub, _ = hub_with_two
-    rows = run_query("SELECT publisher, name, version, model, dim, slides, patches, trusted, url FROM datasets",
-                     str(hub)).to_pylist()
+    sql = "SELECT publisher, name, version, model, dim, slides, patches, trusted, url FROM datasets"
+    rows = run_query(sql, str(hub)).to_pylist()
     got = {(r["publisher"], r["name"], r["version"]): r for r in rows}
-    assert set(got) == {("lab-a", "crc", 1), ("lab-a", "crc", 2), ("lab-x", "lung", 1)}
+    assert set(got) == {("lab-a", "crc", 1), ("lab-a", "crc", 2)}
     assert got["lab-a", "crc", 1]["trusted"] is True and got["lab-a", "crc", 2]["trusted"] is True
-    assert got["lab-x", "lung", 1]["trusted"] is False
     assert (got["lab-a", "crc", 1]["slides"], got["lab-a", "crc", 1]["patches"]) == (2, 400)
     assert got["lab-a", "crc", 1]["model"] == "test-model" and got["lab-a", "crc", 1]["dim"] == 16
     assert Path(got["lab-a", "crc", 2]["url"]) == hub / "lab-a" / "crc" / "2"
+    every = {(r["publisher"], r["name"], r["version"]): r["trusted"]
+             for r in run_query(sql, str(hub), include_untrusted=True).to_pylist()}
+    assert every == {("lab-a", "crc", 1): True, ("lab-a", "crc", 2): True, ("lab-x", "lung", 1): False}
 
 
 def test_patches_counts_match_the_parquet_files_and_version_selects(hub_with_two):
@@ -89,14 +91,11 @@ def test_embedding_is_a_float_list_of_dim(hub_with_two):
     assert table.to_pylist() == [{"d": 16, "t": "FLOAT[]"}]
 
 
-def test_untrusted_is_listed_but_excluded_when_verified_only(hub_with_two):
+def test_untrusted_is_read_only_when_asked(hub_with_two):
     hub, _ = hub_with_two
-    assert grouped(run_query(COUNT.format(ref="lab-x/lung"), str(hub))) == {"s0": 30}
-    names = run_query("SELECT DISTINCT publisher || '/' || name AS ref FROM datasets ORDER BY 1", str(hub),
-                      verified_only=True)
-    assert names.column("ref").to_pylist() == ["lab-a/crc"]
-    with pytest.raises(SicShareError, match="no dataset lab-x/lung"):
-        run_query(COUNT.format(ref="lab-x/lung"), str(hub), verified_only=True)
+    with pytest.raises(SicShareError, match="no dataset lab-x/lung on the hub: see SELECT . FROM datasets for the trusted"):
+        run_query(COUNT.format(ref="lab-x/lung"), str(hub))
+    assert grouped(run_query(COUNT.format(ref="lab-x/lung"), str(hub), include_untrusted=True)) == {"s0": 30}
 
 
 def test_unknown_ref_is_one_clear_error(hub_with_two):
@@ -126,13 +125,14 @@ def test_s3_hub_gives_the_same_counts(as_user, tmp_path, publisher):
     hub = f"s3://{BUCKET}/"
     publish(root, hub)
     as_user("reader")
-    counts = grouped(run_query(COUNT.format(ref=f"lab-a/{name}"), hub, verified_only=True))
+    counts = grouped(run_query(COUNT.format(ref=f"lab-a/{name}"), hub))
     assert counts == slide_counts(root) == {"s0": 120, "s1": 120}
     url = run_query(f"SELECT url FROM datasets WHERE name = '{name}'", hub).column("url").to_pylist()
     assert url == [f"s3://{BUCKET}/lab-a/{name}/1"]
 
 
 def test_s3_query_reads_only_the_columns_it_needs(as_user, tmp_path, publisher, monkeypatch):
+    """Column pruning survives verification: the footer and one column's blocks, not the file."""
     import s3fs
 
     name = f"crc{secrets.token_hex(4)}"
@@ -142,15 +142,19 @@ def test_s3_query_reads_only_the_columns_it_needs(as_user, tmp_path, publisher, 
     publish(root, hub)
     as_user("reader")  # a publisher may list only its own prefix once others have published (they may have)
     fetched = []
-    real = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
-                        lambda self, start, end: fetched.append(end - start) or real(self, start, end))
+    real = s3fs.S3FileSystem._cat_file
+
+    async def counting(self, path, *args, start=None, end=None, **kwargs):
+        data = await real(self, path, *args, start=start, end=end, **kwargs)
+        if "/slides/" in path:
+            fetched.append(len(data))
+        return data
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counting)
     con = connect(hub)
     assert con.sql(f"SELECT count(DISTINCT slide_id) FROM patches('lab-a/{name}')").fetchall() == [(1,)]
-    loaded = {row[0] for row in con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
     con.close()
     size = (root / "slides" / "s0.parquet").stat().st_size
-    assert "httpfs" not in loaded  # s3:// went through the registered fsspec filesystem
     assert 0 < sum(fetched) < size / 4, (fetched, size)
 
 

@@ -1,12 +1,11 @@
-"""SQL over a hub: DuckDB reads the signed catalog and the slides' Parquet where they lie.
+"""SQL over a hub: DuckDB reads the signed catalog and only verified bytes of the slides' Parquet.
 
-``connect(hub)`` gives an in-memory DuckDB connection with
+``connect(hub)`` gives an in-memory, sandboxed DuckDB connection with
 
-- ``datasets``: one row per published version (publisher, name, version, model,
-  dim, slides, patches, created, trusted, url), read from the signed envelopes;
-- ``patches(ref)``: a table macro over one version's ``slides/*.parquet``, where
-  ``ref`` is ``'publisher/name'`` (the newest published version) or
-  ``'publisher/name@version'``.
+- ``datasets``: one row per usable published version (publisher, name, version,
+  model, dim, slides, patches, created, trusted, url), read from the envelopes;
+- ``patches(ref)``: a table macro over one version's slide files, where ``ref`` is
+  ``'publisher/name'`` (the newest trusted version) or ``'publisher/name@version'``.
 
 Example::
 
@@ -17,160 +16,262 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import fsspec
 import pyarrow as pa
 
-from sic_share._fsutil import is_local, join
+from sic_share._fsutil import is_local
 from sic_share.errors import SicShareError
+from sic_share.hub._cache import BlobCache
 from sic_share.hub._hub import _open_hub, iter_published
-from sic_share.signing import Manifest, TrustStore
+from sic_share.query._sandbox import QueryRefused, _first_line, check_statement, lock_down
+from sic_share.query._verified import VerifiedFileSystem, version_files
+from sic_share.signing import Manifest, TrustStore, VersionRecord
 
-__all__ = ["connect", "format_result", "run_query"]
+__all__ = ["QueryRefused", "connect", "format_result", "run_query", "write_parquet"]
+
 
 @dataclass(frozen=True)
 class _Version:
     manifest: Manifest
     trusted: bool
-    url: str  # the version folder, as DuckDB addresses it
+    url: str  # the version folder's hub URL (shown in ``datasets``)
+    files: tuple[str, ...]  # the slide files' URLs in the verified filesystem
 
 
-def _catalog(fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore) -> list[_Version]:
-    """Every published version with its manifest, trusted as ``list_datasets`` decides it."""
-    # Local files are read by DuckDB itself; remote ones through the registered fsspec filesystem.
-    return [
-        _Version(manifest, trusted, folder if is_local(fs) else fs.unstrip_protocol(folder))
-        for manifest, trusted, folder in iter_published(fs, base, url, trust)
-    ]
+def _catalog(fs: fsspec.AbstractFileSystem, base: str, url: str, trust: TrustStore, vfs: VerifiedFileSystem,
+             include_untrusted: bool) -> list[_Version]:
+    """The versions a query may read: placed where they claim, trusted (or untrusted when asked)."""
+    versions = []
+    for manifest, trusted, folder in iter_published(fs, base, url, trust):
+        placed = tuple(folder.rstrip("/").split("/")[-3:]) == (manifest.publisher, manifest.name, str(manifest.version))
+        if not placed or not (trusted or include_untrusted):
+            continue  # a misplaced or replayed envelope is never used, an untrusted one only when asked
+        files = tuple(vfs.add(path, entry) for path, entry in version_files(manifest, folder))
+        shown = folder if is_local(fs) else fs.unstrip_protocol(folder)
+        versions.append(_Version(manifest, trusted, shown, files))
+    return versions
 
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _file_map(versions: list[_Version]) -> str:
-    """A DuckDB MAP literal: ``'pub/name'`` and ``'pub/name@v'`` to that version's slide file URLs."""
+def _resolve(versions: list[_Version], record: VersionRecord, allow_rollback: bool
+             ) -> tuple[dict[str, _Version], dict[str, str]]:
+    """Refs to versions (``pub/name@v`` each; ``pub/name`` the newest trusted, else the newest untrusted),
+    and refs refused with why (a rollback)."""
+    refs: dict[str, _Version] = {}
     newest: dict[tuple[str, str], _Version] = {}
-    entries: dict[str, _Version] = {}
     for v in versions:
         m = v.manifest
-        entries[m.ref] = v
-        key = (m.publisher, m.name)
-        if key not in newest or m.version > newest[key].manifest.version:
-            newest[key] = v
+        refs[m.ref] = v
+        best = newest.get((m.publisher, m.name))
+        if best is None or (v.trusted, m.version) > (best.trusted, best.manifest.version):
+            newest[(m.publisher, m.name)] = v
+    refused: dict[str, str] = {}
     for (publisher, name), v in newest.items():
-        entries[f"{publisher}/{name}"] = v
-    items = []
-    for ref, v in sorted(entries.items()):
-        files = sorted(f for f in v.manifest.files if f.startswith("slides/") and f.endswith(".parquet"))
-        urls = ", ".join(_sql_string(join(v.url, f)) for f in files)
-        items.append(f"{_sql_string(ref)}: [{urls}]::VARCHAR[]")
-    body = "MAP {" + ", ".join(items) + "}" if items else "MAP()"
-    return f"({body}::MAP(VARCHAR, VARCHAR[]))"
+        ref = f"{publisher}/{name}"
+        if v.trusted:
+            seen = record.highest(publisher, name)
+            if v.manifest.version < seen and not allow_rollback:
+                refused[ref] = (
+                    f"the newest {ref} on the hub is version {v.manifest.version}, older than version {seen}, which "
+                    f"you saw before (possible rollback): ask the hub's operator, name a version "
+                    f"(patches('{ref}@{v.manifest.version}')) or pass --allow-rollback"
+                )
+                continue
+            record.record(publisher, name, v.manifest.version)
+        refs[ref] = v
+    return refs, refused
 
 
-def connect(hub: str | None = None, *, verified_only: bool = False,
-            trust: TrustStore | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with ``datasets`` and ``patches(ref)`` over a hub.
+def _map(entries: dict[str, str]) -> str:
+    items = ", ".join(f"{_sql_string(k)}: {v}" for k, v in sorted(entries.items()))
+    return "MAP {" + items + "}" if items else "MAP()"
+
+
+def _field(predicate: dict[str, Any], section: str, key: str, default: Any) -> Any:
+    block = predicate.get(section)
+    return block.get(key, default) if isinstance(block, dict) else default
+
+
+def _count(value: Any) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+    return value if ok else 0
+
+
+def _datasets(versions: list[_Version]) -> pa.Table:
+    rows = []
+    for v in versions:
+        p = v.manifest.predicate
+        rows.append({
+            "publisher": v.manifest.publisher, "name": v.manifest.name, "version": v.manifest.version,
+            "model": str(_field(p, "model", "id", "?")), "dim": _count(_field(p, "model", "dim", 0)),
+            "slides": _count(_field(p, "counts", "slides", 0)), "patches": _count(_field(p, "counts", "patches", 0)),
+            "created": str(p.get("created", "")), "trusted": v.trusted, "url": v.url,
+        })
+    schema = pa.schema([("publisher", pa.string()), ("name", pa.string()), ("version", pa.int64()),
+                        ("model", pa.string()), ("dim", pa.int64()), ("slides", pa.int64()),
+                        ("patches", pa.int64()), ("created", pa.string()), ("trusted", pa.bool_()),
+                        ("url", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _connect(hub: str | None, *, include_untrusted: bool, allow_rollback: bool, trust: TrustStore | None,
+             record: VersionRecord | None, cache: BlobCache | None
+             ) -> tuple[duckdb.DuckDBPyConnection, VerifiedFileSystem]:
+    fs, base, url = _open_hub(hub)
+    vfs = VerifiedFileSystem(fs, url, cache=cache)
+    versions = _catalog(fs, base, url, trust or TrustStore(), vfs, include_untrusted)
+    refs, refused = _resolve(versions, record or VersionRecord(), allow_rollback)
+    con = duckdb.connect(":memory:")
+    try:
+        con.register_filesystem(vfs)
+        # DuckDB 2.0's external file cache fetches a small file whole, and again on each open (fsspec
+        # gives it no ETag to validate against); without it a query reads the footer and the chunks
+        # of the columns it uses. The verified filesystem keeps the blocks it checked for re-reads.
+        con.execute("SET enable_external_file_cache = false")
+        con.execute("SET parquet_metadata_cache = true")
+        con.register("_catalog", _datasets(versions))
+        con.execute("CREATE TABLE datasets AS SELECT * FROM _catalog ORDER BY publisher, name, version")
+        con.unregister("_catalog")
+        files = {ref: "[" + ", ".join(map(_sql_string, v.files)) + "]::VARCHAR[]" for ref, v in refs.items()}
+        reasons = {ref: _sql_string(why) for ref, why in refused.items()}
+        known = "datasets you may read" if include_untrusted else "trusted datasets"
+        con.execute(
+            "CREATE MACRO patches(ref) AS TABLE SELECT * FROM read_parquet(coalesce("
+            f"({_map(files)}::MAP(VARCHAR, VARCHAR[]))[ref], error(coalesce(({_map(reasons)}::MAP(VARCHAR, VARCHAR))"
+            f"[ref], 'no dataset ' || ref || ' on the hub: see SELECT * FROM datasets for the {known}'))))"
+        )
+        lock_down(con)
+    except BaseException:
+        con.close()
+        raise
+    return con, vfs
+
+
+def connect(hub: str | None = None, *, include_untrusted: bool = False, allow_rollback: bool = False,
+            trust: TrustStore | None = None, record: VersionRecord | None = None,
+            cache: BlobCache | None = None) -> duckdb.DuckDBPyConnection:
+    """A sandboxed in-memory DuckDB connection with ``datasets`` and ``patches(ref)`` over a hub.
 
     Parameters
     ----------
     hub : str, optional
         A configured hub name, a URL (``s3://bucket/prefix``) or a folder;
         defaults to ``$SIC_SHARE_HUB`` or the local default hub.
-    verified_only : bool, default False
-        Keep only versions whose envelope is signed by a key trusted for its
-        publisher (unexpired, stored under its own publisher/name/version):
-        ``datasets`` lists only those and ``patches`` refuses the others.
+    include_untrusted : bool, default False
+        Also use versions whose envelope does not verify with a key trusted for
+        its publisher (or has expired), marked ``trusted = false`` in ``datasets``;
+        their bytes are still checked against their own manifest. Envelopes that
+        do not sit under the publisher/name/version they claim (misplaced,
+        replayed, planted by a co-tenant) are never used.
+    allow_rollback : bool, default False
+        Let ``patches('publisher/name')`` read a newest version older than one
+        seen before.
     trust : TrustStore, optional
         Defaults to the user's trust store.
+    record : VersionRecord, optional
+        The highest version seen per dataset; defaults to the user's.
+    cache : BlobCache, optional
+        Where files of format-1.0 versions are fetched whole; defaults to the user's.
 
     Returns
     -------
     duckdb.DuckDBPyConnection
         Use it from one thread only (DuckDB's fsspec bridge has had races).
+        :func:`run_query` also checks the statement (one read-only query) and
+        turns errors into one line; the connection itself is sandboxed either way.
 
     Notes
     -----
-    The catalog is read once, when connecting; versions published later are
-    not seen by this connection.
+    The catalog is read once, when connecting; versions published later are not
+    seen by this connection. For each trusted dataset the newest version is
+    recorded (``verified.json``, as ``pull`` does); a hub whose newest is older
+    than recorded makes ``patches('publisher/name')`` refuse. A named version
+    (``patches('lab-a/crc@2')``) is read as asked.
 
-    ``patches(ref)`` expands to ``read_parquet(<the version's files>)``: the ref
-    is looked up in a constant map of ref to the signed manifest's slide files,
-    which DuckDB folds at bind time, so only that version's files are opened
-    (``EXPLAIN ANALYZE`` lists them under "Filename(s)") and only the columns a
-    query uses are read. On a remote hub DuckDB's external file cache is turned
-    off: in DuckDB 2.0 it fetches a whole (small) file on every open through an
-    fsspec filesystem, which defeats column pruning (measured: 3 x the file for
-    ``count(DISTINCT slide_id)``, against the footer plus one column chunk
-    without it). The embedding column is ``FLOAT[]``; cast it to
-    ``FLOAT[dim]`` for DuckDB's array functions.
+    ``patches(ref)`` expands to ``read_parquet(<the version's files>)`` in the
+    verified filesystem (:mod:`sic_share.query._verified`): the ref is looked up in
+    a constant map, which DuckDB folds at bind time, so only that version's files
+    are opened and only the columns a query uses are read, each read widened to
+    64 KiB blocks and checked against the signed per-block digests (format 1.1), or
+    served from a whole-file verified copy in the cache (1.0). A byte that differs
+    from what was signed fails the query with one line naming the file.
 
-    Queries do NOT check file digests: a file changed on the hub after signing
-    is read as it is, even with ``verified_only``, which only checks the
-    envelopes. ``pull`` checks every digest: pull the dataset and read its
-    Parquet files (``read_parquet('crc-v1/slides/*.parquet')``) when that matters.
+    The connection is sandboxed (:mod:`sic_share.query._sandbox`): no local files,
+    no writes, no extensions, settings locked. The embedding column is
+    ``FLOAT[]``; cast it to ``FLOAT[dim]`` for DuckDB's array functions.
     """
-    fs, base, url = _open_hub(hub)
-    versions = _catalog(fs, base, url, trust or TrustStore())
-    if verified_only:
-        versions = [v for v in versions if v.trusted]
-    con = duckdb.connect(":memory:")
-    if not is_local(fs):
-        con.register_filesystem(fs)
-        # DuckDB 2.0's external file cache fetches a small remote file whole, and again on each
-        # open (fsspec gives it no ETag to validate against); without it a query fetches the
-        # footer and the pages of the columns it uses. The metadata cache saves one footer read.
-        con.execute("SET enable_external_file_cache = false")
-        con.execute("SET parquet_metadata_cache = true")
-    rows = [
-        {
-            "publisher": v.manifest.publisher,
-            "name": v.manifest.name,
-            "version": v.manifest.version,
-            "model": str(v.manifest.predicate.get("model", {}).get("id", "?")),
-            "dim": int(v.manifest.predicate.get("model", {}).get("dim", 0)),
-            "slides": int(v.manifest.predicate.get("counts", {}).get("slides", 0)),
-            "patches": int(v.manifest.predicate.get("counts", {}).get("patches", 0)),
-            "created": str(v.manifest.predicate.get("created", "")),
-            "trusted": v.trusted,
-            "url": v.url,
-        }
-        for v in versions
-    ]
-    schema = pa.schema([("publisher", pa.string()), ("name", pa.string()), ("version", pa.int32()),
-                        ("model", pa.string()), ("dim", pa.int32()), ("slides", pa.int64()),
-                        ("patches", pa.int64()), ("created", pa.string()), ("trusted", pa.bool_()),
-                        ("url", pa.string())])
-    catalog = pa.Table.from_pylist(rows, schema=schema)
-    con.register("_catalog", catalog)
-    con.execute("CREATE TABLE datasets AS SELECT * FROM _catalog ORDER BY publisher, name, version")
-    con.unregister("_catalog")
-    known = "trusted datasets" if verified_only else "datasets"
-    con.execute(
-        "CREATE MACRO patches(ref) AS TABLE SELECT * FROM read_parquet(coalesce("
-        f"{_file_map(versions)}[ref], "
-        f"error('no dataset ' || ref || ' on the hub: see SELECT * FROM datasets for the {known}')))"
-    )
+    con, _ = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
+                      record=record, cache=cache)
     return con
 
 
-def run_query(sql: str, hub: str | None = None, *, verified_only: bool = False,
-              trust: TrustStore | None = None) -> pa.Table:
-    """Run ``sql`` against a hub (see :func:`connect`) and return the result as an Arrow table."""
-    con = connect(hub, verified_only=verified_only, trust=trust)
+def run_query(sql: str, hub: str | None = None, *, include_untrusted: bool = False, allow_rollback: bool = False,
+              trust: TrustStore | None = None, record: VersionRecord | None = None,
+              cache: BlobCache | None = None) -> pa.Table:
+    """Run one read-only statement against a hub (see :func:`connect`); the result as an Arrow table.
+
+    Raises
+    ------
+    QueryRefused
+        For anything but exactly one read-only query, or a query that reaches
+        outside the hub's verified datasets.
+    VerificationError
+        When a byte the query reads does not match the signed digests.
+    SicShareError
+        For any other DuckDB error (its first line).
+    """
+    con, vfs = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
+                        record=record, cache=cache)
     try:
-        result = con.sql(sql)
-        if result is None:  # a statement without a result (SET, CREATE ...)
+        statement = check_statement(con, sql)
+        result = con.sql(statement)
+        if result is None:  # cannot happen for a SELECT; kept for safety
             return pa.table({})
         # to_arrow_table() since DuckDB 1.4; fetch_arrow_table() before (deprecated in 2.0).
         return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
     except duckdb.Error as exc:
-        raise SicShareError(str(exc).splitlines()[0]) from None
+        if isinstance(vfs.failure, SicShareError):
+            raise vfs.failure from None
+        if isinstance(exc, duckdb.PermissionException):
+            raise QueryRefused(
+                f"the query reaches outside the hub's verified datasets ({_first_line(exc).split(': ', 1)[-1]}): "
+                "read only 'datasets' and patches('publisher/name[@version]')"
+            ) from None
+        raise SicShareError(_first_line(exc)) from None
     finally:
         con.close()
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a result to ``path`` atomically: a unique temporary name beside it, then a rename.
+
+    Two writers of the same path never share a temporary file; the last rename wins
+    and a reader sees either the old file or a whole new one.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SicShareError(f"folder {path.parent} does not exist: create it or choose another --out path")
+    if path.is_dir():
+        raise SicShareError(f"{path} is a folder: give a file name for --out, e.g. {path / 'result.parquet'}")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def format_result(table: pa.Table, fmt: str) -> str:
@@ -183,4 +284,4 @@ def format_result(table: pa.Table, fmt: str) -> str:
         return out.getvalue().decode()
     if fmt == "json":
         return json.dumps(table.to_pylist(), default=str, indent=2)
-    raise ValueError(f"fmt={fmt!r} should be one of ('csv', 'json'); write Parquet with pyarrow.parquet.write_table")
+    raise ValueError(f"fmt={fmt!r} should be one of ('csv', 'json'); write Parquet with write_parquet")
