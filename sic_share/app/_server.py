@@ -124,10 +124,14 @@ class Prepared:
     page_loaded: threading.Event = field(default_factory=threading.Event)
 
 
-def prepare(dataset: str | os.PathLike[str], *, slide_id: str | None = None, hub: str | None = None,
+def prepare(dataset: str | os.PathLike[str] | SlideFile, *, slide_id: str | None = None, hub: str | None = None,
             image: str | os.PathLike[str] | None = None, projection: str = "pca",
             cache: str | os.PathLike[str] | None = None, located: SlideFile | None = None) -> Prepared:
-    """Find, verify (hub datasets), decode and cache one slide, check its image, compute the views.
+    """Find, verify, decode and cache one slide, check its image, compute the views.
+
+    ``dataset`` is a dataset folder (verified by :func:`locate_slide`), a hub
+    reference, or a slide located before (how an unsigned folder is served:
+    ``locate_slide(folder, slide, unsigned=True)``).
 
     Raises
     ------
@@ -359,7 +363,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def launch(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | SlideFile,
     *,
     slide_id: str | None = None,
     hub: str | None = None,

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from sic_share.dataset import SlideMetadata, read_slide, read_slide_metadata, slide_files
+from sic_share.dataset import SlideMetadata, read_slide, read_slide_metadata
 from sic_share.errors import DatasetError, SeedError
 from sic_share.sic import create_method
 
@@ -39,12 +39,15 @@ class Dataset:
         Slide id to a local Parquet file (the dataset folder, or the verified cache).
     metadata : SlideMetadata
         The first slide's footer metadata (model, patching, class names).
+    note : str or None
+        One line for the user: the folder is unsigned and was opened with ``unsigned=True``.
     """
 
     source: str
     name: str
     files: dict[str, Path]
     metadata: SlideMetadata
+    note: str | None = None
 
     @property
     def model(self) -> str:
@@ -56,28 +59,48 @@ class Dataset:
         return np.float16 if self.metadata.embedding_dtype == "float16" else np.float32
 
 
-def open_dataset(dataset: str | os.PathLike[str], hub: str | None = None) -> Dataset:
-    """Resolve a dataset folder or hub reference to local slide files.
+def open_dataset(dataset: str | os.PathLike[str] | Dataset, hub: str | None = None, *, unsigned: bool = False,
+                 allow_rollback: bool = False) -> Dataset:
+    """Resolve a dataset folder or hub reference to verified local slide files.
 
-    A path that exists is a dataset folder; anything else is a hub reference, whose
-    slides are fetched and verified against the signed manifest into the cache
-    (:func:`sic_share.hub.fetch_slides`).
+    A path that exists is a dataset folder, verified by
+    :func:`~sic_share.signing.open_folder` (signature by a trusted key, expiry,
+    rollback, the listing) and every slide file it holds hashed against its signed
+    sha256 (a copy made by ``pull --slides`` gives the slides it holds); anything else
+    is a hub reference, whose slides are fetched and verified against the signed
+    manifest into the cache (:func:`sic_share.hub.fetch_slides`). A :class:`Dataset`
+    is returned as it is, so ``run_benchmark`` and ``similarity`` also take datasets
+    opened before (how an unsigned folder is read: ``open_dataset(folder, unsigned=True)``).
+
+    Parameters
+    ----------
+    unsigned : bool, default=False
+        Accept a local folder that is not signed (``export --no-sign``); the result's
+        ``note`` then says that its bytes are checked by nobody.
+    allow_rollback : bool, default=False
+        Accept a version older than one verified before.
     """
+    if isinstance(dataset, Dataset):
+        return dataset
     local = Path(dataset)
+    note = None
     if local.exists():
-        files = {p.stem: p for p in slide_files(local)}
-        name = str(dataset)
+        from sic_share.signing import open_folder
+
+        folder = open_folder(local, unsigned=unsigned, allow_rollback=allow_rollback)
+        folder.verify()
+        files, name, note = folder.slides, str(dataset), folder.note
     else:
         from sic_share.hub import fetch_slides, parse_ref
 
-        manifest, fetched = fetch_slides(parse_ref(str(dataset)), None, hub)
+        manifest, fetched = fetch_slides(parse_ref(str(dataset)), None, hub, allow_rollback=allow_rollback)
         files = dict(fetched)  # the manifest lists only slides/<slide_id>.parquet files
         name = manifest.ref
         if not files:
             raise DatasetError(f"{name} lists no slide files: it is empty, publish a dataset with slides")
     files = dict(sorted(files.items()))
     metadata, _ = read_slide_metadata(next(iter(files.values())))
-    return Dataset(str(dataset), name, files, metadata)
+    return Dataset(str(dataset), name, files, metadata, note)
 
 
 def read_keys(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@
   per-patch ``confidence_``; :func:`create_method` and :func:`list_methods` name them
   (``--method``);
 - :func:`run_sic`: the ``sic-share sic`` workflow on one slide of a local or hub dataset;
+  :func:`locate_slide` finds and verifies that slide;
 - :func:`make_slide` and :data:`FAMILIES`: synthetic and real-embedding slides with known
   truth, for tests and benchmarks.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # the names below, for readers and type checkers; at run time
     from sic_share.sic._kmeans import SeededKMeans
     from sic_share.sic._methods import NearestPrototype, SeedLabelSpreading, SeedLogisticRegression
     from sic_share.sic._registry import DEFAULT_METHOD, create_method, list_methods, method_info
-    from sic_share.sic._run import SicResult, load_slide, map_seeds, run_sic
+    from sic_share.sic._run import SicResult, SlideFile, load_slide, locate_slide, map_seeds, run_sic
     from sic_share.sic._seeds import MissedSeed, Seeds, read_seeds
     from sic_share.sic._sic import SeededIterativeClustering
     from sic_share.sic._synthetic import SyntheticSlide, draw_seeds, make_slide
@@ -36,7 +37,8 @@ _WHERE = {
     "NearestPrototype": "_methods", "SeedLabelSpreading": "_methods", "SeedLogisticRegression": "_methods",
     "DEFAULT_METHOD": "_registry", "create_method": "_registry", "list_methods": "_registry",
     "method_info": "_registry",
-    "SicResult": "_run", "load_slide": "_run", "map_seeds": "_run", "run_sic": "_run",
+    "SicResult": "_run", "SlideFile": "_run", "load_slide": "_run", "locate_slide": "_run", "map_seeds": "_run",
+    "run_sic": "_run",
     "MissedSeed": "_seeds", "Seeds": "_seeds", "read_seeds": "_seeds",
     "SeededIterativeClustering": "_sic",
     "SyntheticSlide": "_synthetic", "draw_seeds": "_synthetic", "make_slide": "_synthetic",
@@ -66,11 +68,13 @@ __all__ = [
     "SeededKMeans",
     "Seeds",
     "SicResult",
+    "SlideFile",
     "SyntheticSlide",
     "create_method",
     "draw_seeds",
     "list_methods",
     "load_slide",
+    "locate_slide",
     "make_family_slide",
     "make_slide",
     "map_seeds",

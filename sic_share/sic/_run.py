@@ -75,32 +75,69 @@ def _no_such_slide(slide_id: str, known: list[str], where: str) -> DatasetError:
 
 @dataclass(frozen=True)
 class SlideFile:
-    """A slide's Parquet file, its sha256 when already known (a verified hub file), and where it came from."""
+    """A slide's Parquet file, where it came from, and what was checked.
+
+    Attributes
+    ----------
+    path : Path
+    slide_id, source : str
+    digest : str or None
+        The sha256 the file was verified against (hub cache or signed folder); the app
+        keys its cache by it. None for a slide of an unsigned folder.
+    note : str or None
+        One line for the user: the folder is unsigned and was read with ``unsigned=True``.
+    """
 
     path: Path
     slide_id: str
     source: str
     digest: str | None = None
+    note: str | None = None
 
 
-def locate_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> SlideFile:
-    """The file of one slide of a local dataset folder or of a hub dataset (``publisher/name[@version]``).
+def locate_slide(dataset: str | os.PathLike[str] | SlideFile, slide_id: str | None, hub: str | None = None, *,
+                 unsigned: bool = False, allow_rollback: bool = False) -> SlideFile:
+    """The verified file of one slide of a local dataset folder or of a hub dataset (``publisher/name[@version]``).
 
-    A path that exists is a folder; otherwise a reference is looked up on the
-    hub, and only that slide's file is fetched (verified against the signed
-    manifest, kept in the cache). ``slide_id`` may be None when the dataset has
-    exactly one slide.
+    A path that exists is a folder, verified by :func:`~sic_share.signing.open_folder`
+    (signature by a trusted key, expiry, rollback, the listing) and then only this
+    slide's file hashed against its signed sha256. Otherwise a reference is looked up
+    on the hub, and only that slide's file is fetched (verified against the signed
+    manifest, kept in the cache). ``slide_id`` may be None when the dataset has exactly
+    one slide. A :class:`SlideFile` is returned as it is, so every command that takes
+    a dataset also takes a slide located before.
+
+    Parameters
+    ----------
+    unsigned : bool, default=False
+        Accept a local folder that is not signed (``export --no-sign``); the result's
+        ``note`` then says that its bytes are checked by nobody.
+    allow_rollback : bool, default=False
+        Accept a version older than one verified before.
     """
+    if isinstance(dataset, SlideFile):
+        if slide_id is not None and slide_id != dataset.slide_id:
+            raise DatasetError(f"slide {slide_id!r} was asked for, but {dataset.source}'s slide "
+                               f"{dataset.slide_id!r} was located: locate the slide wanted")
+        return dataset
     local = Path(dataset)
     if local.exists():
-        files = {p.stem: p for p in slide_files(local)}  # names a folder without slides itself
+        from sic_share.signing import open_folder
+
+        folder = open_folder(local, unsigned=unsigned, allow_rollback=allow_rollback)
+        files = folder.slides
         if slide_id is None:
             if len(files) != 1:
                 raise DatasetError(f"{local} has {len(files)} slides: choose one with --slide (e.g. {min(files)})")
             slide_id = next(iter(files))
         if slide_id not in files:
+            if folder.listed(slide_id):
+                ref = folder.manifest.ref
+                raise DatasetError(f"{local} is a partial copy of {ref} without slide {slide_id!r}: pull it with "
+                                   f"'sic-share pull {ref} --slides {slide_id}', or choose one of its slides")
             raise _no_such_slide(slide_id, sorted(files), str(local))
-        return SlideFile(files[slide_id], slide_id, str(local))
+        digest = folder.verify([slide_id])[slide_id]
+        return SlideFile(files[slide_id], slide_id, str(local), digest, folder.note)
     from sic_share.hub import fetch_slides, open_manifest, parse_ref
 
     try:
@@ -109,18 +146,19 @@ def locate_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str
         raise DatasetError(f"{dataset} is neither a dataset folder (no such folder) nor a hub reference "
                            "PUBLISHER/NAME[@VERSION]: check the path") from None
     if slide_id is None:
-        stems = sorted(Path(name).stem for name in open_manifest(ref, hub).files)
+        stems = sorted(Path(name).stem for name in open_manifest(ref, hub, allow_rollback=allow_rollback).files)
         if len(stems) != 1:
             raise DatasetError(f"{ref} has {len(stems)} slides: choose one with --slide (e.g. {stems[0]})")
         slide_id = stems[0]
-    manifest, paths = fetch_slides(ref, [slide_id], hub)
+    manifest, paths = fetch_slides(ref, [slide_id], hub, allow_rollback=allow_rollback)
     name = next(n for n in manifest.files if Path(n).stem == slide_id)
     return SlideFile(paths[slide_id], slide_id, manifest.ref, manifest.files[name][1])
 
 
-def load_slide(dataset: str | os.PathLike[str], slide_id: str | None, hub: str | None = None) -> tuple[SlideData, str]:
+def load_slide(dataset: str | os.PathLike[str] | SlideFile, slide_id: str | None, hub: str | None = None, *,
+               unsigned: bool = False, allow_rollback: bool = False) -> tuple[SlideData, str]:
     """Read one slide found by :func:`locate_slide`; returns it and where it came from."""
-    found = locate_slide(dataset, slide_id, hub)
+    found = locate_slide(dataset, slide_id, hub, unsigned=unsigned, allow_rollback=allow_rollback)
     return read_slide(found.path), found.source
 
 
@@ -147,7 +185,7 @@ def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[s
 
 
 def run_sic(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | SlideFile,
     seeds: str | os.PathLike[str],
     *,
     slide_id: str | None = None,
@@ -164,8 +202,10 @@ def run_sic(
 
     Parameters
     ----------
-    dataset : path-like or str
-        A dataset folder, or a hub reference ``publisher/name[@version]``.
+    dataset : path-like, str or SlideFile
+        A dataset folder (verified, see :func:`locate_slide`), a hub reference
+        ``publisher/name[@version]``, or a slide located before (how an unsigned
+        folder is read: ``locate_slide(folder, slide, unsigned=True)``).
     seeds : path-like or str
         A seed CSV or QuPath GeoJSON, or patch indices ``"12:tumour,40:stroma"``
         (see :func:`read_seeds`).

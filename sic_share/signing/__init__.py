@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, pae, sign_envelope
+from sic_share.signing._folder import DatasetFolder, open_folder
 from sic_share.signing._keys import (
     KeyInfo,
     default_private_key,
@@ -28,6 +29,7 @@ from sic_share.signing._manifest import (
 from sic_share.signing._trust import TrustedKey, TrustStore, VersionRecord
 
 __all__ = [
+    "DatasetFolder",
     "KeyInfo",
     "list_keys",
     "ENVELOPE",
@@ -45,6 +47,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open_envelope",
+    "open_folder",
     "pae",
     "parse_manifest",
     "sha256_file",
