@@ -48,6 +48,13 @@ app.add_typer(cache_app, name="cache")
 # emoji=False: a hub-supplied ":warning:" stays text (markup and controls are escaped at each print).
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def _print_json(text: str) -> None:
+    """JSON on stdout, every non-ASCII character as a \\u escape: a hub's C1 controls and bidi overrides stay inert."""
+    out.print_json(text, ensure_ascii=True)
+
+
 _state = {"debug": False}
 
 HubOption = Annotated[
@@ -136,7 +143,7 @@ def keys_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
     keys = list_keys()
     if as_json:
-        out.print_json(json.dumps([asdict(k) for k in keys]))
+        _print_json(json.dumps([asdict(k) for k in keys]))
         return
     if not keys:
         err.print(f"no signing keys in {escape_text(keys_dir())}: create one with 'sic-share keys generate --publisher NAME'")
@@ -177,7 +184,7 @@ def slides_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 def _print_slides(slide_map, entries, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(slide_map.to_dicts(entries)))
+        _print_json(json.dumps(slide_map.to_dicts(entries)))
         return
     table = Table("slide id", "name", "file", "last exported or imported")
     for e in entries:
@@ -210,7 +217,7 @@ def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
 
     keys = TrustStore().keys()
     if as_json:
-        out.print_json(json.dumps([{"keyid": k.keyid, "publisher": k.publisher, "added": k.added} for k in keys]))
+        _print_json(json.dumps([{"keyid": k.keyid, "publisher": k.publisher, "added": k.added} for k in keys]))
         return
     table = Table("publisher", "key id", "added")
     for k in keys:
@@ -356,7 +363,7 @@ def verify(
     manifest = verify_dataset(dataset, allow_rollback=allow_rollback, partial=partial)
     held = sum((dataset / name).exists() for name in manifest.files) if partial else len(manifest.files)
     if as_json:
-        out.print_json(json.dumps({"verified": True, "dataset": manifest.ref, "publisher": manifest.publisher,
+        _print_json(json.dumps({"verified": True, "dataset": manifest.ref, "publisher": manifest.publisher,
                                    "files_held": held, "files": len(manifest.files)}))
         return
     out.print(escape_text(f"verified {manifest.ref}: {held} of {len(manifest.files)} files, "
@@ -406,7 +413,7 @@ def pull(
         manifest, dest = pull_dataset(ref, hub, to=to, slides=wanted, allow_rollback=allow_rollback, progress=update)
     held = len(list((dest / "slides").glob("*.parquet")))
     if as_json:
-        out.print_json(json.dumps({"dataset": manifest.ref, "folder": str(dest), "slides": held,
+        _print_json(json.dumps({"dataset": manifest.ref, "folder": str(dest), "slides": held,
                                    "files": len(manifest.files), "verified": True}))
         return
     what = f"{held} of {len(manifest.files)} slides of " if wanted else ""
@@ -430,7 +437,7 @@ def ls(
 
     entries = list_datasets(hub, publisher=publisher, model=model)
     if as_json:
-        out.print_json(json.dumps([asdict(e) for e in entries]))
+        _print_json(json.dumps([asdict(e) for e in entries]))
         return
     table = Table("dataset", "model", "dim", "slides", "patches", "created", "trusted")
     for e in entries:
@@ -457,7 +464,7 @@ def info_cmd(
 
     info = dataset_info(dataset, hub)
     if as_json:
-        out.print_json(json.dumps(info.to_dict()))
+        _print_json(json.dumps(info.to_dict()))
         return
     model, patching = info.model, info.patching
     rows = [
@@ -503,7 +510,7 @@ def models_cmd(
     if not entries:
         raise SicShareError(f"no model matches {pattern!r}: try a wider pattern, e.g. 'resnet*'")
     if as_json:
-        out.print_json(json.dumps([e.to_dict() for e in entries]))
+        _print_json(json.dumps([e.to_dict() for e in entries]))
         return
     table = Table("model", "kind", "weights", "here", "to get them")
     for e in entries:
