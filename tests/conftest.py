@@ -247,3 +247,20 @@ def hub_data(version_dir: Path) -> Path:
 
     body = open_envelope((version_dir / ENVELOPE).read_bytes(), str(version_dir))[1]
     return version_dir / hashlib.sha256(body).hexdigest()
+
+
+def published_objects(folder: Path, prefix: str) -> dict[str, bytes]:
+    """Every object ``publish`` puts on a hub for a signed folder, by key under ``prefix`` (layout 1.1):
+    the envelope at the version, and manifest.json, slides and their ``.blocks`` under the manifest's sha256."""
+    import hashlib
+
+    from sic_share._layout import digest_file
+    from sic_share.signing import ENVELOPE, MANIFEST
+
+    body = (folder / MANIFEST).read_bytes()
+    data = f"{prefix}/{hashlib.sha256(body).hexdigest()}"
+    found = {f"{prefix}/{ENVELOPE}": (folder / ENVELOPE).read_bytes(), f"{data}/{MANIFEST}": body}
+    for path in sorted((folder / "slides").glob("*.parquet")):
+        found[f"{data}/slides/{path.name}"] = path.read_bytes()
+        found[f"{data}/slides/{path.name}.blocks"] = digest_file(path).blocks
+    return found

@@ -42,7 +42,7 @@ import pytest
 import s3fs
 from botocore.exceptions import ClientError
 
-from conftest import REPO, assert_one_line_error, make_dataset, make_publisher
+from conftest import REPO, assert_one_line_error, make_dataset, make_publisher, published_objects
 from sic_share.signing import ENVELOPE, MANIFEST, sign_dataset
 
 pytestmark = pytest.mark.ceph
@@ -325,7 +325,7 @@ def test_publish_ls_query_pull_through_a_named_hub(cli, tmp_path, rgw, as_user, 
     result = cli("publish", signed, "--hub", "ceph")
     assert result.code == 0, result.err
     assert f"s3://{BUCKET}/lab-a/{name}/1" in result.out
-    assert rgw.objects(f"lab-a/{name}") == {f"lab-a/{name}/1/{p}": data for p, data in files(signed).items()}
+    assert rgw.objects(f"lab-a/{name}") == published_objects(signed, f"lab-a/{name}/1")
 
     as_user(READER)
     entries = [e for e in json.loads(cli("ls", "--hub", "ceph", "--json").out) if e["name"] == name]
@@ -452,18 +452,19 @@ def test_the_envelope_is_one_conditional_put_because_rgw_ignores_it_on_multipart
         mp.setattr(s3fs.S3FileSystem, "_call_s3", recording)
         mp.setattr(s3fs.S3FileSystem, "call_s3", recording_sync)
         publish(signed, hub)
-    assert [c for c in calls if c[0] != "head_object"] == [("put_object", "*")], calls
+    assert [c for c in calls if c[0] not in ("head_object", "get_object")] == [("put_object", "*")], calls
 
 
 def test_two_concurrent_publishers_of_one_version_exactly_one_wins(tmp_path, rgw, as_user, hub, publisher):
-    """20 rounds: two publishers of lab-a/<name>@1 reach the envelope's create together; one wins.
+    """20 rounds: two publishers of lab-a/<name>@1 with different data race; one wins, its data intact.
 
     Both pass the existence check and upload their files, then fire the
     conditional PUT at once (a barrier). The server decides: exactly one gets
     200, the other 412 and ``AlreadyPublishedError``; the envelope on the hub is
-    the winner's, and the version pulls and verifies. The two datasets hold the
-    same slides and differ in their signed manifests (one expires), so the
-    envelopes differ while whichever slide upload landed last matches both.
+    the winner's, every object of the winner is on the hub byte for byte (the
+    loser's data went under its own manifest's sha256, which the publisher policy
+    does not let it delete), and the version pulls and verifies. Before hub layout
+    1.1 the loser's slides overwrote the winner's in about half the rounds.
     """
     from sic_share.errors import AlreadyPublishedError
     from sic_share.hub import _hub, publish, pull
@@ -482,27 +483,26 @@ def test_two_concurrent_publishers_of_one_version_exactly_one_wins(tmp_path, rgw
         except AlreadyPublishedError:
             return "refused"
 
-    slides = make_dataset(tmp_path / "slides")
     winners = []
     with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
         mp.setattr(_hub, "_create_exclusive", together)
         for round_ in range(20):
             name = f"race{secrets.token_hex(4)}"
             roots = []
-            for tag, expires in (("a", None), ("b", 30)):
-                root = tmp_path / f"{round_}{tag}"
-                shutil.copytree(slides / "slides", root / "slides")
-                sign_dataset(root, name=name, key_path=publisher.private, version=1, expires_days=expires)
+            for tag, seed in (("a", 2 * round_), ("b", 2 * round_ + 1)):
+                root = make_dataset(tmp_path / f"{round_}{tag}", seed=seed)  # same slide ids, other values
+                sign_dataset(root, name=name, key_path=publisher.private, version=1)
                 roots.append(root)
             barrier.reset()
             outcomes = list(pool.map(attempt, roots))
             assert sorted(outcomes) == ["refused", "won"], (round_, outcomes)
             winner = roots[outcomes.index("won")]
             stored = rgw.objects(f"lab-a/{name}")
-            assert stored[f"lab-a/{name}/1/{ENVELOPE}"] == (winner / ENVELOPE).read_bytes()
-            assert set(stored) == {f"lab-a/{name}/1/{p}" for p in files(winner)}
+            expected = published_objects(winner, f"lab-a/{name}/1")
+            assert {k: stored.get(k) for k in expected} == expected, round_
             _, dest = pull(f"lab-a/{name}", hub, to=tmp_path / f"pulled{round_}")
             assert (dest / MANIFEST).read_bytes() == (winner / MANIFEST).read_bytes()
+            assert files(dest) == files(winner)
             winners.append(outcomes.index("won"))
     assert len(winners) == 20
 

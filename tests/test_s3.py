@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET, assert_one_line_error, make_dataset, make_publisher
-from sic_share.signing import ENVELOPE, sign_dataset
+from conftest import BUCKET, assert_one_line_error, make_dataset, make_publisher, published_objects
+from sic_share.signing import ENVELOPE, MANIFEST, sign_dataset
 
 pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
@@ -83,6 +83,13 @@ def version_key(name: str, publisher: str = "lab-a", version: int = 1) -> str:
     return f"{publisher}/{name}/{version}"
 
 
+def data_key(folder: Path, name: str) -> str:
+    """Where the data of the version published from ``folder`` lies (hub layout 1.1), below the bucket."""
+    import hashlib
+
+    return f"{version_key(name)}/{hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()}"
+
+
 # --- what the library relies on from S3 --------------------------------------------------------
 
 
@@ -133,7 +140,7 @@ def test_publish_ls_pull_round_trip(cli, tmp_path, dev_hub, as_user, hub, name, 
     assert result.code == 0, result.err
     assert f"s3://{BUCKET}/lab-a/{name}/1" in result.out
     stored = objects(raw_fs(dev_hub, "reader"), f"lab-a/{name}")
-    assert stored == {f"lab-a/{name}/1/{path}": data for path, data in snapshot(signed).items()}
+    assert stored == published_objects(signed, f"lab-a/{name}/1")
 
     as_user("reader")
     entries = json.loads(cli("ls", "--hub", hub, "--json").out)
@@ -187,28 +194,38 @@ def test_the_second_of_two_publishers_of_one_version_is_refused(dev_hub, hub, tm
     moto's conditional create is not locked, so this tests the logic (the
     second commit after the first), not a true race.
     """
+    import hashlib
+
     from sic_share.errors import AlreadyPublishedError
-    from sic_share.hub import publish
+    from sic_share.hub import publish, pull
 
     other = make_dataset(tmp_path / "other", slides=1, seed=5)
     sign_dataset(other, name=name, key_path=publisher.private, version=1)
-    real_exists = s3fs.S3FileSystem.exists
+    from sic_share.hub import _hub
+
+    real_check = _hub._refuse_versioned_bucket
     raced = []
 
-    def exists_then_the_other_publisher_commits(self, path, **kwargs):
-        found = real_exists(self, path, **kwargs)
-        if path.endswith(ENVELOPE) and not raced:
-            raced.append(path)
+    def checked_then_the_other_publisher_commits(fs, base):
+        real_check(fs, base)
+        if not raced:  # after 'other' found no envelope, before it uploads anything
+            raced.append(base)
             publish(signed, hub)
-        return found
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(s3fs.S3FileSystem, "exists", exists_then_the_other_publisher_commits)
+        mp.setattr(_hub, "_refuse_versioned_bucket", checked_then_the_other_publisher_commits)
         with pytest.raises(AlreadyPublishedError, match="already published"):
             publish(other, hub)
     assert raced
     stored = objects(raw_fs(dev_hub, "reader"), f"lab-a/{name}")
-    assert stored[f"lab-a/{name}/1/{ENVELOPE}"] == (signed / ENVELOPE).read_bytes()
+    # The winner's objects, all of them, byte for byte; the loser's data (which the publisher policy does not
+    # let it delete) lies only under its own manifest's sha256, where no reader looks.
+    winner = published_objects(signed, f"lab-a/{name}/1")
+    assert {k: stored[k] for k in winner} == winner
+    loser = f"lab-a/{name}/1/{hashlib.sha256((other / MANIFEST).read_bytes()).hexdigest()}/"
+    assert all(k.startswith(loser) for k in set(stored) - set(winner))
+    _, dest = pull(f"lab-a/{name}", hub, to=tmp_path / "pulled")
+    assert (dest / MANIFEST).read_bytes() == (signed / MANIFEST).read_bytes()
 
 
 def test_an_interrupted_publish_is_invisible_and_re_publish_completes_it(cli, tmp_path, dev_hub, as_user, hub, name,
@@ -281,7 +298,7 @@ def test_a_slide_tampered_on_the_server_is_caught_and_nothing_lands(cli, tmp_pat
                                                                      signed):
     assert cli("publish", signed, "--hub", hub).code == 0
     fs = raw_fs(dev_hub, "lab-a")
-    key = f"{BUCKET}/{version_key(name)}/slides/s0.parquet"
+    key = f"{BUCKET}/{data_key(signed, name)}/slides/s0.parquet"
     fs.pipe_file(key, flipped(fs.cat_file(key)))
 
     as_user("reader")
@@ -318,6 +335,6 @@ def test_pull_of_one_slide_over_s3_fetches_only_that_slide_and_caches_it(cli, tm
     assert [e.source for e in BlobCache().entries()] == [f"slides/s0.parquet of lab-a/{name}@1"]
 
     # The second pull of that slide downloads nothing: the server lost it and the pull still works.
-    raw_fs(dev_hub, "lab-a").rm(f"{BUCKET}/{version_key(name)}/slides/s0.parquet")
+    raw_fs(dev_hub, "lab-a").rm(f"{BUCKET}/{data_key(signed, name)}/slides/s0.parquet")
     result = cli("pull", f"lab-a/{name}", "--hub", hub, "--to", tmp_path / "again", "--slides", "s0")
     assert result.code == 0, result.err

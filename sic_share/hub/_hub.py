@@ -352,12 +352,17 @@ def _read_if_exists(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
 
 
 def _remove_quietly(fs: fsspec.AbstractFileSystem, folder: str) -> None:
-    """Best-effort removal of an uncommitted data folder (``hub gc`` removes what this leaves)."""
+    """Best-effort removal of an uncommitted data folder (``hub gc`` removes what this leaves).
+
+    What stays is never read: readers find a version's data by the sha256 of the
+    manifest its committed envelope carries, never by listing.
+    """
     with contextlib.suppress(Exception):
         if is_local(fs):
             if not os.path.islink(folder):
                 shutil.rmtree(folder, ignore_errors=True)
-        else:
+        else:  # hub policies usually deny publishers s3:DeleteObject: the folder then waits for 'hub gc'
+            fs.invalidate_cache(folder)
             fs.rm(folder, recursive=True)
 
 
