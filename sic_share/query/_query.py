@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import fsspec
 import pyarrow as pa
 
 from sic_share._fsutil import is_local
-from sic_share.errors import SicShareError
+from sic_share.errors import HubError, SicShareError, VerificationError
 from sic_share.hub._cache import BlobCache
 from sic_share.hub._hub import _open_hub, iter_published
 from sic_share.query._sandbox import QueryRefused, _first_line, check_statement, lock_down
@@ -35,6 +36,9 @@ from sic_share.query._verified import VerifiedFileSystem, version_files
 from sic_share.signing import Manifest, TrustStore, VersionRecord
 
 __all__ = ["QueryRefused", "connect", "format_result", "run_query", "write_parquet"]
+
+
+_UNKNOWN = re.compile(r"no dataset .* on the hub: see SELECT \* FROM datasets for the .*$")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def _datasets(versions: list[_Version]) -> pa.Table:
 
 def _connect(hub: str | None, *, include_untrusted: bool, allow_rollback: bool, trust: TrustStore | None,
              record: VersionRecord | None, cache: BlobCache | None
-             ) -> tuple[duckdb.DuckDBPyConnection, VerifiedFileSystem]:
+             ) -> tuple[duckdb.DuckDBPyConnection, VerifiedFileSystem, dict[str, str]]:
     fs, base, url = _open_hub(hub)
     vfs = VerifiedFileSystem(fs, url, cache=cache)
     versions = _catalog(fs, base, url, trust or TrustStore(), vfs, include_untrusted)
@@ -154,7 +158,7 @@ def _connect(hub: str | None, *, include_untrusted: bool, allow_rollback: bool, 
     except BaseException:
         con.close()
         raise
-    return con, vfs
+    return con, vfs, refused
 
 
 def connect(hub: str | None = None, *, include_untrusted: bool = False, allow_rollback: bool = False,
@@ -210,7 +214,7 @@ def connect(hub: str | None = None, *, include_untrusted: bool = False, allow_ro
     no writes, no extensions, settings locked. The embedding column is
     ``FLOAT[]``; cast it to ``FLOAT[dim]`` for DuckDB's array functions.
     """
-    con, _ = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
+    con, _, _ = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
                       record=record, cache=cache)
     return con
 
@@ -230,7 +234,7 @@ def run_query(sql: str, hub: str | None = None, *, include_untrusted: bool = Fal
     SicShareError
         For any other DuckDB error (its first line).
     """
-    con, vfs = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
+    con, vfs, refused = _connect(hub, include_untrusted=include_untrusted, allow_rollback=allow_rollback, trust=trust,
                         record=record, cache=cache)
     try:
         statement = check_statement(con, sql)
@@ -247,7 +251,14 @@ def run_query(sql: str, hub: str | None = None, *, include_untrusted: bool = Fal
                 f"the query reaches outside the hub's verified datasets ({_first_line(exc).split(': ', 1)[-1]}): "
                 "read only 'datasets' and patches('publisher/name[@version]')"
             ) from None
-        raise SicShareError(_first_line(exc)) from None
+        line = _first_line(exc)
+        for why in refused.values():  # patches() refused a ref: the macro's error() carries the sentence
+            if why in line:
+                raise VerificationError(why) from None
+        unknown = _UNKNOWN.search(line)
+        if unknown:
+            raise HubError(unknown.group()) from None
+        raise SicShareError(line) from None
     finally:
         con.close()
 

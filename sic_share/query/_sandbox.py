@@ -35,11 +35,11 @@ _FIX = {
     "VARIABLE_SET": "the query connection's settings are fixed",
     "PRAGMA": "the query connection's settings are fixed; SELECT * FROM duckdb_settings() shows them",
     "CALL": "call table functions in a SELECT (SELECT * FROM f())",
-    "ATTACH": "a query reads only the hub's verified datasets: 'datasets' and patches('publisher/name[@version]')",
+    "ATTACH": "read only 'datasets' and patches('publisher/name[@version]')",
     "LOAD": "extensions cannot be loaded or installed here",
     "EXTENSION": "extensions cannot be loaded or installed here",
-    "MULTI": "a PIVOT without an IN list creates a type first: name the values, PIVOT ... ON col IN (v1, v2)",
 }
+_LABEL = {"LOAD": "INSTALL and LOAD", "EXTENSION": "INSTALL and LOAD"}
 # EXPLAIN [ANALYZE] [(options)] <statement>, after leading comments and blanks.
 _EXPLAIN = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^()]*\)\s*)?",
                       re.IGNORECASE | re.DOTALL)
@@ -72,9 +72,12 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
         if len(inner) == 1 and inner[0].type.name in _READ_ONLY:
             return statement.query
         raise QueryRefused("EXPLAIN is allowed only of one SELECT statement: write EXPLAIN [ANALYZE] SELECT ...")
+    if kind == "MULTI":
+        raise QueryRefused("a PIVOT without an IN list is not allowed in sic-share query (it creates a type first): "
+                           "name the values, PIVOT ... ON col IN (v1, v2)")
     if kind not in _READ_ONLY:
         fix = _FIX.get(kind, "a query only reads: write a SELECT over 'datasets' and patches('publisher/name[@version]')")
-        raise QueryRefused(f"{kind} statements are not allowed in sic-share query, which only reads the hub: {fix}")
+        raise QueryRefused(f"{_LABEL.get(kind, kind)} statements are not allowed in sic-share query, which only reads the hub: {fix}")
     return statement.query
 
 
