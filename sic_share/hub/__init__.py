@@ -5,7 +5,7 @@ from __future__ import annotations
 from sic_share.hub._cache import BlobCache, CacheEntry
 from sic_share.hub._config import HubConfig, add_hub, list_hubs, remove_hub, resolve_hub
 from sic_share.hub._info import DatasetInfo, dataset_info
-from sic_share.hub._hub import DatasetRef, HubEntry, fetch_slides, list_datasets, open_manifest, parse_ref, publish, pull
+from sic_share.hub._hub import DatasetRef, HubEntry, collect_garbage, fetch_slides, list_datasets, open_manifest, parse_ref, publish, pull
 
 __all__ = [
     "BlobCache",
@@ -16,6 +16,7 @@ __all__ = [
     "HubConfig",
     "HubEntry",
     "add_hub",
+    "collect_garbage",
     "fetch_slides",
     "list_datasets",
     "list_hubs",

@@ -42,7 +42,7 @@ from sic_share.signing import (
     verify_signature,
 )
 
-__all__ = ["DatasetRef", "HubEntry", "fetch_slides", "open_manifest", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
+__all__ = ["DatasetRef", "HubEntry", "collect_garbage", "fetch_slides", "open_manifest", "iter_published", "parse_ref", "publish", "pull", "list_datasets"]
 
 _REF = re.compile(r"^(?P<publisher>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<version>[0-9]+))?$")
 
@@ -364,6 +364,113 @@ def _remove_quietly(fs: fsspec.AbstractFileSystem, folder: str) -> None:
         else:  # hub policies usually deny publishers s3:DeleteObject: the folder then waits for 'hub gc'
             fs.invalidate_cache(folder)
             fs.rm(folder, recursive=True)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def collect_garbage(hub: str | None = None, *, older_than: float = 24 * 3600, publisher: str | None = None,
+                    dry_run: bool = False) -> list[str]:
+    """Remove what no published version uses: losers' and interrupted publishes' data, temporary files.
+
+    Parameters
+    ----------
+    older_than : float, default 24 h
+        Only objects last written more than this many seconds ago go, so a publish
+        in progress keeps its files.
+    publisher : str, optional
+        Only under this publisher's prefix (what a publisher's credentials may delete).
+    dry_run : bool, default False
+        List, remove nothing.
+
+    Returns
+    -------
+    list of str
+        The hub paths removed (or that would be).
+
+    Notes
+    -----
+    Under each ``<publisher>/<name>/<version>/`` a data folder (a 64-hex name) is kept
+    when it is the sha256 of the manifest in that version's envelope, and goes
+    otherwise; without an envelope everything there goes (an interrupted or lost
+    publish, layout 1.0 included). Hidden ``.*.tmp`` files left by a killed publish
+    go anywhere. No envelope is ever removed, and no symbolic link is followed on a
+    local hub (a link is removed as a link). On S3 the credentials need
+    ``s3:DeleteObject``, which hub policies give the operator, not publishers.
+    """
+    import time
+
+    fs, base, url = _open_hub(hub, reading=False)
+    top = join(base, check_name(publisher, "publisher")) if publisher else base
+    cutoff = time.time() - older_than
+    with _refusals(fs, base, url, "the listing", "list the hub"):
+        objects = _all_objects(fs, top)
+    versions: dict[str, list[tuple[str, float]]] = {}
+    doomed = []
+    for path, mtime in objects:
+        rel = path[len(base):].strip("/").split("/")
+        if rel[-1].startswith(".") and rel[-1].endswith(".tmp"):
+            if mtime < cutoff:
+                doomed.append(path)
+            continue
+        if len(rel) >= 4 and rel[2].isdigit():
+            versions.setdefault("/".join(rel[:3]), []).append((path, mtime))
+    for version, found in versions.items():
+        folder = join(base, version)
+        keep: str | None = None
+        if any(p.endswith("/" + ENVELOPE) and p.rsplit("/", 1)[0] == folder for p, _ in found):
+            try:
+                keep = manifest_digest(open_envelope(_read_if_exists(fs, join(folder, ENVELOPE)) or b"", folder)[1])
+            except VerificationError:
+                continue  # an envelope we cannot read: leave the version alone
+        groups: dict[str, list[tuple[str, float]]] = {}
+        for path, mtime in found:
+            part = path[len(folder):].strip("/").split("/")[0]
+            if part == ENVELOPE:
+                continue
+            if keep is not None and (part == keep or not _HEX64.fullmatch(part)):
+                continue  # the committed data, or layout-1.0 files of a committed version
+            groups.setdefault(part, []).append((path, mtime))
+        for group in groups.values():
+            if max(m for _, m in group) < cutoff:
+                doomed.extend(p for p, _ in group)
+    if not dry_run:
+        with _refusals(fs, base, url, "the removal", "delete under the hub (s3:DeleteObject)"):
+            for path in doomed:
+                if is_local(fs):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                else:
+                    fs.rm_file(path)
+        if is_local(fs):
+            _prune_empty(top, cutoff)
+    return sorted(doomed)
+
+
+def _all_objects(fs: fsspec.AbstractFileSystem, top: str) -> list[tuple[str, float]]:
+    """Every file (object) under ``top`` with its modification time; local links are listed, not followed."""
+    if is_local(fs):
+        found = []
+        for folder, dirs, names in os.walk(top, followlinks=False):
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            for name in [*names, *links]:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((path, os.lstat(path).st_mtime))
+        return found
+    found = []
+    for path, info in fs.find(top, detail=True).items():
+        when = info.get("LastModified") or info.get("mtime")
+        found.append((path, when.timestamp() if hasattr(when, "timestamp") else float(when or 0)))
+    return found
+
+
+def _prune_empty(top: str, cutoff: float) -> None:
+    """Remove empty folders below ``top`` not changed since ``cutoff`` (a publish may be creating new ones)."""
+    for folder, _dirs, _names in sorted(os.walk(top, followlinks=False), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            if folder != top and os.lstat(folder).st_mtime < cutoff:
+                os.rmdir(folder)
 
 
 def _versions(fs: fsspec.AbstractFileSystem, base: str, ref: DatasetRef) -> list[int]:
