@@ -268,6 +268,28 @@ def hub_ls() -> None:
     out.print(table)
 
 
+@hub_app.command("gc")
+def hub_gc(
+    hub: HubOption = None,
+    older_than: Annotated[float, typer.Option("--older-than", help="Hours since an object was last written.")] = 24.0,
+    publisher: Annotated[Optional[str], typer.Option("--publisher", help="Only under this publisher's prefix.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; remove nothing.")] = False,
+) -> None:
+    """Remove data no published version uses (lost races, interrupted publishes, temporary files).
+
+    Never removes an envelope or the data it names; on S3 it needs s3:DeleteObject (the operator's).
+    Example: sic-share hub gc --hub s3://hub-bucket/sic --older-than 48 --dry-run
+    """
+    from sic_share.hub import collect_garbage
+
+    if older_than < 0:
+        raise typer.BadParameter(f"--older-than={older_than} should be >= 0 hours")
+    gone = collect_garbage(hub, older_than=older_than * 3600, publisher=publisher, dry_run=dry_run)
+    for path in gone:
+        out.print(escape_text(path))
+    out.print(f"{'would remove' if dry_run else 'removed'} {len(gone)} objects no published version uses")
+
+
 @hub_app.command("rm")
 def hub_rm(name: Annotated[str, typer.Argument(help="Hub name.")]) -> None:
     """Forget a named hub.
