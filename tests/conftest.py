@@ -264,3 +264,28 @@ def published_objects(folder: Path, prefix: str) -> dict[str, bytes]:
         found[f"{data}/slides/{path.name}"] = path.read_bytes()
         found[f"{data}/slides/{path.name}.blocks"] = digest_file(path).blocks
     return found
+
+
+# --- signed local folders: sic, app, umap, to-anndata, benchmark, similarity verify a folder first ---
+
+LOCAL_PUBLISHER = "lab-local"
+
+
+@pytest.fixture(scope="session")
+def local_key(tmp_path_factory) -> Publisher:
+    """The key that signs tests' local dataset folders (:func:`sign_local`); ``trust_local`` trusts it."""
+    return make_publisher(LOCAL_PUBLISHER, tmp_path_factory.mktemp("keys-local"), trust=False)
+
+
+@pytest.fixture
+def trust_local(local_key) -> Publisher:
+    """This test's home trusts ``local_key``, so folders signed by :func:`sign_local` verify
+    (``pytestmark = pytest.mark.usefixtures("trust_local")`` in a module)."""
+    TrustStore().add(local_key.public, LOCAL_PUBLISHER)
+    return local_key
+
+
+def sign_local(root: Path, key: Publisher, name: str = "local") -> Path:
+    """Sign a complete dataset folder with ``key`` (as ``lab-local/NAME@1``); returns the folder."""
+    sign_dataset(root, name=name, key_path=key.private)
+    return root
