@@ -13,10 +13,13 @@ import pytest
 import shapely
 from shapely.geometry import Point, shape
 
-from conftest import DATA, assert_one_line_error, blobs, make_dataset, metadata
+from conftest import DATA, assert_one_line_error, blobs, make_dataset, metadata, sign_local
 from sic_share.dataset import arrow_schema, read_slide, slide_files, write_slide
 from sic_share.hub import BlobCache
 from sic_share.signing import sign_dataset
+
+# sic verifies a local folder before reading it: the folders here are signed by a key each test trusts.
+pytestmark = pytest.mark.usefixtures("trust_local")
 
 CMU = DATA / "cmu_small_region.svs"
 CMU_SIZE = (2220, 2967)  # level-0 width, height
@@ -49,20 +52,20 @@ def seed_csv(path: Path, rows: list[tuple[float, float, str]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cmu_export(tmp_path_factory) -> Path:
-    """The real slide exported with the handcrafted encoder (unsigned: sic reads any dataset folder)."""
+def cmu_export(tmp_path_factory, local_key) -> Path:
+    """The real slide exported with the handcrafted encoder, signed."""
     pytest.importorskip("openslide")
     from sic_share.export import ExportOptions, export_slides
 
     out = tmp_path_factory.mktemp("cmu") / "cmu-hc"
     export_slides([CMU], out, ExportOptions(models=("handcrafted",), workers=0))
-    return out
+    return sign_local(out, local_key)
 
 
 @pytest.fixture
-def ds(tmp_path) -> Path:
+def ds(tmp_path, local_key) -> Path:
     """Two slides (s0, s1) of 400 patches, two separable blobs, classes normal/tumour."""
-    return make_dataset(tmp_path / "ds", n=400)
+    return sign_local(make_dataset(tmp_path / "ds", n=400), local_key)
 
 
 def unlabelled(root: Path, n: int) -> Path:
@@ -189,20 +192,20 @@ def test_sic_of_a_hub_dataset_fetches_only_that_slide(cli, tmp_path, ds, publish
     assert [e.source for e in BlobCache().entries()] == ["slides/s1.parquet of lab-a/crc@1"]
 
 
-def test_a_single_slide_dataset_needs_no_slide_option(cli, tmp_path):
-    one = make_dataset(tmp_path / "one", slides=1)
+def test_a_single_slide_dataset_needs_no_slide_option(cli, tmp_path, local_key):
+    one = sign_local(make_dataset(tmp_path / "one", slides=1), local_key)
     result = cli("sic", one, "--seeds", truth_seeds(tmp_path, one), "--out", tmp_path / "o.csv")
     assert result.code == 0, result.err
 
 
 @pytest.fixture
-def holed(tmp_path) -> Path:
+def holed(tmp_path, local_key) -> Path:
     """One slide of 400 blob patches whose bottom-right quadrant has no tissue (no patches)."""
     coords, emb, labels = blobs(400, 16)
     keep = ~((coords[:, 0] > 1400) & (coords[:, 1] > 1400))
     write_slide(tmp_path / "holed" / "slides" / "h0.parquet", slide_id="h0", metadata=metadata(16),
                 coords=coords[keep], embeddings=emb[keep], labels=labels[keep])
-    return tmp_path / "holed"
+    return sign_local(tmp_path / "holed", local_key)
 
 
 def test_seeds_that_miss_are_reported_and_the_rest_are_used(cli, tmp_path, holed):
@@ -259,8 +262,8 @@ def test_a_class_the_dataset_does_not_have(cli, tmp_path, ds):
                           "['normal', 'tumour']", "--classes")
 
 
-def test_binary_sic_on_an_unlabelled_dataset_asks_which_class_is_positive(cli, tmp_path):
-    bare = unlabelled(tmp_path / "bare", 100)
+def test_binary_sic_on_an_unlabelled_dataset_asks_which_class_is_positive(cli, tmp_path, local_key):
+    bare = sign_local(unlabelled(tmp_path / "bare", 100), local_key)
     seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "lesion"), (256, 128, "normal")])
     assert_one_line_error(run_bad(cli, tmp_path, bare, "--seeds", seeds), "'lesion' and 'normal'",
                           "--classes lesion,normal")
@@ -299,8 +302,8 @@ def test_a_slide_id_not_in_the_dataset_lists_near_matches(cli, tmp_path, ds):
                           "did you mean", "s0")
 
 
-def test_a_slide_with_fewer_patches_than_classes(cli, tmp_path):
-    tiny = unlabelled(tmp_path / "tiny", 2)
+def test_a_slide_with_fewer_patches_than_classes(cli, tmp_path, local_key):
+    tiny = sign_local(unlabelled(tmp_path / "tiny", 2), local_key)
     seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "a"), (256, 128, "b")])
     result = run_bad(cli, tmp_path, tiny, "--seeds", seeds, "--classes", "a,b,c")
     assert_one_line_error(result, "2 patches", "3 classes")
@@ -319,7 +322,11 @@ def test_embeddings_with_nan(cli, tmp_path):
     }).cast(schema)
     pq.write_table(table, bad / "n0.parquet")
     seeds = seed_csv(tmp_path / "s.csv", [(128, 128, "normal"), (256, 128, "tumour")])
-    assert_one_line_error(run_bad(cli, tmp_path, tmp_path / "nan", "--seeds", seeds), "non-finite")
+    # 'sign' refuses such a file, so only an unsigned folder can hold one: the unsigned note, then the error
+    result = run_bad(cli, tmp_path, tmp_path / "nan", "--seeds", seeds, "--unsigned")
+    note, error = result.err.strip().splitlines()
+    assert result.code == 1 and note.startswith("note: ") and "unsigned" in note
+    assert error.startswith("error: ") and "non-finite" in error
 
 
 def test_an_output_folder_that_does_not_exist(cli, tmp_path, ds):
