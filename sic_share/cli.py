@@ -510,7 +510,7 @@ def info_cmd(
     out.print(table)
     slides = Table("slide", "patches", "MiB")
     for s in info.slides:
-        slides.add_row(escape_text(s["slide_id"]), escape_text(s["patches"]), _mib(s["bytes"]))
+        slides.add_row(escape_text(s["slide_id"]), escape_text("?" if s["patches"] is None else s["patches"]), _mib(s["bytes"]))
     out.print(slides)
 
 

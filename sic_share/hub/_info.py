@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from sic_share._fsutil import join
 from sic_share.dataset import SLIDES_DIR, read_slide_metadata, summarize
@@ -23,9 +22,10 @@ __all__ = ["DatasetInfo", "dataset_info"]
 class DatasetInfo:
     """The facts ``sic-share info`` prints (``to_dict`` for ``--json``).
 
-    ``trusted`` is True only when the envelope's signature verifies with a key you
-    trust for its publisher (and it has not expired); ``trust_note`` says why not
-    otherwise. File digests are not checked here: ``verify`` and ``pull`` do that.
+    ``trusted`` is exactly ``pull``'s verdict on the envelope: signed by a key you
+    trust for its publisher, unexpired, not older than a version you verified, and
+    (on a hub) stored under its own publisher/name/version; ``trust_note`` says why
+    not otherwise. File digests are not checked here: ``verify`` and ``pull`` do that.
     """
 
     location: str
@@ -41,24 +41,35 @@ class DatasetInfo:
     patching: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     embedding_dtype: str | None = None
-    slides: list[dict[str, Any]] = field(default_factory=list)  # slide_id, patches, bytes
+    slides: list[dict[str, Any]] = field(default_factory=list)  # slide_id, patches (None: not signed), bytes
+    total_patches: int | None = None  # the signed total, where per-slide counts are not signed (format 1.0)
 
     @property
     def n_patches(self) -> int:
-        return sum(s["patches"] for s in self.slides)
+        if self.total_patches is not None:
+            return self.total_patches
+        return sum(s["patches"] or 0 for s in self.slides)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "n_patches": self.n_patches}
 
 
-def _trust(raw: bytes, where: str, trust: TrustStore) -> tuple[Any, bool, str]:
-    """The manifest (verified when possible) and whether its signer is trusted, with the reason if not."""
+def _trust(raw: bytes, where: str, trust: TrustStore, placed_at: tuple[str, str, int] | None = None
+           ) -> tuple[Any, bool, str]:
+    """The manifest and the verdict ``pull`` (or ``verify``) would give it, with the reason if not trusted.
+
+    The checks are ``pull``'s, in its order: signature by a trusted key bound to the
+    publisher, expiry, rollback against the versions verified before, and (on a hub)
+    that the envelope sits under its own publisher/name/version. Nothing is recorded.
+    """
     try:
-        manifest, _ = verify_signature(raw, where, trust=trust, record=VersionRecord(), allow_rollback=True)
-        return manifest, True, "signed by a key you trust for this publisher"
+        manifest, _ = verify_signature(raw, where, trust=trust, record=VersionRecord(), allow_rollback=False)
     except VerificationError as exc:
-        manifest = parse_manifest(open_envelope(raw, where)[1], where)
-        return manifest, False, str(exc)
+        return parse_manifest(open_envelope(raw, where)[1], where), False, str(exc)
+    if placed_at is not None and (manifest.publisher, manifest.name, manifest.version) != placed_at:
+        return manifest, False, (f"the envelope at {placed_at[0]}/{placed_at[1]}@{placed_at[2]} is signed for "
+                                 f"{manifest.ref}: the hub holds a misplaced or replayed manifest, do not use it")
+    return manifest, True, "signed by a key you trust for this publisher"
 
 
 def _from_manifest(info: DatasetInfo, manifest: Any) -> None:
@@ -85,8 +96,11 @@ def _folder_info(root: Path, trust: TrustStore) -> DatasetInfo:
         info.patching = summary.patching
         info.classes = list(meta.classes)
         info.embedding_dtype = meta.embedding_dtype
+    signed_rows = manifest.rows if info.signed else {}
     for path in summary.files:
-        _, rows = read_slide_metadata(path)
+        rows = signed_rows.get(f"{SLIDES_DIR}/{path.name}")
+        if rows is None:
+            _, rows = read_slide_metadata(path)
         info.slides.append({"slide_id": path.stem, "patches": rows, "bytes": path.stat().st_size})
     return info
 
@@ -101,14 +115,16 @@ def _hub_info(text: str, hub: str | None, trust: TrustStore) -> DatasetInfo:
         folder = join(base, ref.publisher, ref.name, str(version))
         raw = fs.cat_file(join(folder, ENVELOPE))
         info = DatasetInfo(location=f"{url} {ref.publisher}/{ref.name}@{version}", signed=True)
-        manifest, info.trusted, info.trust_note = _trust(raw, f"{ref.publisher}/{ref.name}@{version}", trust)
+        manifest, info.trusted, info.trust_note = _trust(raw, f"{ref.publisher}/{ref.name}@{version}", trust,
+                                                         (ref.publisher, ref.name, version))
         _from_manifest(info, manifest)
         for name, (size, _digest) in sorted(manifest.files.items()):
-            if not name.startswith(SLIDES_DIR + "/"):
-                continue
-            with fs.open(join(folder, name), "rb") as handle:  # the footer only: a few ranged reads
-                rows = pq.ParquetFile(handle).metadata.num_rows
-            info.slides.append({"slide_id": Path(name).stem, "patches": rows, "bytes": size})
+            # Signed row counts (format 1.1); a 1.0 manifest signs only the total, so no hub byte is
+            # read unverified to count a slide's patches.
+            info.slides.append({"slide_id": Path(name).stem, "patches": manifest.rows.get(name), "bytes": size})
+        counts = manifest.predicate.get("counts")
+        if not manifest.rows and isinstance(counts, dict) and isinstance(counts.get("patches"), int):
+            info.total_patches = counts["patches"]
     return info
 
 
@@ -130,7 +146,7 @@ def dataset_info(dataset: str | os.PathLike[str], hub: str | None = None, *,
 
     Notes
     -----
-    On a hub only the envelope and each slide file's Parquet footer are read.
+    On a hub only the envelope is read; per-slide patch counts are the signed ones.
     An untrusted or expired signature is reported, not raised: ``info`` is how a
     user finds out whose dataset it is before deciding to trust the key.
     """
