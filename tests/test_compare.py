@@ -9,23 +9,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import metadata
+from conftest import LOCAL_PUBLISHER, metadata, sign_local
 
 from sic_share.compare import linear_cka, mutual_knn, run_benchmark, similarity
 from sic_share.dataset import write_slide
 from sic_share.errors import DatasetError, SeedError, SicShareError
 from sic_share.sic import make_slide
+from sic_share.signing import TrustStore
 
 N, DIM, SLIDES = 900, 16, 3
 
+# benchmark and similarity verify a local folder before reading it: these are signed by a key each test trusts.
+pytestmark = pytest.mark.usefixtures("trust_local")
+
 
 def write_dataset(root: Path, slides: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], *,
-                  model_id: str, classes: tuple[str, ...] = ("normal", "tumour")) -> Path:
+                  model_id: str, key, classes: tuple[str, ...] = ("normal", "tumour")) -> Path:
+    """A dataset folder of these slides, signed with ``key`` (the ``local_key`` fixture)."""
     meta = metadata(slides[0][2].shape[1], dtype="float32", classes=classes, model_id=model_id)
     for sid, coords, emb, labels in slides:
         write_slide(root / "slides" / f"{sid}.parquet", slide_id=sid, metadata=meta, coords=coords,
                     embeddings=emb, labels=labels)
-    return root
+    return sign_local(root, key)
 
 
 def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -37,7 +42,7 @@ def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
+def pair(tmp_path_factory, local_key) -> tuple[Path, Path]:
     """An informative model (class blobs) and a noise model on the same grid, rows in another order."""
     root = tmp_path_factory.mktemp("compare")
     good, noise = [], []
@@ -47,12 +52,13 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
         perm = np.random.default_rng(100 + i).permutation(N)
         junk = np.random.default_rng(200 + i).normal(size=(N, DIM)).astype(np.float32)
         noise.append((f"s{i}", s.coords[perm], junk, s.y[perm]))
-    return (write_dataset(root / "good", good, model_id="informative"),
-            write_dataset(root / "noise", noise, model_id="noise"))
+    return (write_dataset(root / "good", good, model_id="informative", key=local_key),
+            write_dataset(root / "noise", noise, model_id="noise", key=local_key))
 
 
 @pytest.fixture(scope="module")
-def result(pair):
+def result(pair, local_key):
+    TrustStore().add(local_key.public, LOCAL_PUBLISHER)  # module fixtures run in the session's home
     return run_benchmark(list(pair), clicks=(1, 3), folds=3, seed=7)
 
 
@@ -123,12 +129,12 @@ def test_parallel_jobs_give_the_same_scores(pair, result):
     assert {(r.dataset, r.slide_id): r.score for r in par.rows} == pytest.approx(seq)
 
 
-def test_multi_class_scores_macro_f1_and_positive_makes_it_binary(tmp_path):
+def test_multi_class_scores_macro_f1_and_positive_makes_it_binary(tmp_path, local_key):
     slides = []
     for i in range(2):
         s = make_slide(900, DIM, n_classes=3, n_subtypes=1, random_state=10 + i)
         slides.append((f"m{i}", s.coords, s.X, s.y))
-    root = write_dataset(tmp_path / "multi", slides, model_id="m", classes=("a", "b", "c"))
+    root = write_dataset(tmp_path / "multi", slides, model_id="m", key=local_key, classes=("a", "b", "c"))
     res = run_benchmark([root], clicks=(3,), folds=2)
     assert res.classes == ("a", "b", "c") and res.score_name == "macro F1"
     assert min(r.score for r in res.rows) >= 0.8
@@ -139,10 +145,10 @@ def test_multi_class_scores_macro_f1_and_positive_makes_it_binary(tmp_path):
     assert_one_line(err, "'tumour'", "['a', 'b', 'c']")
 
 
-def test_slide_without_a_class_is_skipped_and_reported(tmp_path):
+def test_slide_without_a_class_is_skipped_and_reported(tmp_path, local_key):
     s = make_slide(400, DIM, lesion_fraction=0.2, mimic=False, random_state=3)
     root = write_dataset(tmp_path / "d", [("ok", s.coords, s.X, s.y),
-                                          ("clean", s.coords, s.X, np.zeros(400, np.int64))], model_id="m")
+                                          ("clean", s.coords, s.X, np.zeros(400, np.int64))], model_id="m", key=local_key)
     res = run_benchmark([root], clicks=(1,), folds=1)
     assert [(k.slide_id, k.reason) for k in res.skipped] == [("clean", "no patch of class 'tumour'")]
     assert {r.slide_id for r in res.rows} == {"ok"}
@@ -150,11 +156,11 @@ def test_slide_without_a_class_is_skipped_and_reported(tmp_path):
     assert json.loads(res.to_json())["skipped"][0]["slide_id"] == "clean"
 
 
-def test_more_clicks_than_patches_in_a_class(tmp_path):
+def test_more_clicks_than_patches_in_a_class(tmp_path, local_key):
     s = make_slide(400, DIM, lesion_fraction=0.2, mimic=False, random_state=3)
     tiny = np.zeros(400, np.int64)
     tiny[:2] = 1
-    root = write_dataset(tmp_path / "d", [("ok", s.coords, s.X, s.y), ("tiny", s.coords, s.X, tiny)], model_id="m")
+    root = write_dataset(tmp_path / "d", [("ok", s.coords, s.X, s.y), ("tiny", s.coords, s.X, tiny)], model_id="m", key=local_key)
     with pytest.raises(SeedError) as err:
         run_benchmark([root], clicks=(1, 5), folds=1)
     assert_one_line(err, "slide tiny has 2 'tumour' patches, fewer than 5 clicks", "--skip-small")
@@ -162,13 +168,13 @@ def test_more_clicks_than_patches_in_a_class(tmp_path):
     assert [k.slide_id for k in res.skipped] == ["tiny"] and {r.slide_id for r in res.rows} == {"ok"}
 
 
-def test_dataset_without_labels_is_refused(tmp_path):
+def test_dataset_without_labels_is_refused(tmp_path, local_key):
     s = make_slide(200, DIM, random_state=0)
-    no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", classes=())
+    no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", key=local_key, classes=())
     with pytest.raises(DatasetError) as err:
         run_benchmark([no_classes])
     assert_one_line(err, "has no ground-truth classes")
-    empty = write_dataset(tmp_path / "b", [("s0", s.coords, s.X, np.full(200, -1))], model_id="m")
+    empty = write_dataset(tmp_path / "b", [("s0", s.coords, s.X, np.full(200, -1))], model_id="m", key=local_key)
     with pytest.raises(DatasetError) as err:
         run_benchmark([empty])
     assert_one_line(err, "has no ground-truth labels")
@@ -186,10 +192,10 @@ def test_output_folder_must_exist_before_any_work(pair, tmp_path, monkeypatch):
     assert_one_line(err, "clicks")
 
 
-def test_datasets_on_different_grids(pair, tmp_path):
+def test_datasets_on_different_grids(pair, tmp_path, local_key):
     s = make_slide(N, DIM, random_state=0)
     shifted = write_dataset(tmp_path / "shifted", [(f"s{i}", s.coords + 64, s.X, s.y) for i in range(SLIDES)],
-                            model_id="shifted")
+                            model_id="shifted", key=local_key)
     with pytest.raises(DatasetError) as err:
         run_benchmark([pair[0], shifted])
     assert_one_line(err, "share 0 of", "same grid")
@@ -230,9 +236,9 @@ def test_similarity_of_a_dataset_with_itself_and_with_noise(pair):
     assert body["n_matched"] == SLIDES * N and len(body["slides"]) == SLIDES
 
 
-def test_similarity_without_labels_leaves_sic_agreement_out(tmp_path):
+def test_similarity_without_labels_leaves_sic_agreement_out(tmp_path, local_key):
     s = make_slide(400, DIM, random_state=0)
-    root = write_dataset(tmp_path / "u", [("s0", s.coords, s.X, None)], model_id="m", classes=())
+    root = write_dataset(tmp_path / "u", [("s0", s.coords, s.X, None)], model_id="m", key=local_key, classes=())
     res = similarity(root, root)
     assert res.cka == pytest.approx(1.0, abs=1e-6) and res.agreement is None
     assert any("no ground-truth labels" in n for n in res.notes)
@@ -250,7 +256,7 @@ def test_hub_reference_works_like_a_folder(signed, tmp_path):
     assert sim.dataset_a == "lab-a/crc@1" and sim.cka == pytest.approx(1.0, abs=1e-6)
 
 
-def test_similarity_joins_on_coordinates_not_row_order(pair, tmp_path):
+def test_similarity_joins_on_coordinates_not_row_order(pair, tmp_path, local_key):
     from sic_share.dataset import read_slide
 
     shuffled = []
@@ -258,7 +264,7 @@ def test_similarity_joins_on_coordinates_not_row_order(pair, tmp_path):
         s = read_slide(pair[0] / "slides" / f"s{i}.parquet")
         perm = np.random.default_rng(i).permutation(len(s))
         shuffled.append((f"s{i}", s.coords[perm], s.embeddings[perm], s.labels[perm].astype(np.int64)))
-    other = write_dataset(tmp_path / "shuffled", shuffled, model_id="informative")
+    other = write_dataset(tmp_path / "shuffled", shuffled, model_id="informative", key=local_key)
     res = similarity(pair[0], other, k=5)
     assert res.cka == pytest.approx(1.0, abs=1e-6) and res.mutual_knn == 1.0
     assert res.agreement >= 0.99
@@ -292,28 +298,28 @@ def test_benchmark_command_prints_the_table_and_writes_the_files(cli, pair, tmp_
     assert scores(as_csv.out) == scores(rows.read_text())
 
 
-def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path):
+def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path, local_key):
     from conftest import assert_one_line_error
 
     s = make_slide(200, DIM, random_state=0)
-    no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", classes=())
+    no_classes = write_dataset(tmp_path / "a", [("s0", s.coords, s.X, None)], model_id="m", key=local_key, classes=())
     assert_one_line_error(cli("benchmark", no_classes), "no ground-truth classes")
     assert_one_line_error(cli("benchmark", *pair, "--clicks", "1,x"), "--clicks")
     assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "no" / "b.png"), "does not exist")
     assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "b.pdf"), "suffix", ".png")
     assert_one_line_error(cli("benchmark", *pair, "--json", "--csv"), "choose one")
     shifted = write_dataset(tmp_path / "shifted", [(f"s{i}", s.coords + 64, s.X, s.y) for i in range(SLIDES)],
-                            model_id="shifted")
+                            model_id="shifted", key=local_key)
     assert_one_line_error(cli("similarity", pair[0], shifted), "share 0 of", "same grid")
 
 
-def test_benchmark_command_reports_skipped_slides_and_too_many_clicks(cli, tmp_path):
+def test_benchmark_command_reports_skipped_slides_and_too_many_clicks(cli, tmp_path, local_key):
     from conftest import assert_one_line_error
 
     s = make_slide(400, DIM, random_state=0)
     no_lesion = np.zeros(400, dtype=np.int64)
     root = write_dataset(tmp_path / "d", [("ok", s.coords, s.X, s.y), ("allneg", s.coords, s.X, no_lesion)],
-                         model_id="m")
+                         model_id="m", key=local_key)
     result = cli("benchmark", root, "--clicks", "1", "--folds", "1")
     assert result.code == 0, result.err
     assert result.out.count("skipped allneg") == 1
