@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BUCKET, DATA, assert_one_line_error, make_dataset, make_publisher
+from conftest import BUCKET, DATA, assert_one_line_error, make_dataset, make_publisher, sign_local
 from sic_share.app import Session, SessionError, WORK_DIMS, locate_slide, open_cached, prepare
 from sic_share.app._binary import pack, unpack
 from sic_share.dataset import ModelInfo, Patching, SlideMetadata, read_slide, write_slide
@@ -23,10 +23,13 @@ from sic_share.signing import sign_dataset
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+# the app verifies a local folder before reading it: the folders here are signed by a key each test trusts
+pytestmark = pytest.mark.usefixtures("trust_local")
+
 
 @pytest.fixture
-def dataset(tmp_path) -> Path:
-    return make_dataset(tmp_path / "crc", slides=2, n=400, dim=16)
+def dataset(tmp_path, local_key) -> Path:
+    return sign_local(make_dataset(tmp_path / "crc", slides=2, n=400, dim=16), local_key)
 
 
 def test_binary_bodies_round_trip_typed_arrays():
@@ -64,15 +67,16 @@ def test_cache_is_keyed_by_sha256_and_warm_opens_do_not_read_parquet(dataset, tm
     np.testing.assert_array_equal(warm.embeddings, truth.embeddings)
 
 
-def test_a_changed_slide_file_gets_a_new_cache(dataset):
+def test_a_changed_slide_file_gets_a_new_cache(dataset, local_key):
     located = locate_slide(dataset, "s0")
     first = open_cached(located)
     make_dataset(dataset, slides=1, n=300, dim=16, seed=7)  # rewrites s0 with other patches
+    sign_local(dataset, local_key)  # as version 2: the rewritten file is what is signed now
     second = open_cached(locate_slide(dataset, "s0"))
     assert second.digest != first.digest and len(second) == 300
 
 
-def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path):
+def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path, local_key):
     rng = np.random.default_rng(0)
     n, dim = 600, 128
     side = int(np.ceil(np.sqrt(n)))
@@ -82,7 +86,7 @@ def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path):
     meta = SlideMetadata(ModelInfo("wide", dim, "test"), Patching(256, 256, 0.5, 0.5, 128), ("normal", "tumour"))
     write_slide(tmp_path / "w" / "slides" / "w.parquet", slide_id="w", metadata=meta,
                 coords=(grid * 128 + 128).astype(np.int32), embeddings=emb, labels=truth)
-    slide = open_cached(locate_slide(tmp_path / "w", None))
+    slide = open_cached(locate_slide(sign_local(tmp_path / "w", local_key), None))
     work = slide.work_matrix()
     assert work.shape == (n, WORK_DIMS) and (slide.folder / f"work{WORK_DIMS}.npy").exists()
     session = Session(slide)
@@ -311,7 +315,7 @@ def test_hub_dataset_opens_from_verified_cache_and_refusal_is_one_line(cli, tmp_
     assert prepared.slide.source == f"lab-b/{name}@1" and len(prepared.slide) == 100
 
 
-def test_slide_size_round_trips_and_a_recorded_size_must_match_the_image(tmp_path, cli):
+def test_slide_size_round_trips_and_a_recorded_size_must_match_the_image(tmp_path, cli, local_key):
     pytest.importorskip("openslide")
     from sic_share.dataset import read_slide_metadata
 
@@ -323,7 +327,7 @@ def test_slide_size_round_trips_and_a_recorded_size_must_match_the_image(tmp_pat
     assert SlideMetadata.from_json(meta.to_json(), "x") == meta
     plain = SlideMetadata(ModelInfo("m", 4, "test"), Patching(256, 256, 0.5, 0.5, 128))
     assert b"slide_size" not in plain.to_json() and plain.slide_size is None
-    assert_one_line_error(cli("app", tmp_path / "d", "--no-browser", "--port", "0", "--image",
+    assert_one_line_error(cli("app", sign_local(tmp_path / "d", local_key), "--no-browser", "--port", "0", "--image",
                               DATA / "stardist_histo.jpg"), "is 500 x 300 px", "slide is 501 x 300 px")
 
 
@@ -339,7 +343,7 @@ def test_the_app_starts_without_importing_scikit_learn():
     assert out.stdout.strip() == "False"
 
 
-def test_warm_builds_the_first_click_graph_and_changes_no_label(tmp_path):
+def test_warm_builds_the_first_click_graph_and_changes_no_label(tmp_path, local_key):
     from sic_share.sic import FAMILIES, draw_seeds
     from sic_share.sic._methods import GRAPH_SAMPLE
 
@@ -348,7 +352,7 @@ def test_warm_builds_the_first_click_graph_and_changes_no_label(tmp_path):
                          ("normal", "lesion"))
     write_slide(tmp_path / "big" / "slides" / "b.parquet", slide_id="b", metadata=meta,
                 coords=slide_data.coords.astype(np.int32), embeddings=slide_data.X, labels=slide_data.y)
-    slide = open_cached(locate_slide(tmp_path / "big", None))
+    slide = open_cached(locate_slide(sign_local(tmp_path / "big", local_key), None))
     seeds = draw_seeds(slide_data.y, 3, random_state=0)
     results = []
     for warm in (True, False):
