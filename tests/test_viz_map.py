@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, blobs, make_dataset, metadata
+from conftest import assert_one_line_error, blobs, make_dataset, metadata, sign_local
 from sic_share.dataset import write_slide
 from sic_share.errors import SicShareError
 from sic_share.viz import embedding_rgb, to_anndata, write_embedding_map, write_labels
@@ -19,6 +19,9 @@ from sic_share.viz import embedding_rgb, to_anndata, write_embedding_map, write_
 HEX = re.compile(r"^#[0-9a-f]{6}$")
 SIDE = 24  # the synthetic slide is a disc of tissue on a SIDE x SIDE grid of patches
 STEP = 128  # grid step (stride) in level-0 pixels; patches are 256 wide
+
+# umap and to-anndata verify a local folder before reading it: the folders here are signed by a key each test trusts
+pytestmark = pytest.mark.usefixtures("trust_local")
 
 
 def regions_slide(root: Path, *, dim: int = 16, seed: int = 0) -> Path:
@@ -40,9 +43,9 @@ def regions_slide(root: Path, *, dim: int = 16, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def regions(tmp_path_factory) -> Path:
+def regions(tmp_path_factory, local_key) -> Path:
     # A distinctive folder name, to prove that it leaks into no output.
-    return regions_slide(tmp_path_factory.mktemp("hospital-x-secret-folder"))
+    return sign_local(regions_slide(tmp_path_factory.mktemp("hospital-x-secret-folder")), local_key)
 
 
 @pytest.fixture(scope="module")
@@ -327,8 +330,8 @@ def test_h5ad_errors_are_one_line(regions, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_dataset_with_several_slides_needs_a_slide_id(tmp_path):
-    root = make_dataset(tmp_path / "ds", slides=2, n=64)
+def test_dataset_with_several_slides_needs_a_slide_id(tmp_path, local_key):
+    root = sign_local(make_dataset(tmp_path / "ds", slides=2, n=64), local_key)
     with pytest.raises(SicShareError, match="--slide"):
         write_embedding_map(root, tmp_path / "m.png", method="pca")
     made = write_embedding_map(root, tmp_path / "m.png", method="pca", slide_id="s1", max_side=64)
