@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, REPO, assert_one_line_error, make_dataset
+from conftest import DATA, REPO, assert_one_line_error, make_dataset, sign_local
 from sklearn.metrics import f1_score
 
 from sic_share.errors import SeedError, SicShareError
@@ -257,8 +257,8 @@ def _seeds(tmp_path, ds):
     return path
 
 
-def test_sic_writes_confidence_to_tables_qupath_and_a_png_layer(cli, tmp_path):
-    ds = make_dataset(tmp_path / "ds", n=400)
+def test_sic_writes_confidence_to_tables_qupath_and_a_png_layer(cli, tmp_path, trust_local):
+    ds = sign_local(make_dataset(tmp_path / "ds", n=400), trust_local)  # sic verifies local folders
     seeds = _seeds(tmp_path, ds)
     out = tmp_path / "o.parquet"
     result = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", out, "--confidence",
@@ -296,10 +296,10 @@ def test_bad_methods_options_and_confidence_formats_are_one_line(cli, tmp_path):
                      patch_size=256, confidence=np.array([0.5]))
 
 
-def test_benchmark_compares_methods_on_the_same_seeds(cli, tmp_path):
+def test_benchmark_compares_methods_on_the_same_seeds(cli, tmp_path, trust_local):
     from sic_share.compare import run_benchmark
 
-    ds = make_dataset(tmp_path / "ds", n=300)
+    ds = sign_local(make_dataset(tmp_path / "ds", n=300), trust_local)  # benchmark verifies local folders
     result = run_benchmark([ds], clicks=(1, 3), folds=2, method="spreading,sic,prototype", seed=3)
     assert {r.method for r in result.summary()} == {"spreading", "sic", "prototype"}
     seeds = {}
