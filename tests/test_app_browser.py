@@ -17,14 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, make_dataset
+from conftest import DATA, LOCAL_PUBLISHER, make_dataset, sign_local
 from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
+from sic_share.signing import TrustStore
 
 CHROMIUM = "/usr/bin/chromium"
 pytest.importorskip("starlette")
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+# the app verifies a local folder before reading it: folders are signed by a key each test (and app) trusts
+pytestmark = pytest.mark.usefixtures("trust_local")
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]
@@ -51,6 +55,12 @@ class App:
         return self.proc.returncode, out
 
 
+def signed_for(home: Path, folder: Path, key) -> Path:
+    """Sign ``folder`` with ``key``, trusted in the app's ``home``."""
+    TrustStore(home / "config" / "trust.json").add(key.public, LOCAL_PUBLISHER)
+    return sign_local(folder, key)
+
+
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
@@ -60,9 +70,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def pixel_free(tmp_path_factory):
+def pixel_free(tmp_path_factory, local_key):
     root = tmp_path_factory.mktemp("app")
-    dataset = make_dataset(root / "crc", slides=2, n=400, dim=16)
+    dataset = signed_for(root / "home", make_dataset(root / "crc", slides=2, n=400, dim=16), local_key)
     app = App([dataset, "--slide", "s0"], root / "home")
     yield app, dataset
     code, out = app.stop()
@@ -173,7 +183,7 @@ def test_two_then_three_classes_undo_and_export(browser, pixel_free, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def with_image(tmp_path_factory):
+def with_image(tmp_path_factory, local_key):
     """A dataset on the grid of the real slide tests/data/cmu_small_region.svs (2220 x 2967 px)."""
     pytest.importorskip("openslide")
     root = tmp_path_factory.mktemp("app-image")
@@ -185,7 +195,8 @@ def with_image(tmp_path_factory):
     meta = SlideMetadata(ModelInfo("test-model", 16, "test"), Patching(256, 256, 0.5, 0.5, 128), ("normal", "tumour"))
     write_slide(root / "cmu" / "slides" / "c0.parquet", slide_id="c0", metadata=meta, coords=coords,
                 embeddings=emb, labels=truth)
-    app = App([root / "cmu", "--image", DATA / "cmu_small_region.svs"], root / "home")
+    app = App([signed_for(root / "home", root / "cmu", local_key), "--image", DATA / "cmu_small_region.svs"],
+              root / "home")
     yield app, truth
     code, _ = app.stop()
     assert code == 0

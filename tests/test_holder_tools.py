@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import DATA, assert_one_line_error, make_dataset, metadata
+from conftest import DATA, assert_one_line_error, make_dataset, metadata, sign_local
 
 from sic_share.dataset import write_slide
 from sic_share.privacy import SlideMap, holder_secret, pseudonym
@@ -174,7 +174,7 @@ def test_export_with_another_model_is_refused_and_force_replaces(cli, exported, 
     assert read_slide_metadata(parquet)[0].patching.size_px == 128
 
 
-def test_similarity_refuses_datasets_on_different_grids(cli, tmp_path):
+def test_similarity_refuses_datasets_on_different_grids(cli, tmp_path, trust_local):
     from sic_share.dataset import Patching, SlideMetadata
     from conftest import blobs
 
@@ -183,6 +183,7 @@ def test_similarity_refuses_datasets_on_different_grids(cli, tmp_path):
         meta = SlideMetadata(metadata(8).model, Patching(size, size, 0.5, 0.5, 128), (), "float16")
         write_slide(tmp_path / name / "slides" / "s0.parquet", slide_id="s0", metadata=meta, coords=coords,
                     embeddings=emb)
+        sign_local(tmp_path / name, trust_local, name)  # similarity verifies local folders
     result = cli("similarity", tmp_path / "a", tmp_path / "b")
     assert_one_line_error(result, "were cut on different grids", "256 px patches", "128 px patches")
 
@@ -206,8 +207,8 @@ def test_shell_completion_is_offered(cli):
     assert "--show-completion" in cli("--help").out
 
 
-def test_choices_are_case_insensitive_everywhere(cli, tmp_path):
-    root = make_dataset(tmp_path / "ds", slides=1, n=100)
+def test_choices_are_case_insensitive_everywhere(cli, tmp_path, trust_local):
+    root = sign_local(make_dataset(tmp_path / "ds", slides=1, n=100), trust_local)  # sic verifies local folders
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("index,label\n0,normal\n1,tumour\n2,normal\n3,tumour\n")
     for method in ("SPREADING", "Sic"):
