@@ -59,6 +59,7 @@ class SignedFile:
     paths: tuple[str, ...]  # hub paths to try, layout 1.1 first
     # Filled on first use: the verified sidecar (block mode) or the verified local copy (whole mode).
     digests: bytes | None = field(default=None, repr=False)
+    sidecar: bytes | BaseException | None = field(default=None, repr=False)  # as fetched, not yet checked
     local: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -111,6 +112,8 @@ class VerifiedFileSystem(AbstractFileSystem):
         self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
+        self._by_ref: dict[str, list[SignedFile]] = {}
 
     # --- the catalog ---------------------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class VerifiedFileSystem(AbstractFileSystem):
         """Serve ``entry`` at ``path`` (``publisher/name/version/slides/x.parquet``); returns its URL."""
         key = self._strip_protocol(path)
         self.files[key] = entry
+        self._by_ref.setdefault(entry.ref, []).append(entry)
         return f"{PROTOCOL}://{key}"
 
     @classmethod
@@ -197,22 +201,46 @@ class VerifiedFileSystem(AbstractFileSystem):
         """On first use: fetch and check the sidecar, or fall back to the whole file in the cache."""
         if entry.digests is not None or entry.local is not None:
             return
+        if entry.blocks is not None and entry.sidecar is None:
+            self._fetch_sidecars(entry)
         with entry.lock:
             if entry.digests is not None or entry.local is not None:
                 return
             if entry.blocks is not None:
-                bsize, root = entry.blocks
-                want = -(-entry.size // bsize) * DIGEST_BYTES
-                try:
-                    sidecar = self._cat(entry, entry.paths[0] + BLOCKS_SUFFIX, 0, want + 1)
-                except FileNotFoundError:
-                    sidecar = None  # published in layout 1.0 with a 1.1 manifest: check the whole file
-                if sidecar is not None:
+                sidecar = entry.sidecar
+                if isinstance(sidecar, PermissionError):
+                    raise HubError(f"the hub {self.url} refused reading {entry.what}: your credentials may not read it")
+                if isinstance(sidecar, BaseException) and not isinstance(sidecar, FileNotFoundError):
+                    raise sidecar
+                if isinstance(sidecar, bytes):
+                    bsize, root = entry.blocks
+                    want = -(-entry.size // bsize) * DIGEST_BYTES
                     if len(sidecar) != want or hashlib.sha256(sidecar).hexdigest() != root:
                         raise entry.mismatch(BLOCKS_SUFFIX)
                     entry.digests = sidecar
                     return
+            # No block digests (format 1.0), or a 1.1 manifest published in layout 1.0 without sidecars.
             entry.local = self._whole(entry)
+
+    def _fetch_sidecars(self, entry: SignedFile) -> None:
+        """The sidecars of every file of ``entry``'s version not fetched yet, in one concurrent round.
+
+        A query over ``patches(ref)`` opens every file of the version, so their sidecars are
+        fetched together (s3fs sends the GETs at once) instead of one round trip per file.
+        """
+        with self._prepare_lock:
+            if entry.sidecar is not None:
+                return
+            todo = [e for e in self._by_ref.get(entry.ref, [entry]) if e.blocks is not None and e.sidecar is None]
+            if entry not in todo:
+                todo.append(entry)
+            wants = [-(-e.size // e.blocks[0]) * DIGEST_BYTES for e in todo]  # type: ignore[index]
+            results = self.hub_fs.cat_ranges([e.paths[0] + BLOCKS_SUFFIX for e in todo], [0] * len(todo),
+                                             [want + 1 for want in wants], on_error="return")
+            for e, got in zip(todo, results):
+                if isinstance(got, bytes):
+                    self.bytes_fetched += len(got)
+                e.sidecar = got
 
     def _whole(self, entry: SignedFile) -> Path:
         blob = self.cache.get(entry.sha256, entry.size)
