@@ -102,6 +102,120 @@ def make_datasets(root: Path, count: int, slides: int, patches: int, dim: int, k
     return folders
 
 
+_LS_CHILD = r"""
+import json, sys, time, tracemalloc
+from sic_share.hub import list_datasets
+hub, repeat = sys.argv[1], int(sys.argv[2])
+list_datasets(hub)  # warm: imports, page cache
+times, cpu = [], []
+for _ in range(repeat):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    skipped = []
+    try:
+        entries = list_datasets(hub, skipped=skipped)
+    except TypeError:  # a list_datasets without the skipped= report
+        entries = list_datasets(hub)
+    times.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+tracemalloc.start()
+list_datasets(hub)
+traced = tracemalloc.get_traced_memory()[1]
+# VmHWM: this process's own high-water mark (ru_maxrss would carry the parent's over exec)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) * 1024
+print(json.dumps({"best": min(times), "cpu": min(cpu), "entries": len(entries), "trusted": sum(e.trusted for e in entries),
+                  "skipped": skipped, "traced_peak": traced, "max_rss": hwm}))
+"""
+
+
+def ls_with_a_hostile_envelope(work: Path, datasets: int = 1000, entries: int = 300_000, repeat: int = 5) -> float:
+    """(e) ``sic-share ls`` (``list_datasets``) of a local-folder hub, with and without one hostile envelope.
+
+    The hub holds ``datasets`` versions of lab-a (trusted), each a real envelope and manifest.json
+    signed over its own statement (no slide files: ``ls`` reads envelopes only). The hostile entry
+    is a co-tenant's well-formed envelope whose manifest lists ``entries`` files (about 100 MiB):
+    it must be skipped by its listed size, never read. Each measurement runs in a fresh process
+    (``list_datasets`` best of ``repeat`` after one warm call; peak memory as the process's VmHWM
+    and the tracemalloc peak of one listing), four rounds with and without the hostile entry
+    alternating, in turn first (the best of each kept), so that load from elsewhere on the machine hits both
+    alike; the CPU time of the listing process is printed beside the wall time because it does
+    not count waiting for a busy machine's cores. Prints three lines; returns the wall-time ratio.
+    Target (issue 19): ratio 1.0 +- 0.2, memory bounded.
+    """
+    from sic_share.signing import MANIFEST, ENVELOPE, TrustStore, generate_key, load_private_key, sign_envelope
+
+    home = work / "ls-home"
+    env = {**os.environ, "SIC_SHARE_HOME": str(home)}
+    saved = os.environ.get("SIC_SHARE_HOME")
+    os.environ["SIC_SHARE_HOME"] = str(home)
+    try:
+        private, public, _ = generate_key("lab-a", out_dir=work / "ls-keys")
+        TrustStore().add(public, "lab-a")
+        stranger, _, _ = generate_key("lab-x", out_dir=work / "ls-keys")
+        (template,) = make_datasets(work / "ls-template", 1, 1, 200, 16, private, prefix="tpl")
+    finally:
+        if saved is None:
+            os.environ.pop("SIC_SHARE_HOME", None)
+        else:
+            os.environ["SIC_SHARE_HOME"] = saved
+    statement = json.loads((template / MANIFEST).read_bytes())
+    key = load_private_key(private)
+    hub = work / "ls-hub"
+    start = time.perf_counter()
+    for d in range(datasets):
+        statement["predicate"]["name"] = f"ds{d:04d}"
+        body = json.dumps(statement, indent=2).encode()
+        folder = hub / "lab-a" / f"ds{d:04d}" / "1"
+        folder.mkdir(parents=True)
+        (folder / MANIFEST).write_bytes(body)
+        (folder / ENVELOPE).write_bytes(sign_envelope(body, key))
+    made = time.perf_counter() - start
+
+    def listing() -> dict:
+        child = subprocess.run([sys.executable, "-c", _LS_CHILD, str(hub), str(repeat)], env=env, check=True,
+                               capture_output=True, text=True)
+        return json.loads(child.stdout.strip().splitlines()[-1])
+
+    one = statement["predicate"]["files"][0]
+    hostile = dict(statement, predicate=dict(statement["predicate"], publisher="lab-x", name="huge",
+                                             files=[dict(one, name=f"slides/x{i:06d}.parquet") for i in range(entries)]))
+    body = json.dumps(hostile).encode()
+    aside = work / "ls-aside"
+    envelope = aside / "huge" / "1" / ENVELOPE
+    envelope.parent.mkdir(parents=True)
+    envelope.write_bytes(sign_envelope(body, load_private_key(stranger)))
+    del hostile, body
+    size = envelope.stat().st_size
+
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for rounds in range(4):
+        for planted in (False, True) if rounds % 2 == 0 else (True, False):
+            if planted:
+                os.rename(aside, hub / "lab-x")
+            try:
+                runs[planted].append(listing())
+            finally:
+                if planted:
+                    os.rename(hub / "lab-x", aside)
+    clean, attacked = (min(runs[planted], key=lambda r: r["best"]) for planted in (False, True))
+    assert clean["entries"] == clean["trusted"] == datasets, clean
+    assert attacked["trusted"] == datasets, attacked
+    for key in ("max_rss", "traced_peak"):
+        clean[key], attacked[key] = (max(r[key] for r in runs[planted]) for planted in (False, True))
+
+    ratio, cpu_ratio = attacked["best"] / clean["best"], attacked["cpu"] / clean["cpu"]
+    judged = lambda r: "met" if abs(r - 1) <= 0.2 else "MISSED"  # noqa: E731
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    print(f"(e) ls hub: {datasets} signed datasets on a local folder (made in {made:.1f} s); hostile envelope "
+          f"{entries} entries, {mib(size)}; reported: {attacked['skipped'] or 'nothing'}")
+    print(f"(e) ls without {clean['best']:.3f} s, with the hostile envelope {attacked['best']:.3f} s (best of "
+          f"4 x {repeat}, alternating): ratio {ratio:.2f} x (target 1.0 +- 0.2: {judged(ratio)}); CPU "
+          f"{clean['cpu']:.3f} s vs {attacked['cpu']:.3f} s: {cpu_ratio:.2f} x ({judged(cpu_ratio)})")
+    print(f"(e) ls peak memory: without {mib(clean['max_rss'])} RSS ({mib(clean['traced_peak'])} traced), with "
+          f"{mib(attacked['max_rss'])} RSS ({mib(attacked['traced_peak'])} traced) (target: bounded, "
+          f"{'met' if attacked['max_rss'] < clean['max_rss'] + size // 4 else 'MISSED'})")
+    return ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--datasets", type=int, default=20)
@@ -111,9 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pull-patches", type=int, default=50000,
                         help="patches per slide of the extra dataset whose full pull is timed in (d)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--ls", action="store_true",
+                        help="only (e): ls of a local-folder hub of --ls-datasets datasets, with one hostile envelope")
+    parser.add_argument("--ls-datasets", type=int, default=1000)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="sic-hub-bench-"))
+    if args.ls:
+        try:
+            ls_with_a_hostile_envelope(work, args.ls_datasets, repeat=args.repeat)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     os.environ["SIC_SHARE_HOME"] = str(work / "home")
     # The server runs in a process of its own, as a real one would: in this process it would
     # compete with the client for the GIL.
