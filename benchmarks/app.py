@@ -148,6 +148,12 @@ def run(n: int, dim: int, browser_max: int, root: Path) -> None:
         write_slide(dataset / "slides" / "s0.parquet", slide_id="s0", metadata=meta, coords=coords, embeddings=emb,
                     labels=truth)
         print(f"  (dataset written in {time.perf_counter() - t:.1f} s)")
+        from sic_share.signing import TrustStore, generate_key, sign_dataset
+
+        # signed by a key this benchmark's home trusts: the app verifies a local folder (one sha256) on start
+        private, public, _ = generate_key("bench", out_dir=home / "keys")
+        TrustStore().add(public, "bench")
+        sign_dataset(dataset, name="bench", key_path=private)
         located = locate_slide(dataset, "s0")
         t_parquet = best(lambda: read_slide(located.path, dtype=np.float16), 3)
         t = time.perf_counter()

@@ -47,7 +47,16 @@ def _meta(model: str) -> SlideMetadata:
 
 
 def _datasets(root: Path) -> list[Path]:
-    """Two models of the same 10 slides: a sharp one and a blurred one (more noise, rows in another order)."""
+    """Two models of the same 10 slides: a sharp one and a blurred one (more noise, rows in another order).
+
+    Both are signed by a key trusted in a sic-share home under ``root`` (``$SIC_SHARE_HOME`` is set to
+    it), so ``run_benchmark`` verifies them as it verifies any local folder, and its wall time includes that.
+    """
+    from sic_share.signing import TrustStore, generate_key, sign_dataset
+
+    os.environ["SIC_SHARE_HOME"] = str(root / "home")
+    private, public, _ = generate_key("bench", out_dir=root / "keys")
+    TrustStore().add(public, "bench")
     good, blurred = root / "sharp", root / "blurred"
     for i in range(SLIDES):
         s = make_slide(N, DIM, lesion_fraction=0.05, n_subtypes=5, rank=24, dtype=np.float16, random_state=i)
@@ -58,6 +67,8 @@ def _datasets(root: Path) -> list[Path]:
         X = s.X.astype(np.float32) + rng.normal(0, 1.5, s.X.shape).astype(np.float32)
         write_slide(blurred / "slides" / f"s{i:02d}.parquet", slide_id=f"s{i:02d}", metadata=_meta("blurred"),
                     coords=s.coords[perm], embeddings=X[perm], labels=s.y[perm])
+    for folder in (good, blurred):
+        sign_dataset(folder, name=folder.name, key_path=private)
     return [good, blurred]
 
 
