@@ -257,7 +257,7 @@ class _LocalHubWriter:
                     sink.write(source)
                 else:
                     with open(source, "rb") as src:
-                        shutil.copyfileobj(src, sink, 1 << 20)
+                        _copy(src, sink)
             if exclusive:
                 os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
             else:
@@ -265,6 +265,23 @@ class _LocalHubWriter:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
+
+
+def _copy(src, sink) -> None:
+    """Copy a file's bytes in the kernel (``sendfile``) where it can, else through a buffer."""
+    size = os.fstat(src.fileno()).st_size
+    offset = 0
+    try:
+        while offset < size:
+            sent = os.sendfile(sink.fileno(), src.fileno(), offset, size - offset)
+            if not sent:
+                break
+            offset += sent
+    except OSError:
+        pass
+    if offset < size:
+        src.seek(offset)
+        shutil.copyfileobj(src, sink, 1 << 20)
 
 
 def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, progress: Progress | None = None,
@@ -315,21 +332,33 @@ def publish(dataset_dir: str | os.PathLike[str], hub: str | None = None, *, prog
         _refuse_versioned_bucket(fs, base)
         writer = _LocalHubWriter(base, url) if is_local(fs) else None
         total, sent = len(manifest.files), 0
+
+        def upload(item: tuple[str, Path | bytes]) -> None:
+            name, source = item
+            if writer is not None:
+                with writer.folder([*parts, manifest_digest(ready.body), *name.split("/")[:-1]]) as fd:
+                    writer.write(fd, name.rsplit("/", 1)[-1], source)
+            elif isinstance(source, bytes):
+                fs.pipe_file(join(data, name), source)
+            else:
+                fs.put_file(str(source), join(data, name))
+
         try:
-            for name, source in uploads:
-                target = join(data, name)
-                if writer is not None:
-                    folder_parts = [*parts, manifest_digest(ready.body), *name.split("/")[:-1]]
-                    with writer.folder(folder_parts) as fd:
-                        writer.write(fd, name.rsplit("/", 1)[-1], source)
-                elif isinstance(source, bytes):
-                    fs.pipe_file(target, source)
-                else:
-                    fs.put_file(str(source), target)
-                if isinstance(source, Path):
-                    sent += 1
-                    if progress:
-                        progress(name, sent, total)
+            # Up to _PARALLEL_FILES objects at once (on S3 each small sidecar is a round trip of its own).
+            with ThreadPoolExecutor(max_workers=1 if writer is not None else _PARALLEL_FILES) as pool:
+                futures = {pool.submit(upload, item): item for item in uploads}
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        name, source = futures[future]
+                        if isinstance(source, Path):
+                            sent += 1
+                            if progress:
+                                progress(name, sent, total)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
             if writer is not None:
                 with writer.folder(parts) as fd:
                     writer.write(fd, ENVELOPE, ready.envelope, exclusive=True)
