@@ -185,11 +185,14 @@ def test_the_app_caches_by_the_verified_digest_without_hashing_again(signed, tmp
     assert open_cached(located, root=tmp_path / "cache").digest == located.digest
 
 
-def test_a_partial_copy_reads_the_slides_it_holds(cli, signed, outputs):
-    (signed / "slides" / "s1.parquet").unlink()  # what 'pull --slides s0' leaves
-    assert cli(*args("sic", signed, outputs)).code == 0
-    assert cli("benchmark", signed, "--clicks", "1", "--folds", "1").code == 0  # over the slides it holds
-    assert_one_line_error(cli("sic", signed, "--slide", "s1", "--seeds", "0:normal,1:tumour", "--out",
+def test_a_copy_pulled_with_slides_reads_the_slides_it_holds(cli, signed, tmp_path, outputs):
+    hub, part = tmp_path / "hub", tmp_path / "part"
+    assert cli("publish", signed, "--hub", hub).code == 0
+    assert cli("pull", "lab-a/crc", "--hub", hub, "--slides", "s0", "--out", part).code == 0
+    assert sorted(p.name for p in (part / "slides").iterdir()) == ["s0.parquet"]
+    assert cli(*args("sic", part, outputs)).code == 0
+    assert cli("benchmark", part, "--clicks", "1", "--folds", "1").code == 0  # over the slides it holds
+    assert_one_line_error(cli("sic", part, "--slide", "s1", "--seeds", "0:normal,1:tumour", "--out",
                               outputs / "s1.csv"),
                           "partial copy of lab-a/crc@1 without slide 's1'", "pull lab-a/crc@1 --slides s1")
 
