@@ -457,7 +457,10 @@ def ls(
 
     from sic_share.hub import list_datasets
 
-    entries = list_datasets(hub, publisher=publisher, model=model)
+    skipped: list[str] = []
+    entries = list_datasets(hub, publisher=publisher, model=model, skipped=skipped)
+    for line in skipped:  # one bad entry on a hub never stops the listing
+        err.print(f"[yellow]skipped[/yellow] {escape_text(line)}")
     if as_json:
         _print_json(json.dumps([asdict(e) for e in entries]))
         return

@@ -59,3 +59,21 @@ def test_info_counts_signed_rows_not_the_footers_of_hub_files(cli, tmp_path, hub
     after = json.loads(cli("info", "lab-a/crc", "--hub", hub, "--json").out)
     assert [s["patches"] for s in after["slides"]] == [s["patches"] for s in before["slides"]] == [200, 200]
     assert after["n_patches"] == 400
+
+
+def test_ls_skips_an_oversized_or_broken_envelope_without_reading_it_and_says_so(cli, hub, signed):
+    assert cli("publish", signed, "--hub", hub).code == 0
+    huge = hub / "lab-x" / "huge" / "1" / "manifest.dsse.json"
+    huge.parent.mkdir(parents=True)
+    with open(huge, "wb") as handle:  # 64 MiB, sparse: costs nothing unless read
+        handle.truncate(64 << 20)
+    broken = hub / "lab-y" / "bad" / "1" / "manifest.dsse.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x1b[31m not an envelope")
+
+    result = cli("ls", "--hub", hub)
+    assert result.code == 0, result.err
+    assert "lab-a/crc@1" in result.out and "huge" not in result.out
+    assert "lab-x/huge/1" in result.err and "more than any sic-share manifest" in result.err
+    assert "lab-y/bad/1" in result.err and "\x1b" not in result.err
+    assert [e["name"] for e in json.loads(cli("ls", "--hub", hub, "--json").out)] == ["crc"]
