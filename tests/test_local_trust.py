@@ -11,6 +11,7 @@ reaches the app's cache.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import urllib.request
@@ -214,3 +215,19 @@ def test_the_unsigned_flag_never_weakens_a_signed_folder(signed):
     folder.verify(["s0"])  # the slide read verifies
     with pytest.raises(VerificationError, match="s1.parquet of lab-a/crc@1 does not match its signed sha256"):
         folder.verify(["s1"])
+
+
+def test_a_file_replaced_between_the_check_and_the_read_is_refused(signed, tmp_path):
+    from sic_share.app import open_cached
+    from sic_share.sic import load_slide, locate_slide
+
+    located = locate_slide(signed, "s0")  # verified: hashed against the signed sha256
+    other = tmp_path / "other.parquet"
+    shutil.copy(signed / "slides" / "s0.parquet", other)
+    rewrite_same_size(other)
+    os.replace(other, signed / "slides" / "s0.parquet")  # swapped in before the command reads it
+    with pytest.raises(VerificationError, match="changed while it was read"):
+        load_slide(located, None)
+    with pytest.raises(VerificationError, match="changed while it was read"):
+        open_cached(located, root=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("slide.json"))  # nothing cached under the verified digest

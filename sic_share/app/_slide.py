@@ -172,6 +172,7 @@ def open_cached(slide: SlideFile, *, root: str | os.PathLike[str] | None = None)
             pass
         shutil.rmtree(folder, ignore_errors=True)
     data = read_slide(slide.path, dtype=np.float16 if _is_half(slide.path) else np.float32)
+    slide.check_unchanged()  # what is cached under the verified digest is what was verified
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()

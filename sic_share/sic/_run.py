@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sic_share.dataset import SlideData, near_slides, read_slide, slide_files
-from sic_share.errors import DatasetError, HubError, SeedError
+from sic_share.errors import DatasetError, HubError, SeedError, VerificationError
 from sic_share.sic._registry import DEFAULT_METHOD, create_method
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
 
@@ -86,6 +86,9 @@ class SlideFile:
         keys its cache by it. None for a slide of an unsigned folder.
     note : str or None
         One line for the user: the folder is unsigned and was read with ``unsigned=True``.
+    stamp : tuple of int or None
+        The file's (inode, size, mtime, ctime) taken before it was hashed (signed folders);
+        :meth:`check_unchanged` compares it after a read.
     """
 
     path: Path
@@ -93,6 +96,25 @@ class SlideFile:
     source: str
     digest: str | None = None
     note: str | None = None
+    stamp: tuple[int, int, int, int] | None = None
+
+    def check_unchanged(self) -> None:
+        """Refuse a verified file that was rewritten or replaced since it was hashed (call it after reading).
+
+        A write changes the file's ctime, which no user can set back, and a replacement
+        changes its inode; so a change between the hash and the end of a read is caught
+        (up to the file system's timestamp granularity).
+        """
+        if self.stamp is not None and _stamp(self.path) != self.stamp:
+            raise VerificationError(
+                f"{self.path} of {self.source} changed while it was read (after it verified): run the command "
+                "again, and if it happens again find what writes to the folder"
+            )
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def locate_slide(dataset: str | os.PathLike[str] | SlideFile, slide_id: str | None, hub: str | None = None, *,
@@ -136,8 +158,9 @@ def locate_slide(dataset: str | os.PathLike[str] | SlideFile, slide_id: str | No
                 raise DatasetError(f"{local} is a partial copy of {ref} without slide {slide_id!r}: pull it with "
                                    f"'sic-share pull {ref} --slides {slide_id}', or choose one of its slides")
             raise _no_such_slide(slide_id, sorted(files), str(local))
+        stamp = _stamp(files[slide_id]) if folder.manifest is not None else None
         digest = folder.verify([slide_id])[slide_id]
-        return SlideFile(files[slide_id], slide_id, str(local), digest, folder.note)
+        return SlideFile(files[slide_id], slide_id, str(local), digest, folder.note, stamp)
     from sic_share.hub import fetch_slides, open_manifest, parse_ref
 
     try:
@@ -159,7 +182,9 @@ def load_slide(dataset: str | os.PathLike[str] | SlideFile, slide_id: str | None
                unsigned: bool = False, allow_rollback: bool = False) -> tuple[SlideData, str]:
     """Read one slide found by :func:`locate_slide`; returns it and where it came from."""
     found = locate_slide(dataset, slide_id, hub, unsigned=unsigned, allow_rollback=allow_rollback)
-    return read_slide(found.path), found.source
+    slide = read_slide(found.path)
+    found.check_unchanged()
+    return slide, found.source
 
 
 def map_seeds(source: str | os.PathLike[str], slide: SlideData, classes: tuple[str, ...] | None, *,
