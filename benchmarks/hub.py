@@ -102,6 +102,67 @@ def make_datasets(root: Path, count: int, slides: int, patches: int, dim: int, k
     return folders
 
 
+def verified_query(hub: str, datasets: int, proxy: CountingProxy, stored: int, repeat: int,
+                   expect: int) -> tuple[int, float, int, float]:
+    """(b') the verified ``query`` against today's unverified read, in the same run; prints two lines.
+
+    Verified: ``run_query`` (catalog from the envelopes, then DuckDB through the ``sicverified``
+    filesystem: every block checked against its signed digests). Unverified, as ``query`` read
+    before issue 19: the same catalog listing, then DuckDB's ``read_parquet`` straight over s3fs
+    (registered, external file cache off, metadata cache on). Bytes of the first run through the
+    proxy; time best of ``repeat``, each on a fresh connection (cold caches).
+    Returns (verified bytes, verified s, unverified bytes, unverified s).
+    """
+    import duckdb
+
+    from sic_share.hub._hub import _open_hub, iter_published
+    from sic_share.query import run_query
+    from sic_share.signing import TrustStore
+
+    verified_sql = " UNION ALL ".join(
+        f"SELECT slide_id, count(*) AS n FROM patches('lab-a/ds{d:02d}@1') GROUP BY slide_id" for d in range(datasets))
+
+    def verified() -> int:
+        return run_query(verified_sql, hub).num_rows
+
+    def unverified() -> int:
+        fs, base, url = _open_hub(hub)
+        folders = {m.name: folder for m, _, folder in iter_published(fs, base, url, TrustStore())}
+        parts = []
+        for d in range(datasets):
+            files = sorted(fs.unstrip_protocol(p) for p in fs.find(folders[f"ds{d:02d}"]) if p.endswith(".parquet"))
+            listed = ", ".join(f"'{f}'" for f in files)
+            parts.append(f"SELECT slide_id, count(*) AS n FROM read_parquet([{listed}]) GROUP BY slide_id")
+        con = duckdb.connect(":memory:")
+        con.register_filesystem(fs)
+        con.execute("SET enable_external_file_cache = false")
+        con.execute("SET parquet_metadata_cache = true")
+        try:
+            return len(con.sql(" UNION ALL ".join(parts)).fetchall())
+        finally:
+            con.close()
+
+    results = []
+    for run in (verified, unverified):
+        proxy.reset()
+        assert run() == expect
+        moved = proxy.reset()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        results += [moved, min(times)]
+    v_bytes, v_time, u_bytes, u_time = results
+    ratio = v_time / u_time
+    print(f"(b') verified query: {v_bytes / 1024:9.1f} KiB = {v_bytes / stored:.2%} of stored (target <= 2%: "
+          f"{'met' if v_bytes <= 0.02 * stored else 'MISSED'}); unverified read: {u_bytes / 1024:.1f} KiB = "
+          f"{u_bytes / stored:.2%}")
+    print(f"(b') verified query {v_time:.3f} s, unverified read {u_time:.3f} s (best of {repeat}): ratio {ratio:.2f} x "
+          f"(target <= 1.3 x: {'met' if ratio <= 1.3 else 'MISSED'})")
+    return v_bytes, v_time, u_bytes, u_time
+
+
 _LS_CHILD = r"""
 import json, sys, time, tracemalloc
 from sic_share.hub import list_datasets
@@ -299,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         query_bytes = proxy.reset()
         assert table.num_rows == args.datasets * args.slides
         assert set(table.column("n").to_pylist()) == {args.patches}
+        verified_query(hub, args.datasets, proxy, stored, args.repeat, args.datasets * args.slides)
 
         one = "d07s2"
         one_size = plain.size(f"sic-hub/lab-a/ds07/1/slides/{one}.parquet")

@@ -44,6 +44,7 @@ __all__ = ["PROTOCOL", "SignedFile", "VerifiedFile", "VerifiedFileSystem", "vers
 PROTOCOL = "sicverified"
 _STREAM_BLOCK = 32 << 20  # whole-file fetches: one ranged GET per 32 MiB, as pull does
 _CACHE_BYTES = 32 << 20  # verified blocks kept for re-reads (the footer is read twice per query)
+_TAIL = 16 << 10  # DuckDB 2.0 reads a Parquet file's last 16 KiB first: fetched with the sidecars
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
@@ -60,6 +61,8 @@ class SignedFile:
     # Filled on first use: the verified sidecar (block mode) or the verified local copy (whole mode).
     digests: bytes | None = field(default=None, repr=False)
     sidecar: bytes | BaseException | None = field(default=None, repr=False)  # as fetched, not yet checked
+    key: str = ""  # its path in the verified filesystem, set by add()
+    tail: tuple[int, bytes] | None = field(default=None, repr=False)  # the footer's blocks, fetched beside it
     local: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -121,6 +124,7 @@ class VerifiedFileSystem(AbstractFileSystem):
         """Serve ``entry`` at ``path`` (``publisher/name/version/slides/x.parquet``); returns its URL."""
         key = self._strip_protocol(path)
         self.files[key] = entry
+        entry.key = key
         self._by_ref.setdefault(entry.ref, []).append(entry)
         return f"{PROTOCOL}://{key}"
 
@@ -218,6 +222,7 @@ class VerifiedFileSystem(AbstractFileSystem):
                     if len(sidecar) != want or hashlib.sha256(sidecar).hexdigest() != root:
                         raise entry.mismatch(BLOCKS_SUFFIX)
                     entry.digests = sidecar
+                    self._keep_tail(entry)
                     return
             # No block digests (format 1.0), or a 1.1 manifest published in layout 1.0 without sidecars.
             entry.local = self._whole(entry)
@@ -235,12 +240,34 @@ class VerifiedFileSystem(AbstractFileSystem):
             if entry not in todo:
                 todo.append(entry)
             wants = [-(-e.size // e.blocks[0]) * DIGEST_BYTES for e in todo]  # type: ignore[index]
-            results = self.hub_fs.cat_ranges([e.paths[0] + BLOCKS_SUFFIX for e in todo], [0] * len(todo),
-                                             [want + 1 for want in wants], on_error="return")
-            for e, got in zip(todo, results):
-                if isinstance(got, bytes):
-                    self.bytes_fetched += len(got)
+            tails = [_tail_start(e) for e in todo]
+            results = self.hub_fs.cat_ranges(
+                [e.paths[0] + BLOCKS_SUFFIX for e in todo] + [e.paths[0] for e in todo],
+                [0] * len(todo) + tails, [want + 1 for want in wants] + [e.size for e in todo], on_error="return")
+            for e, got, start, tail in zip(todo, results, tails, results[len(todo):]):
+                for part in (got, tail):
+                    if isinstance(part, bytes):
+                        self.bytes_fetched += len(part)
                 e.sidecar = got
+                e.tail = (start, tail) if isinstance(tail, bytes) else None
+
+    def _keep_tail(self, entry: SignedFile) -> None:
+        """Check the prefetched footer blocks and keep those that match (a mismatch is found on read)."""
+        if entry.tail is None:
+            return
+        (start, data), entry.tail = entry.tail, None
+        bsize = entry.blocks[0]  # type: ignore[index]
+        if len(data) != entry.size - start:
+            return
+        key = entry.key
+        good: dict[int, bytes] = {}
+        for offset in range(0, len(data), bsize):
+            k = (start + offset) // bsize
+            block = data[offset:offset + bsize]
+            if hashlib.sha256(block).digest() != entry.digests[k * DIGEST_BYTES:(k + 1) * DIGEST_BYTES]:
+                return
+            good[k] = block
+        self._keep(key, range(start // bsize, start // bsize + len(good)), good)
 
     def _whole(self, entry: SignedFile) -> Path:
         blob = self.cache.get(entry.sha256, entry.size)
@@ -314,6 +341,12 @@ class VerifiedFileSystem(AbstractFileSystem):
             while self._cached > _CACHE_BYTES and self._blocks:
                 _, dropped = self._blocks.popitem(last=False)
                 self._cached -= len(dropped)
+
+
+def _tail_start(entry: SignedFile) -> int:
+    """The first block of the last ``_TAIL`` bytes: what DuckDB reads first (the Parquet footer)."""
+    bsize = entry.blocks[0]  # type: ignore[index]
+    return max(0, entry.size - _TAIL) // bsize * bsize
 
 
 class VerifiedFile(AbstractBufferedFile):
