@@ -16,7 +16,7 @@ from typing import Iterable
 
 from sic_share._jsonstore import read_bounded
 from sic_share.dataset import SLIDES_DIR, slide_files
-from sic_share.errors import VerificationError
+from sic_share.errors import DatasetError, VerificationError
 from sic_share.signing._dsse import MAX_ENVELOPE_BYTES
 from sic_share.signing._manifest import ENVELOPE, MANIFEST, Manifest, sha256_file, verify_signature
 from sic_share.signing._trust import TrustStore, VersionRecord
@@ -79,6 +79,10 @@ class DatasetFolder:
         read (see docs/trust.md, "Local dataset folders").
         """
         wanted = list(self.slides) if slide_ids is None else list(slide_ids)
+        unknown = [slide_id for slide_id in wanted if slide_id not in self.slides]
+        if unknown:
+            raise DatasetError(f"{self.root} holds no slide {unknown[0]!r}: its slides are "
+                               f"{', '.join(sorted(self.slides)[:5])}{', ...' if len(self.slides) > 5 else ''}")
         if self.manifest is None:
             return dict.fromkeys(wanted)
         digests: dict[str, str | None] = {}
