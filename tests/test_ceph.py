@@ -531,3 +531,93 @@ def test_a_versioned_bucket_is_refused_with_one_line(cli, rgw, as_user, name, si
     owner.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
     assert cli("publish", signed, "--hub", f"s3://{bucket}").code == 0
     assert_one_line_error(cli("publish", signed, "--hub", f"s3://{bucket}"), "already published")
+
+
+# --- attacks on RGW (issue 19): what a co-tenant or a bucket writer can do to a query, a crash mid-publish ---
+
+
+def _rewritten(path: Path) -> bytes:
+    """The slide file with x + 1: valid Parquet with the same schema and metadata, other values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("x"), "x", pc.add(table.column("x"), 1))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_co_tenant_plant_on_rgw_is_ignored_by_query(tmp_path, rgw, as_user, hub, name, signed):
+    """lab-b, confined to lab-b/ by the bucket policy, plants lab-b/NAME/99 claiming lab-a/NAME@99."""
+    from sic_share.hub import publish
+    from sic_share.query import run_query
+
+    publish(signed, hub)
+    lab_b = make_publisher("lab-b", tmp_path / "keys-b", trust=False)
+    plant = make_dataset(tmp_path / "plant", slides=1, n=7, seed=99)
+    sign_dataset(plant, name=name, key_path=lab_b.private, publisher="lab-a", version=99)
+    scratch = tmp_path / "scratch"
+    publish(plant, str(scratch))
+    client = rgw.client("lab-b")
+    for path in sorted((scratch / "lab-a" / name / "99").rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(scratch / "lab-a" / name / "99").as_posix()
+            client.put_object(Bucket=BUCKET, Key=f"lab-b/{name}/99/{rel}", Body=path.read_bytes())
+
+    as_user(READER)
+    sql = f"SELECT slide_id, count(*) AS n FROM patches('lab-a/{name}') GROUP BY 1 ORDER BY 1"
+    assert run_query(sql, hub).to_pylist() == [{"slide_id": "s0", "n": 200}, {"slide_id": "s1", "n": 200}]
+    listed = run_query(f"SELECT publisher, version FROM datasets WHERE name = '{name}'", hub, include_untrusted=True)
+    assert listed.to_pylist() == [{"publisher": "lab-a", "version": 1}]
+
+
+def test_a_slide_rewritten_on_rgw_after_publish_is_refused_by_query(cli, rgw, as_user, hub, name, signed):
+    from sic_share.hub import publish
+
+    publish(signed, hub)
+    key = next(k for k in published_objects(signed, f"lab-a/{name}/1") if k.endswith("slides/s0.parquet"))
+    rgw.client("lab-a").put_object(Bucket=BUCKET, Key=key, Body=_rewritten(signed / "slides" / "s0.parquet"))
+    as_user(READER)
+    assert_one_line_error(cli("query", f"SELECT sum(x) FROM patches('lab-a/{name}')", "--hub", hub),
+                          f"slides/s0.parquet of lab-a/{name}@1 does not match its signed digests")
+    assert_one_line_error(cli("pull", f"lab-a/{name}", "--hub", hub, "--to", str(Path(hub).name) + "-x"),
+                          "slides/s0.parquet")
+
+
+def _publish_then_die(root: str, hub: str, env: dict[str, str]) -> None:
+    import signal as signals
+
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    from sic_share.hub import _hub
+
+    def die(fs, path, data):  # every data object is up: the process dies before the envelope
+        os.kill(os.getpid(), signals.SIGKILL)
+
+    _hub._create_exclusive = die
+    _hub.publish(root, hub)
+
+
+def test_kill_9_during_publish_to_rgw_leaves_nothing_visible_and_the_rerun_completes(tmp_path, rgw, as_user, hub,
+                                                                                   name, signed):
+    import multiprocessing
+    import signal as signals
+
+    from sic_share.hub import list_datasets, publish, pull
+
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                      "AWS_DEFAULT_REGION", "SIC_SHARE_HOME")}
+    worker = multiprocessing.get_context("spawn").Process(target=_publish_then_die, args=(str(signed), hub, env))
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == -signals.SIGKILL
+    stored = rgw.objects(f"lab-a/{name}")
+    assert stored and f"lab-a/{name}/1/{ENVELOPE}" not in stored  # data went up, the commit did not
+    assert [e for e in list_datasets(hub) if e.name == name] == []
+
+    publish(signed, hub)
+    assert rgw.objects(f"lab-a/{name}") == published_objects(signed, f"lab-a/{name}/1")
+    _, dest = pull(f"lab-a/{name}", hub, to=tmp_path / "pulled")
+    assert files(dest) == files(signed)
