@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         verified_query(hub, args.datasets, proxy, stored, args.repeat, args.datasets * args.slides)
 
         one = "d07s2"
-        one_size = plain.size(f"sic-hub/lab-a/ds07/1/slides/{one}.parquet")
+        (one_key,) = plain.glob(f"sic-hub/lab-a/ds07/1/*/slides/{one}.parquet")  # hub layout 1.1
+        one_size = plain.size(one_key)
         proxy.reset()
         pull("lab-a/ds07", hub, to=work / "one", slides=[one])
         slide_bytes = proxy.reset()
@@ -377,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         as_user("lab-a")
         publish(big, hub)  # only now, so (a)-(c) see the hub of --datasets datasets
         as_user("reader")
-        files = sorted(plain.find("sic-hub/lab-a/big00/1/"))
+        # What pull fetches: the envelope and the slide files (not manifest.json or the .blocks sidecars).
+        files = sorted(f for f in plain.find("sic-hub/lab-a/big00/1/")
+                       if f.endswith((".parquet", "manifest.dsse.json")))
         total = sum(plain.size(f) for f in files)
         pull_times, get_times = [], []
         for i in range(args.repeat):

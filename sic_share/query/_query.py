@@ -206,7 +206,7 @@ def connect(hub: str | None = None, *, include_untrusted: bool = False, allow_ro
     verified filesystem (:mod:`sic_share.query._verified`): the ref is looked up in
     a constant map, which DuckDB folds at bind time, so only that version's files
     are opened and only the columns a query uses are read, each read widened to
-    64 KiB blocks and checked against the signed per-block digests (format 1.1), or
+    16 KiB blocks and checked against the signed per-block digests (format 1.1), or
     served from a whole-file verified copy in the cache (1.0). A byte that differs
     from what was signed fails the query with one line naming the file.
 
