@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sic_share._jsonstore import read_bounded
 from sic_share._paths import cache_dir
-from sic_share.errors import VerificationError
+from sic_share.errors import SicShareError, VerificationError
 from sic_share.signing import sha256_file
 
 __all__ = ["BlobCache", "CacheEntry"]
@@ -115,8 +116,10 @@ class BlobCache:
             if path.name.startswith(".") or path.suffix == ".json":
                 continue
             try:
-                info = json.loads(path.with_name(f"{path.name}.json").read_text())
-            except (FileNotFoundError, ValueError):
+                info = json.loads(read_bounded(path.with_name(f"{path.name}.json"), 64 << 10, "cache entry"))
+            except (FileNotFoundError, ValueError, RecursionError, SicShareError):
+                info = {}
+            if not isinstance(info, dict):
                 info = {}
             found.append(CacheEntry(path.name, path.stat().st_size, str(info.get("source", "?")), path))
         return sorted(found, key=lambda e: (-e.size, e.digest))

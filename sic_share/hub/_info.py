@@ -9,10 +9,11 @@ from typing import Any
 
 
 from sic_share._fsutil import join
+from sic_share._jsonstore import read_bounded
 from sic_share.dataset import SLIDES_DIR, read_slide_metadata, summarize
 from sic_share.errors import VerificationError
 from sic_share.signing import TrustStore, VersionRecord
-from sic_share.signing._dsse import open_envelope
+from sic_share.signing._dsse import MAX_ENVELOPE_BYTES, open_envelope
 from sic_share.signing._manifest import ENVELOPE, parse_manifest, verify_signature
 
 __all__ = ["DatasetInfo", "dataset_info"]
@@ -87,7 +88,8 @@ def _folder_info(root: Path, trust: TrustStore) -> DatasetInfo:
     summary = summarize(root)
     info = DatasetInfo(location=str(root), signed=(root / ENVELOPE).is_file())
     if info.signed:
-        manifest, info.trusted, info.trust_note = _trust((root / ENVELOPE).read_bytes(), str(root / ENVELOPE), trust)
+        raw = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
+        manifest, info.trusted, info.trust_note = _trust(raw, str(root / ENVELOPE), trust)
         _from_manifest(info, manifest)
     else:
         meta = summary.metadata

@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path, PurePath
 
 from sic_share._paths import keys_dir
+from sic_share._jsonstore import read_bounded
 from sic_share.errors import SicShareError
 
 __all__ = ["holder_secret", "pseudonym", "source_stem"]
@@ -48,7 +49,7 @@ def holder_secret(path: str | os.PathLike[str] | None = None, *, create: bool = 
     """
     path = Path(path) if path is not None else keys_dir() / "holder.secret"
     try:
-        text = path.read_text().strip()
+        text = read_bounded(path, 4096, "holder secret").decode("utf-8", "replace").strip()
     except FileNotFoundError:
         if not create:
             raise SicShareError(f"holder secret {path} does not exist: give the one used before with --secret") from None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -16,11 +14,17 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sic_share._jsonstore import atomic_write_bytes
+from sic_share._jsonstore import atomic_write_bytes, read_bounded
 from sic_share._layout import BLOCK_SIZE, digest_file, manifest_digest
 from sic_share.dataset import SLIDES_DIR, check_name, summarize
 from sic_share.errors import DatasetError, SicShareError, TrustError, VerificationError
-from sic_share.signing._dsse import IN_TOTO_PAYLOAD_TYPE, open_envelope, sign_envelope, signature_verifies
+from sic_share.signing._dsse import (
+    IN_TOTO_PAYLOAD_TYPE,
+    MAX_ENVELOPE_BYTES,
+    open_envelope,
+    sign_envelope,
+    signature_verifies,
+)
 from sic_share.signing._keys import default_private_key, key_id, load_private_key
 from sic_share.signing._trust import TrustStore, VersionRecord
 
@@ -164,10 +168,9 @@ def sign_dataset(
             "slide_metadata": "none: only level-0 µm/px and patch geometry",
         },
         "signer": key_id(key.public_key()),
-        # The raw public key (its sha256 is ``signer``): lets ``publish`` check the signature before
+        # The raw public key in hex (its sha256 is ``signer``): lets ``publish`` check the signature before
         # uploading. Trust never comes from here: consumers trust keys with 'trust add'.
-        "signer_key": base64.b64encode(key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode(),
+        "signer_key": key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex(),
         "files": files,
     }
     if expires_days is not None:
@@ -186,8 +189,8 @@ def sign_dataset(
 
 def _previous_version(root: Path, publisher: str, name: str) -> int:
     try:
-        old = json.loads((root / MANIFEST).read_bytes())["predicate"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        old = json.loads(read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest"))["predicate"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError, RecursionError, SicShareError):
         return 0
     if old.get("publisher") == publisher and old.get("name") == name and isinstance(old.get("version"), int):
         return old["version"]
@@ -235,6 +238,8 @@ def parse_manifest(body: bytes, where: str) -> Manifest:
         check_name(name, "dataset name")
         if not isinstance(predicate, dict):
             raise ValueError("the predicate is not an object")
+    except RecursionError:
+        raise VerificationError(f"{where} is not a valid sic-share manifest (nested too deeply)") from None
     except (ValueError, KeyError, TypeError, AttributeError, DatasetError) as exc:
         raise VerificationError(f"{where} is not a valid sic-share manifest ({exc})") from None
     return Manifest(publisher, name, version, files, predicate, blocks, rows, manifest_digest(body))
@@ -371,7 +376,7 @@ def verify_dataset(
         what = "is a file" if root.exists() else "does not exist"
         raise VerificationError(f"dataset folder {root} {what}: give the folder that holds {ENVELOPE}")
     try:
-        envelope = (root / ENVELOPE).read_bytes()
+        envelope = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
     except FileNotFoundError:
         raise VerificationError(f"{root} has no {ENVELOPE}: it is not signed, run 'sic-share sign' first") from None
     record = record or VersionRecord()
@@ -379,7 +384,7 @@ def verify_dataset(
         envelope, str(root / ENVELOPE), trust=trust, record=record, allow_rollback=allow_rollback
     )
     try:
-        on_disk = (root / MANIFEST).read_bytes()
+        on_disk = read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest")
     except FileNotFoundError:
         on_disk = None
     if on_disk != body:
@@ -417,8 +422,8 @@ def _signer_keys(manifest: Manifest, trust: TrustStore | None) -> list[Ed25519Pu
     raw, signer = manifest.predicate.get("signer_key"), manifest.predicate.get("signer")
     if isinstance(raw, str):
         try:
-            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(raw, validate=True))
-        except (ValueError, binascii.Error):
+            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(raw))
+        except ValueError:
             return []
         return [key] if key_id(key) == signer else []
     found = []
@@ -451,8 +456,8 @@ def check_unverified(dataset_dir: str | os.PathLike[str], *, trust: TrustStore |
         what = "is a file" if root.exists() else "does not exist"
         raise VerificationError(f"dataset folder {root} {what}: give the folder that holds {ENVELOPE}")
     try:
-        envelope = (root / ENVELOPE).read_bytes()
-        body = (root / MANIFEST).read_bytes()
+        envelope = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
+        body = read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest")
     except FileNotFoundError as exc:
         raise VerificationError(f"{root} is not signed ({Path(exc.filename).name} missing): run 'sic-share sign' first") from None
     payload_type, payload, signatures = open_envelope(envelope, str(root / ENVELOPE))
