@@ -287,16 +287,7 @@ def verify_signature(
             f"{manifest.ref} claims publisher {manifest.publisher!r} but is signed by key {signer.keyid[:12]}, "
             f"which you trust for {signer.publisher!r} only: do not use it"
         )
-    expires = manifest.predicate.get("expires")
-    if expires is not None:
-        try:
-            expired = datetime.fromisoformat(expires) <= _now()
-        except (TypeError, ValueError):
-            raise VerificationError(f"{manifest.ref} has an unreadable expiry {expires!r}") from None
-        if expired:
-            raise VerificationError(
-                f"{manifest.ref} expired on {expires}: ask the publisher for a fresh version"
-            )
+    _check_expiry(manifest, "ask the publisher for a fresh version")
     highest = record.highest(manifest.publisher, manifest.name)
     if manifest.version < highest and not allow_rollback:
         raise VerificationError(
@@ -304,6 +295,19 @@ def verify_signature(
             "pull the newest version, or pass --allow-rollback if you want the old one"
         )
     return manifest, body
+
+
+def _check_expiry(manifest: Manifest, fix: str) -> None:
+    """Refuse a manifest whose ``expires`` has passed (or cannot be read), naming ``fix``."""
+    expires = manifest.predicate.get("expires")
+    if expires is None:
+        return
+    try:
+        expired = datetime.fromisoformat(expires) <= _now()
+    except (TypeError, ValueError):
+        raise VerificationError(f"{manifest.ref} has an unreadable expiry {expires!r}: {fix}") from None
+    if expired:
+        raise VerificationError(f"{manifest.ref} expired on {expires}: {fix}")
 
 
 def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None, hash_files: bool = True) -> None:
@@ -472,14 +476,7 @@ def check_unverified(dataset_dir: str | os.PathLike[str], *, trust: TrustStore |
             f"the signature in {root / ENVELOPE} does not verify (damaged, or made by another key than the "
             f"manifest names): sign {root} again with 'sic-share sign'"
         )
-    expires = manifest.predicate.get("expires")
-    if expires is not None:
-        try:
-            expired = datetime.fromisoformat(expires) <= _now()
-        except (TypeError, ValueError):
-            raise VerificationError(f"{manifest.ref} has an unreadable expiry {expires!r}: sign it again") from None
-        if expired:
-            raise VerificationError(f"{manifest.ref} expired on {expires}: sign a new version before publishing")
+    _check_expiry(manifest, "sign a new version before publishing")
     verify_files(root, manifest, hash_files=False)
     def check(fname: str) -> bytes | None:
         size, digest = manifest.files[fname]
