@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sic_share.dataset import SlideData, near_slides, read_slide, slide_files
+from sic_share.dataset import SlideData, near_slides, read_slide
 from sic_share.errors import DatasetError, HubError, SeedError, VerificationError
 from sic_share.sic._registry import DEFAULT_METHOD, create_method
 from sic_share.sic._seeds import Seeds, class_counts, read_seeds
