@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import secrets
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +18,13 @@ from typing import Any
 
 from sic_share.errors import SicShareError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["STATE_LIMIT", "load_json", "not_written_by_us", "save_json", "atomic_write_bytes", "staged_folder",
-           "read_bounded"]
+           "read_bounded", "remove_abandoned", "STALE_AFTER"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -99,18 +109,158 @@ def save_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
+#: A staged folder whose owner cannot be asked (no lock file beside it, or a file system without
+#: locks) is taken as abandoned once it has not changed for this many seconds.
+STALE_AFTER = 3600.0
+
+_PARTIAL = ".partial-"
+_LOCK = ".lock"
+_AT_FDCWD = -100  # Linux
+_RENAME_NOREPLACE = 1
+
+
 @contextmanager
-def staged_folder(dest: Path) -> Iterator[Path]:
+def staged_folder(dest: Path, *, taken: str | None = None) -> Iterator[Path]:
     """Yield a hidden folder beside ``dest``; rename it to ``dest`` when the block succeeds.
 
     On any exception the folder is deleted, so nothing partial is ever visible
-    under ``dest`` (the rename is atomic on one file system).
+    under ``dest`` (the rename is atomic on one file system). The rename never
+    replaces anything: when ``dest`` appeared meanwhile (another pull, or even an
+    empty folder), that one is kept and :class:`SicShareError` says ``taken``.
+
+    Notes
+    -----
+    The folder is ``.<name>.partial-<random>``, held by an exclusive ``flock`` on
+    ``.<name>.partial-<random>.lock`` beside it for as long as the block runs. A
+    killed process leaves both behind with the lock released, so each new staging
+    for the same ``dest`` first removes the partials of ``dest`` whose lock it can
+    take (none of another process that is still writing). One without a lock file
+    (left by an older sic-share), or on a file system that has no locks, is removed
+    only once unchanged for :data:`STALE_AFTER` seconds.
     """
-    tmp = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+    token = secrets.token_hex(4)
+    tmp = dest.with_name(f".{dest.name}{_PARTIAL}{token}")
+    lock = tmp.with_name(tmp.name + _LOCK)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    held = _hold(lock)
     try:
-        tmp.mkdir(parents=True)
+        remove_abandoned(dest)
+        tmp.mkdir()
         yield tmp
-        os.rename(tmp, dest)
+        try:
+            _rename_no_replace(tmp, dest)
+        except FileExistsError:
+            raise SicShareError(
+                taken or f"{dest} was created by another process meanwhile: remove it or choose another destination"
+            ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        lock.unlink(missing_ok=True)
+        os.close(held)
+
+
+def remove_abandoned(dest: Path) -> list[Path]:
+    """Remove the partial folders of ``dest`` left by killed processes (see :func:`staged_folder`).
+
+    Returns what was removed. A partial another process is still writing is kept.
+    """
+    prefix = f".{dest.name}{_PARTIAL}"
+    removed = []
+    try:
+        entries = list(os.scandir(dest.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or entry.name.endswith(_LOCK):
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if _abandoned(path):
+            shutil.rmtree(path, ignore_errors=True)
+            path.with_name(path.name + _LOCK).unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _hold(lock: Path) -> int:
+    """Create ``lock`` and take an exclusive lock on it (kept until the descriptor is closed)."""
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, f"{os.getpid()}\n".encode())  # for a human looking at it; the lock is what counts
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without locks: others judge this partial by its age
+            pass
+    return fd
+
+
+def _abandoned(partial: Path) -> bool:
+    """Whether no live process writes ``partial``: its lock is free (or, when it cannot be asked, it is old)."""
+    lock = partial.with_name(partial.name + _LOCK)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return _unchanged_for(partial, STALE_AFTER)
+    except OSError:
+        return False
+    try:
+        if fcntl is None:
+            return _unchanged_for(partial, STALE_AFTER)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer is alive
+        except OSError:
+            return _unchanged_for(partial, STALE_AFTER)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _unchanged_for(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+@functools.cache
+def _renameat2() -> Any:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library before glibc 2.28
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def _rename_no_replace(src: Path, dest: Path) -> None:
+    """Rename the folder ``src`` to ``dest``; ``FileExistsError`` when anything is at ``dest``.
+
+    ``os.rename`` of a folder onto an existing *empty* folder succeeds silently, so
+    a plain rename could replace what another process just made. Linux's
+    ``renameat2(RENAME_NOREPLACE)`` refuses atomically; elsewhere (or on a file
+    system without it) ``dest`` is claimed by an exclusive ``mkdir`` first and
+    ``src`` renamed onto that empty folder, which this process owns.
+    """
+    call = _renameat2() if sys.platform.startswith("linux") else None
+    if call is not None:
+        if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), str(dest))
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(src), None, str(dest))
+    if os.name != "posix":  # Windows: a rename never replaces a folder
+        os.rename(src, dest)
+        return
+    os.mkdir(dest)  # FileExistsError when anything is there
+    try:
+        os.rename(src, dest)
+    except BaseException:
+        os.rmdir(dest)
+        raise

@@ -330,8 +330,10 @@ def cache_clear() -> None:
     """
     from sic_share.hub import BlobCache
 
-    files, size = BlobCache().clear()
-    out.print(f"removed {files} cached files, {_mib(size)}")
+    cleared = BlobCache().clear()
+    held = (f"; {_mib(cleared.held)} stays on disk, hard-linked by pulled dataset folders (deleting them frees it)"
+            if cleared.held else "")
+    out.print(f"removed {cleared.files} cached files, {_mib(cleared.freed)} freed{held}")
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -941,10 +943,10 @@ def app_cmd(
     slide: SlideOption = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="The slide's own image file (.svs, .tif, ...): shown under the annotation. Without it the embedding map is shown (no pixels needed).")] = None,
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8765,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; loopback only unless --allow-remote.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; loopback only unless --allow-remote names it.")] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
     projection: Annotated[str, typer.Option("--projection", help="Map colours and scatter: pca (fast) or umap (as 'umap --method').")] = "pca",
-    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a --host other machines can reach (there is no login).")] = False,
+    allow_remote: Annotated[Optional[list[str]], typer.Option("--allow-remote", metavar="NAME", help="A host name (or name:port) the app also answers to, besides localhost; needed for a --host other machines can reach (there is no login). Repeat for several.")] = None,
     unsigned: UnsignedOption = False,
     allow_rollback: RollbackOption = False,
     hub: HubOption = None,
@@ -965,7 +967,7 @@ def app_cmd(
         sys.stdout.flush()
 
     launch(located, slide_id=slide, hub=hub, image=image, host=host, port=port, projection=projection,
-           open_browser=not no_browser, allow_remote=allow_remote, on_ready=ready)
+           open_browser=not no_browser, allow_remote=allow_remote or [], on_ready=ready)
     out.print("stopped", highlight=False)
 
 

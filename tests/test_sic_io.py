@@ -114,7 +114,7 @@ def test_geojson_points_polygons_and_every_container(tmp_path):
     seeds = read_seeds(path, OVERLAP, OVERLAP_SIZE, BINARY)
     assert seeded(seeds) == {1: 1, 2: 1, 5: 1, 6: 1, 0: 0, 11: 0}
     assert seeds.n_seeds == 3 and seeds.skipped == 2
-    assert "2 unclassified" in seeds.summary()
+    assert "2 GeoJSON features ignored (1 LineString, 1 unclassified)" in seeds.summary()
 
 
 def test_polygon_seeds_exactly_the_centres_inside_it(tmp_path):
@@ -186,7 +186,7 @@ def test_seeds_of_a_class_that_hits_no_patch_are_reported(tmp_path):
     (json.dumps(box(0, 0, 10, 10)), ("bare Polygon geometry without a class",)),
     (json.dumps([feature({"type": "Polygon", "coordinates": [[[0, 0], [1]]]}, "tumour")]), ("malformed Polygon",)),
     ("[]", ("hold no seeds",)),
-    (json.dumps([feature(point(1, 1), None)]), ("hold no seeds", "1 features unclassified", "Set class")),
+    (json.dumps([feature(point(1, 1), None)]), ("hold no seeds", "1 GeoJSON feature ignored [1 unclassified]", "Set class")),
 ])
 def test_geojson_that_is_not_geojson(tmp_path, text, fragments):
     path = write(tmp_path / "seeds.geojson", text)

@@ -14,16 +14,20 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sic_share._jsonstore import read_bounded
 from sic_share._paths import cache_dir
 from sic_share.errors import SicShareError, VerificationError
 from sic_share.signing import sha256_file
 
-__all__ = ["BlobCache", "CacheEntry"]
+__all__ = ["BlobCache", "CacheEntry", "Cleared"]
+
+_PARTIAL_AGE = 600.0  # seconds: a partial download unchanged for longer was abandoned
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,26 @@ class CacheEntry:
     size: int
     source: str
     path: Path
+
+
+class Cleared(NamedTuple):
+    """What :meth:`BlobCache.clear` removed.
+
+    Attributes
+    ----------
+    files : int
+        Cached files removed.
+    freed : int
+        Bytes no longer on disk: cached files no pulled folder links, partial
+        downloads, the app's derived data.
+    held : int
+        Bytes of removed cached files that stay on disk because pulled dataset
+        folders hard-link them; freed when those folders are deleted.
+    """
+
+    files: int
+    freed: int
+    held: int
 
 
 class BlobCache:
@@ -124,23 +148,46 @@ class BlobCache:
             found.append(CacheEntry(path.name, path.stat().st_size, str(info.get("source", "?")), path))
         return sorted(found, key=lambda e: (-e.size, e.digest))
 
-    def clear(self) -> tuple[int, int]:
-        """Remove every cached file and what was derived from it; returns ``(files, bytes)`` removed.
+    def clear(self) -> Cleared:
+        """Remove every cached file and what was derived from it; says how many bytes that freed.
 
         Derived data is the app's per-slide folder ``.<sha256>.app/`` (decoded matrix,
         projections): its bytes count, it is not listed as a file of its own.
+
+        Notes
+        -----
+        A pulled dataset folder hard-links its files to the cache (:meth:`place`), so
+        removing a cached file frees its bytes only when no folder links it (link
+        count 1); otherwise they stay on disk, counted in ``Cleared.held``, until
+        those folders are deleted. Partial downloads (``.<sha256>.*.partial``) are
+        removed once unchanged for ten minutes: a younger one is being written.
         """
-        files = size = 0
+        files = freed = held = 0
         for entry in self.entries():
+            try:
+                links = entry.path.stat().st_nlink
+            except FileNotFoundError:
+                continue
             self._drop(entry.path)
-            files, size = files + 1, size + entry.size
+            files += 1
+            if links > 1:
+                held += entry.size
+            else:
+                freed += entry.size
+        now = time.time()
         for partial in self.root.glob("sha256/*/.*.partial"):  # left by a killed download
-            partial.unlink(missing_ok=True)
+            try:
+                info = partial.stat()
+            except FileNotFoundError:
+                continue
+            if now - info.st_mtime > _PARTIAL_AGE:
+                partial.unlink(missing_ok=True)
+                freed += info.st_size
         for derived in self.root.glob("sha256/*/.*.app"):
             if derived.is_dir():
-                size += sum(p.stat().st_size for p in derived.rglob("*") if p.is_file())
+                freed += sum(p.stat().st_size for p in derived.rglob("*") if p.is_file())
                 shutil.rmtree(derived, ignore_errors=True)
-        return files, size
+        return Cleared(files, freed, held)
 
     @staticmethod
     def _drop(path: Path) -> None:

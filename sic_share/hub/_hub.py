@@ -705,6 +705,12 @@ def pull(
     file has verified and deleted on any failure. The destination's files are
     hard links to the cache where the file system allows (read-only, no second
     copy on disk).
+
+    Two pulls into one destination at once: the first to finish keeps it, the
+    other raises :class:`SicShareError` and leaves it as it is (the rename never
+    replaces anything, not even an empty folder made meanwhile). Temporary
+    folders of this destination left by a killed pull are removed when the next
+    pull into it starts (see :func:`sic_share._jsonstore.staged_folder`).
     """
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     trust, record, cache = trust or TrustStore(), record or VersionRecord(), cache or BlobCache()
@@ -716,7 +722,9 @@ def pull(
         raise SicShareError(f"{dest} already exists: choose another --to or remove it")
     names = _select(manifest, slides)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with staged_folder(dest) as tmp:
+    taken = (f"{dest} was created by another pull meanwhile: use that copy (check it with 'sic-share verify "
+             f"{dest}') or pull again with another --out")
+    with staged_folder(dest, taken=taken) as tmp:
         (tmp / "slides").mkdir()
         (tmp / ENVELOPE).write_bytes(envelope)
         (tmp / MANIFEST).write_bytes(body)

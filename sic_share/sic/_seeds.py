@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ __all__ = ["MissedSeed", "Seeds", "class_counts", "read_seeds"]
 _MAX_CLASSES = int(np.iinfo(np.int8).max)  # seeds are int8 like the dataset's label column
 _INDEX_SPEC = re.compile(r"^\s*\d+\s*:[^,:]+(,\s*\d+\s*:[^,:]+)*,?\s*$")
 _SHOWN = 3  # seeds named in a message before "..."
+
+#: The largest seeds file read: seeds are a few points and polygons, and a bigger
+#: GeoJSON would take several times its size in memory to parse.
+MAX_SEEDS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -85,16 +89,22 @@ class Seeds:
     missed : tuple of MissedSeed
         Seeds that landed on no patch (on glass, off the tissue, or a polygon
         holding no patch centre).
-    skipped : int, default=0
-        GeoJSON features ignored: unclassified, or of another geometry type
-        (LineString...).
+    ignored : dict of str to int, default={}
+        GeoJSON features that could not be seeds, counted by why:
+        ``"unclassified"``, ``"without a geometry"``, ``"not a Feature"``,
+        ``"empty"``, or the geometry type (``"LineString"``...).
     """
 
     labels: np.ndarray
     classes: tuple[str, ...]
     n_seeds: int
     missed: tuple[MissedSeed, ...] = ()
-    skipped: int = 0
+    ignored: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        """GeoJSON features ignored, all reasons together (see ``ignored``)."""
+        return sum(self.ignored.values())
 
     @property
     def counts(self) -> dict[str, int]:
@@ -111,7 +121,7 @@ class Seeds:
         remap = np.array([index[name.casefold()] for name in self.classes], dtype=np.int8)
         labels = np.where(self.labels >= 0, remap[np.maximum(self.labels, 0)], -1).astype(np.int8)
         missed = tuple(replace(m, label=classes[index[m.label.casefold()]]) for m in self.missed)
-        return Seeds(labels, tuple(classes), self.n_seeds, missed, self.skipped)
+        return Seeds(labels, tuple(classes), self.n_seeds, missed, dict(self.ignored))
 
 
     @property
@@ -135,8 +145,16 @@ class Seeds:
             verb = "has" if len(lost) == 1 else "have"
             parts.append(f"{noun} {', '.join(map(repr, lost))} {verb} no seeded patch")
         if self.skipped:
-            parts.append(f"{self.skipped} unclassified or non-point/polygon features were ignored")
+            parts.append(f"{_ignored_text(self.ignored)}: a seed is a point or polygon with a class "
+                         "(in QuPath: Set class)")
         return "; ".join(parts)
+
+
+def _ignored_text(ignored: Mapping[str, int], *, brackets: str = "()") -> str:
+    """``3 GeoJSON features ignored (1 LineString, 1 unclassified, 1 without a geometry)``."""
+    total = sum(ignored.values())
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(ignored.items(), key=lambda item: (-item[1], item[0])))
+    return f"{total} GeoJSON {'feature' if total == 1 else 'features'} ignored {brackets[0]}{why}{brackets[1]}"
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -256,7 +274,10 @@ class _Parsed:
     p_where: list[str]
     indices: list[tuple[int, int, str]]  # (patch index, class, where)
     polygons: list[tuple[Any, int, str]]  # (shapely geometry, class, where)
-    skipped: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)  # GeoJSON features that are no seed, by why
+
+    def ignore(self, why: str) -> None:
+        self.ignored[why] = self.ignored.get(why, 0) + 1
 
     @classmethod
     def empty(cls) -> _Parsed:
@@ -269,11 +290,17 @@ class _Parsed:
 
 def _read_text(path: Path, source: str) -> str:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SEEDS_BYTES + 1)
     except IsADirectoryError:
         raise SeedError(f"seeds {source} is a folder: give a CSV or GeoJSON file") from None
     except OSError as exc:
         raise SeedError(f"seeds {source} cannot be read ({exc.strerror or exc}): check the path") from None
+    if len(data) > MAX_SEEDS_BYTES:
+        raise SeedError(
+            f"seeds {source} is larger than {MAX_SEEDS_BYTES >> 20} MiB: export only the seed annotations "
+            "(in QuPath: select them, then File > Export objects as GeoJSON > Selected objects)"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -331,21 +358,29 @@ def _parse_geojson(text: str, source: str, names: _Classes) -> _Parsed:
         document = json.loads(text)
     except ValueError as exc:
         raise SeedError(f"seeds {source} is not valid JSON ({exc}): export it again from QuPath as GeoJSON") from None
+    except RecursionError:
+        raise SeedError(
+            f"seeds {source} is JSON nested too deeply to be GeoJSON: export it again from QuPath as GeoJSON"
+        ) from None
     parsed = _Parsed.empty()
     for position, feature in enumerate(geojson_features(document, f"seeds {source}", SeedError)):
         if not isinstance(feature, dict) or feature.get("type", "Feature") != "Feature":
-            parsed.skipped += 1
+            parsed.ignore("not a Feature")
             continue
         where = f"feature {feature['id']!r}" if isinstance(feature.get("id"), str) else f"feature {position}"
         raw = feature.get("geometry")
         if not isinstance(raw, dict):
-            parsed.skipped += 1
+            parsed.ignore("without a geometry")
             continue
         try:
             geometry = shape(raw)
             if not np.isfinite(shapely.get_coordinates(geometry)).all():
                 raise ValueError("a coordinate is not a finite number")
             parts = list(shapely.get_parts(shapely.get_parts(geometry)))  # collections of multi-parts too
+        except RecursionError:
+            raise SeedError(
+                f"{where} of seeds {source} has a geometry nested too deeply: export it again from QuPath"
+            ) from None
         except (GEOSException, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise SeedError(
                 f"{where} of seeds {source} has a malformed {raw.get('type')} geometry ({exc}): "
@@ -354,11 +389,12 @@ def _parse_geojson(text: str, source: str, names: _Classes) -> _Parsed:
         points = [p for p in parts if p.geom_type == "Point" and not p.is_empty]
         areas = [p for p in parts if p.geom_type in ("Polygon", "MultiPolygon") and not p.is_empty]
         if not points and not areas:
-            parsed.skipped += 1
+            kinds = {p.geom_type for p in parts if not p.is_empty}
+            parsed.ignore(", ".join(sorted(kinds)) if kinds else "empty")
             continue
         label = class_name(feature.get("properties"))
         if label is None:
-            parsed.skipped += 1
+            parsed.ignore("unclassified")
             continue
         cls = names.index(label, where)
         for point in points:
@@ -548,16 +584,19 @@ def read_seeds(
     ``names`` joined by ``": "``. ``properties.name`` is not used: QuPath
     keeps the user's free-text annotation name there, not a class. Features
     without a class or of another geometry (LineString) are skipped and
-    counted in ``Seeds.skipped``; ``objectType`` is not checked, so
+    counted by reason in ``Seeds.ignored`` (the CLI says how many and why, in one
+    line); ``objectType`` is not checked, so
     annotations, detections and tiles all seed (our own GeoJSON output reads
-    back as the same classes). Files are read from the local disk.
+    back as the same classes). Files are read from the local disk, at most
+    ``MAX_SEEDS_BYTES`` (256 MiB); JSON nested too deeply for Python's parser is
+    refused in one line.
     """
     names = _Classes(_check_classes(classes), "seeds")
     centres, size = _check_grid(coords, patch_size)
     grid = _Grid(centres, size)
     parsed, label = _load(source, names)
     if parsed.n_seeds == 0:
-        extra = f" ({parsed.skipped} features unclassified or not points/polygons)" if parsed.skipped else ""
+        extra = f" ({_ignored_text(parsed.ignored, brackets='[]')})" if parsed.ignored else ""
         raise SeedError(
             f"seeds {label} hold no seeds{extra}: add classified points or polygons "
             "(in QuPath: Set class), or rows of x,y,label"
@@ -614,4 +653,4 @@ def read_seeds(
             f"none of the {parsed.n_seeds} seeds of {label} lies on a patch (the slide's patches span "
             f"{grid.describe()}): put seeds on tissue, in level-0 pixels of this slide"
         )
-    return Seeds(labels, final_classes, parsed.n_seeds, tuple(missed), parsed.skipped)
+    return Seeds(labels, final_classes, parsed.n_seeds, tuple(missed), dict(parsed.ignored))
