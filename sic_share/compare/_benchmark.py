@@ -434,6 +434,26 @@ def _check_settings(clicks: Sequence[int], folds: int, score: str, rule: str | N
     return counts
 
 
+def same_grid_fix(*datasets: Dataset) -> str:
+    """How to put datasets on one patch grid: the options of the command that made them."""
+    which = "both" if len(datasets) == 2 else "them"
+    if all(d.metadata.model.source.startswith("import:") for d in datasets):
+        return f"import {which} from coordinates of one patching, with the same --patch-size"
+    return f"export {which} with the same --target-mpp/--patch-size/--stride"
+
+
+def _labelled_how(ds: Dataset) -> str:
+    """How to make a dataset like ``ds`` with ground truth: the option of the command that made it."""
+    source = ds.metadata.model.source
+    if source == "import:npy":
+        return "labels imported with it (re-import with <slide>.labels.npy beside each slide and --classes)"
+    if source.startswith("import:"):
+        kind = source.split(":", 1)[1].upper()
+        return (f"labels, which {kind} .h5 files do not hold (import the coords and features as "
+                "<slide>.coords.npy/.features.npy with <slide>.labels.npy and --classes)")
+    return "a dataset exported with labels (export --masks or --annotations)"
+
+
 def _task_classes(classes: tuple[str, ...], positive: str | None) -> tuple[tuple[str, ...], np.ndarray | None]:
     """The classes SIC separates and, for ``positive``, the map from dataset class index to 0/1."""
     if positive is None:
@@ -578,8 +598,8 @@ def run_benchmark(
     for source in datasets:
         ds = open_dataset(source, hub)
         if not ds.metadata.classes:
-            raise DatasetError(f"{ds.name} has no ground-truth classes: benchmark needs a dataset exported with "
-                               "labels (export --masks or --annotations), or run 'sic-share sic' with your own seeds")
+            raise DatasetError(f"{ds.name} has no ground-truth classes: benchmark needs {_labelled_how(ds)}, "
+                               "or run 'sic-share sic' with your own seeds")
         if any(ds.name == other.name for other in opened):
             raise SicShareError(f"{ds.name} is given twice: name each dataset once")
         opened.append(ds)
@@ -643,15 +663,15 @@ def run_benchmark(
             skipped.append(Skipped(opened[0].name, slide_id, message))
             continue
         prepared.append((slide_id, rows, truth, found))
+    by_name = {ds.name: ds for ds in opened}
     for name, has in labelled.items():
         if not has:
             raise DatasetError(f"{name} has no ground-truth labels (every patch's label is empty): benchmark needs "
-                               "a dataset exported with labels (export --masks or --annotations)")
+                               f"{_labelled_how(by_name[name])}")
     if not prepared:
         if matched == 0 and len(opened) > 1:
             raise DatasetError(f"{' and '.join(ds.name for ds in opened)} share 0 of {total} patches on "
-                               "(slide_id, x, y): they were not cut on the same grid — export both with the same "
-                               "--target-mpp/--patch-size/--stride")
+                               f"(slide_id, x, y): they were not cut on the same grid — {same_grid_fix(*opened)}")
         reason = skipped[0].reason if skipped else "none has patches"
         raise DatasetError(f"every slide was skipped (first: {skipped[0].slide_id if skipped else '-'}: {reason}): "
                            "benchmark needs slides with patches of every class")

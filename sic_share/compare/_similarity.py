@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
+from sic_share.compare._benchmark import same_grid_fix
 from sic_share.compare._data import (
     RULES,
     Dataset,
@@ -24,6 +25,7 @@ from sic_share.compare._data import (
     seed_rng,
     sic_random_state,
 )
+from sic_share.dataset import read_slide_metadata
 from sic_share.errors import DatasetError, SicShareError
 from sic_share.viz._common import atomic_write, check_target
 
@@ -304,13 +306,39 @@ def _join(a: Dataset, b: Dataset) -> tuple[dict[str, np.ndarray], int, int]:
     return out, int(n_a), int(n_b)
 
 
-def _grid(metadata) -> tuple[int, int, float]:
+def _grid(metadata) -> tuple[int, int | None, float | None]:
+    """(patch side, stride, µm/px) at the resolution the network saw; None where the dataset does not say.
+
+    Imports leave the stride and the target µm/px empty when their source does not
+    record them (``.npy`` pairs, CLAM files); their patch side is then in level-0 pixels.
+    """
     p = metadata.patching
-    return p.size_px, p.stride_px, round(float(p.target_mpp), 6)
+    return p.size_px, p.stride_px, None if p.target_mpp is None else round(float(p.target_mpp), 6)
 
 
-def _grid_text(grid: tuple[int, int, float]) -> str:
-    return f"{grid[0]} px patches, stride {grid[1]} at {grid[2]} µm/px"
+def _grid_text(grid: tuple[int, int | None, float | None]) -> str:
+    stride = "unknown" if grid[1] is None else grid[1]
+    mpp = "an unrecorded" if grid[2] is None else grid[2]
+    return f"{grid[0]} px patches, stride {stride} at {mpp} µm/px"
+
+
+def _grids_differ(grid_a: tuple, grid_b: tuple) -> bool:
+    """Whether two known target grids differ; every field compared only where both datasets record it."""
+    if grid_a[2] is None or grid_b[2] is None:  # a patch side without its µm/px is not comparable
+        return False
+    return any(x is not None and y is not None and x != y for x, y in zip(grid_a, grid_b, strict=True))
+
+
+def _check_level0_sizes(a: Dataset, b: Dataset, slide_ids: list[str]) -> None:
+    """Refuse slides that the two datasets cut into patches of different level-0 sizes (footers only)."""
+    for sid in slide_ids:
+        size_a = read_slide_metadata(a.files[sid])[0].patching.level0_size_px
+        size_b = read_slide_metadata(b.files[sid])[0].patching.level0_size_px
+        if size_a != size_b:
+            raise DatasetError(
+                f"{a.name} and {b.name} were cut on different grids (slide {sid}: {size_a} vs {size_b} level-0 px "
+                f"patches): patches at the same (x, y) are not the same tissue; {same_grid_fix(a, b)}"
+            )
 
 
 def similarity(
@@ -360,11 +388,17 @@ def similarity(
     Raises
     ------
     DatasetError
-        When the datasets share fewer than ``min_overlap`` of their patches (the line
-        says how many of how many matched).
+        When the datasets were cut on different grids, or share fewer than
+        ``min_overlap`` of their patches (the line says how many of how many matched).
 
     Notes
     -----
+    **Grid.** Patch side, stride and µm/px at the network's resolution must agree
+    where both datasets record them. Imports may record neither the stride nor the
+    µm/px (``.npy`` pairs, CLAM files): then every shared slide's level-0 patch side
+    must agree instead, and the overlap on (slide_id, x, y) decides the rest (a note
+    says so).
+
     **Join.** DuckDB joins the two datasets' slide files on (slide_id, x, y),
     reading only those columns plus the label and each file's row number; the
     embeddings are then read slide by slide with pyarrow and gathered by row number
@@ -398,23 +432,29 @@ def similarity(
         check_target(json_path)
     a, b = open_dataset(dataset_a, hub), open_dataset(dataset_b, hub)
     grid_a, grid_b = (_grid(d.metadata) for d in (a, b))
-    if grid_a != grid_b:
+    if _grids_differ(grid_a, grid_b):
         raise DatasetError(
             f"{a.name} and {b.name} were cut on different grids ({_grid_text(grid_a)} vs {_grid_text(grid_b)}): "
-            "patches at the same (x, y) are not the same tissue; export both with the same "
-            "--target-mpp/--patch-size/--stride"
+            f"patches at the same (x, y) are not the same tissue; {same_grid_fix(a, b)}"
         )
+    unrecorded = [d.name for d in (a, b) if d.metadata.patching.target_mpp is None]
+    if unrecorded:
+        # imports may not know the µm/px their patches were cut at: compare what every slide does record
+        _check_level0_sizes(a, b, sorted(set(a.files) & set(b.files)))
     joined, n_a, n_b = _join(a, b)
     n_matched = int(joined["slide_id"].size)
     if n_matched == 0 or n_matched < min_overlap * min(n_a, n_b):
         raise DatasetError(
             f"{a.name} and {b.name} share {n_matched} of {min(n_a, n_b)} patches on (slide_id, x, y): they were not "
-            "cut on the same grid (or their slide pseudonyms differ) — export both with the same --target-mpp/--patch-size/--stride"
+            f"cut on the same grid (or their slide pseudonyms differ) — {same_grid_fix(a, b)}"
         )
     classes = a.metadata.classes or b.metadata.classes
     same_classes = not (a.metadata.classes and b.metadata.classes) or (
         [c.casefold() for c in a.metadata.classes] == [c.casefold() for c in b.metadata.classes])
     notes: list[str] = []
+    if unrecorded:
+        notes.append(f"{' and '.join(unrecorded)} record no µm/px for their patches (imported): the grids were "
+                     "compared by level-0 patch size and shared (x, y) only")
     if n_matched < max(n_a, n_b):
         notes.append(f"{max(n_a, n_b) - n_matched} patches are in only one dataset and left out")
     if not classes:
