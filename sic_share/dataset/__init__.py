@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sic_share.dataset._folder import SLIDES_DIR, DatasetSummary, near_slides, slide_files, summarize
-from sic_share.dataset._io import SlideData, SlideWriter, read_slide, read_slide_metadata, write_slide
+from sic_share.dataset._io import SlideData, SlideWriter, check_rows, read_slide, read_slide_metadata, write_slide
 from sic_share.dataset._schema import (
     FORMAT_VERSION,
     ModelInfo,
@@ -24,6 +24,7 @@ __all__ = [
     "SlideWriter",
     "arrow_schema",
     "check_name",
+    "check_rows",
     "near_slides",
     "read_slide",
     "read_slide_metadata",

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sic_share.dataset._io import read_slide, read_slide_metadata
+from sic_share.dataset._io import check_rows, read_slide, read_slide_metadata
 from sic_share.dataset._schema import SlideMetadata, check_name
 from sic_share.errors import DatasetError
 
@@ -59,8 +59,10 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
         Local dataset folder.
     full : bool, default=False
         Also read every row (catches truncation inside a row group, NaN
-        embeddings and mixed slide ids). ``sign`` uses it; it costs one full
-        read of the dataset.
+        embeddings and mixed slide ids) and check what later commands rely on
+        (:func:`check_rows`: no negative coordinates, no position twice, labels
+        that index the class list). ``sign`` uses it; it costs one full read of
+        the dataset.
     """
     files = slide_files(dataset_dir)
     first: SlideMetadata | None = None
@@ -74,6 +76,8 @@ def summarize(dataset_dir: str | os.PathLike[str], *, full: bool = False) -> Dat
             slide = read_slide(path, dtype=meta.embedding_dtype)
             if slide.slide_id != path.stem:
                 raise DatasetError(f"{path.name} holds slide {slide.slide_id!r}: the file name must be its slide id")
+            check_rows(slide, str(path))
+            del slide  # one slide in memory at a time
         if first is None:
             first, patching = meta, asdict(meta.patching)
         elif meta.dataset_key() != first.dataset_key():

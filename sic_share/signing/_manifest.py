@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sic_share._jsonstore import atomic_write_bytes, read_bounded
 from sic_share._layout import BLOCK_SIZE, digest_file, manifest_digest
-from sic_share.dataset import SLIDES_DIR, check_name, summarize
+from sic_share.dataset import SLIDES_DIR, check_name, slide_files, summarize
 from sic_share.errors import DatasetError, SicShareError, TrustError, VerificationError
 from sic_share.signing._dsse import (
     IN_TOTO_PAYLOAD_TYPE,
@@ -28,6 +32,11 @@ from sic_share.signing._dsse import (
 )
 from sic_share.signing._keys import default_private_key, key_id, load_private_key
 from sic_share.signing._trust import TrustStore, VersionRecord
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: sign unlocked (see sign_dataset)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MANIFEST",
@@ -53,6 +62,8 @@ PREDICATE_TYPE = "https://sic-share.dev/embedding-dataset/v1"
 _FILE_NAME = re.compile(r"slides/[a-z0-9][a-z0-9._-]{0,63}\.parquet")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+#: Seconds a sign waits for another sign of the same folder (see :func:`sign_dataset`).
+SIGN_LOCK_TIMEOUT_S = 600.0
 #: Manifest minor version: 1 adds each file's ``rows`` and ``blocks`` (per-block digests, see
 #: :mod:`sic_share._layout`) and the hub layout under ``<version>/<sha256 of manifest.json>/``.
 #: Manifests without it (1.0) still verify and pull; ``query`` then verifies whole files.
@@ -107,6 +118,7 @@ def sign_dataset(
     version: int | None = None,
     expires_days: int | None = None,
     passphrase: str | None = None,
+    lock_timeout: float = SIGN_LOCK_TIMEOUT_S,
 ) -> Manifest:
     """Write ``manifest.json`` and ``manifest.dsse.json`` for a dataset folder.
 
@@ -124,68 +136,148 @@ def sign_dataset(
         Defaults to 1, or to the folder's previous manifest version + 1.
     expires_days : int, optional
         Manifest expiry, in days from now; none by default.
+    lock_timeout : float, default=600
+        Seconds to wait for another sign of the same folder to finish.
+
+    Raises
+    ------
+    DatasetError
+        When a slide file is malformed or contradicts itself (see
+        :func:`sic_share.dataset.summarize` with ``full=True``); nothing is written.
+    SicShareError
+        When another sign of the folder holds its lock for ``lock_timeout`` seconds.
 
     Notes
     -----
     Every slide file is read in full first (schema, metadata agreement, finite
-    embeddings), so nothing malformed gets signed. The two files are written
-    atomically, the envelope last.
+    embeddings, coordinates and labels), so nothing malformed gets signed. The
+    two files are written atomically, the envelope last.
+
+    Concurrency: the whole read-compute-write (previous version, full read,
+    digests, both files) runs under an exclusive ``fcntl.flock`` on
+    ``.sign.lock`` in the folder, so two signs (or an ``export`` and a sign) of
+    one folder never sign one version number twice. The second one waits
+    (blocking, polled, up to ``lock_timeout``) and then signs the next version,
+    as if the two had run one after the other. The lock file is removed on
+    release; one left by a killed sign holds no lock and goes with the next
+    sign. On a file system without locks (``flock`` answers ENOLCK or ENOSYS)
+    and off POSIX, signing proceeds unlocked.
     """
     root = Path(dataset_dir)
     check_name(name, "dataset name")
     key_path = Path(key_path) if key_path is not None else default_private_key()
     publisher = check_name(publisher or key_path.stem, "publisher")
     key = load_private_key(key_path, passphrase)
-    summary = summarize(root, full=True)
-    previous = _previous_version(root, publisher, name)
-    if version is None:
-        version = previous + 1
-    if not isinstance(version, int) or version < 1:
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise SicShareError(f"version={version!r} should be a positive integer")
     if expires_days is not None and expires_days < 1:
         raise SicShareError(f"expires_days={expires_days} should be at least 1")
-    files = []
-    for path, rows in zip(summary.files, summary.rows):
-        digests = digest_file(path)
-        files.append({"name": f"{SLIDES_DIR}/{path.name}", "size": digests.size, "sha256": digests.sha256,
-                      "rows": rows, "blocks": {"size": BLOCK_SIZE, "root": digests.root}})
-    created = _now()
-    meta = summary.metadata
-    predicate: dict[str, Any] = {
-        "publisher": publisher,
-        "name": name,
-        "version": version,
-        "created": created.isoformat(timespec="seconds"),
-        "format_version": meta.format_version,
-        "format_minor": FORMAT_MINOR,
-        "model": asdict(meta.model),
-        "patching": summary.patching,
-        "classes": list(meta.classes),
-        "embedding_dtype": meta.embedding_dtype,
-        "counts": {"slides": summary.n_slides, "patches": summary.n_patches},
-        "privacy": {
-            "slide_id": "keyed HMAC-SHA256 of the source slide name; the key stays with the publisher",
-            "pixels": False,
-            "slide_metadata": "none: only level-0 µm/px and patch geometry",
-        },
-        "signer": key_id(key.public_key()),
-        # The raw public key in hex (its sha256 is ``signer``): lets ``publish`` check the signature before
-        # uploading. Trust never comes from here: consumers trust keys with 'trust add'.
-        "signer_key": key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex(),
-        "files": files,
-    }
-    if expires_days is not None:
-        predicate["expires"] = (created + timedelta(days=expires_days)).isoformat(timespec="seconds")
-    statement = {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": f["name"], "digest": {"sha256": f["sha256"]}} for f in files],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": predicate,
-    }
-    body = (json.dumps(statement, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    atomic_write_bytes(root / MANIFEST, body)
-    atomic_write_bytes(root / ENVELOPE, sign_envelope(body, key))
-    return parse_manifest(body, str(root / MANIFEST))
+    slide_files(root)  # a missing folder, or one without slides, is named before a lock file is made there
+    with _sign_lock(root, lock_timeout):
+        summary = summarize(root, full=True)
+        if version is None:
+            version = _previous_version(root, publisher, name) + 1
+        files = []
+        for path, rows in zip(summary.files, summary.rows):
+            digests = digest_file(path)
+            files.append({"name": f"{SLIDES_DIR}/{path.name}", "size": digests.size, "sha256": digests.sha256,
+                          "rows": rows, "blocks": {"size": BLOCK_SIZE, "root": digests.root}})
+        created = _now()
+        meta = summary.metadata
+        predicate: dict[str, Any] = {
+            "publisher": publisher,
+            "name": name,
+            "version": version,
+            "created": created.isoformat(timespec="seconds"),
+            "format_version": meta.format_version,
+            "format_minor": FORMAT_MINOR,
+            "model": asdict(meta.model),
+            "patching": summary.patching,
+            "classes": list(meta.classes),
+            "embedding_dtype": meta.embedding_dtype,
+            "counts": {"slides": summary.n_slides, "patches": summary.n_patches},
+            "privacy": {
+                "slide_id": "keyed HMAC-SHA256 of the source slide name; the key stays with the publisher",
+                "pixels": False,
+                "slide_metadata": "none: only level-0 µm/px and patch geometry",
+            },
+            "signer": key_id(key.public_key()),
+            # The raw public key in hex (its sha256 is ``signer``): lets ``publish`` check the signature before
+            # uploading. Trust never comes from here: consumers trust keys with 'trust add'.
+            "signer_key": key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex(),
+            "files": files,
+        }
+        if expires_days is not None:
+            predicate["expires"] = (created + timedelta(days=expires_days)).isoformat(timespec="seconds")
+        statement = {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": f["name"], "digest": {"sha256": f["sha256"]}} for f in files],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": predicate,
+        }
+        body = (json.dumps(statement, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        atomic_write_bytes(root / MANIFEST, body)
+        atomic_write_bytes(root / ENVELOPE, sign_envelope(body, key))
+        return parse_manifest(body, str(root / MANIFEST))
+
+
+_LOCK_FILE = ".sign.lock"
+_LOCK_POLL_S = 0.05
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+@contextmanager
+def _sign_lock(root: Path, timeout: float) -> Iterator[None]:
+    """Hold the exclusive sign lock of a dataset folder (see :func:`sign_dataset`, Notes)."""
+    fd = _acquire(root / _LOCK_FILE, timeout) if fcntl is not None else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (root / _LOCK_FILE).unlink()  # still locked: a waiter that opened this file sees it gone and retries
+            os.close(fd)
+
+
+def _acquire(path: Path, timeout: float) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock; None where the file system has no locks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            try:  # another user's lock file in a shared folder: flock works on a read-only handle
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise SicShareError(f"cannot open {path} ({exc.strerror}): sign needs write access to {path.parent}") from None
+        except OSError as exc:
+            raise SicShareError(f"cannot create {path} ({exc.strerror}): sign needs write access to {path.parent}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise SicShareError(
+                    f"another sign of {path.parent} is running (it has held {path.name} for over {timeout:g} s): "
+                    "wait for it to finish, then sign again"
+                ) from None
+            time.sleep(_LOCK_POLL_S)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_LOCKS:
+                raise SicShareError(f"cannot lock {path} ({exc.strerror}): sign {path.parent} from a local disk") from None
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        # The holder before us removes the file before it unlocks: a lock taken on that removed
+        # file guards nothing, so check that the name still leads to the file we locked.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _previous_version(root: Path, publisher: str, name: str) -> int:
