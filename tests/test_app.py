@@ -178,6 +178,9 @@ def api(dataset):
     from sic_share.app import build
 
     application = build(prepare(dataset, slide_id="s0"))
+    # as the page sends them: its own Host (port 80 of scope["server"]: no port), the token of the page it loaded
+    sent_headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"x-sic-token", application.state.token.encode())]
 
     def call(method: str, path: str, body: bytes = b"", query: str = "") -> tuple[int, dict, bytes]:
         sent = {"body": body, "done": False}
@@ -197,7 +200,7 @@ def api(dataset):
                 got["body"] += message.get("body", b"")
 
         scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
-                 "query_string": query.encode(), "headers": [(b"content-type", b"application/json")],
+                 "query_string": query.encode(), "headers": sent_headers,
                  "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "http_version": "1.1"}
         asyncio.run(application(scope, receive, send))
         return got["status"], got["headers"], got["body"]

@@ -85,6 +85,7 @@ def open_page(browser, url: str):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("request", lambda r: errors.append(f"left loopback: {r.url}") if not r.url.startswith(
         ("http://127.0.0.1", "data:", "blob:")) else None)
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url)
     page.wait_for_function("window.sicApp && sicApp.ready && sicApp.viewerOpen", timeout=20_000)
     return page, errors
@@ -178,6 +179,38 @@ def test_two_then_three_classes_undo_and_export(browser, pixel_free, tmp_path):
     shapes = {f["properties"]["classification"]["name"]: shapely.geometry.shape(f["geometry"]) for f in features}
     assert set(shapes) == {"normal", "tumour", "stroma"}
     assert all(s.is_valid and s.area > 0 for s in shapes.values())
+    assert errors == []
+    page.close()
+
+
+def test_a_click_sends_the_session_token_and_a_change_without_it_changes_nothing(browser, pixel_free):
+    app, _ = pixel_free
+    page, errors = open_page(browser, app.url)
+    token = page.evaluate("document.querySelector('meta[name=sic-token]').content")
+    assert len(token) >= 40 and token != "__SIC_TOKEN__"
+    revision = page.evaluate("sicApp.revision")
+    free = page.evaluate("[...sicApp.seeds.keys()].filter(i => sicApp.seeds[i] === -1).slice(0, 2)")
+    with page.expect_response(lambda r: r.url.endswith("/api/seeds")) as answer:
+        pick_class(page, 0)
+        click_patch(page, free[0])
+    wait_revision(page, revision + 1)
+    response = answer.value
+    assert response.status == 200 and response.request.headers["x-sic-token"] == token
+    assert page.evaluate(f"sicApp.seeds[{free[0]}]") == 0  # the click seeded the patch with the first class
+
+    # the same change from the page's own origin, without the token or as text/plain: refused, nothing changes
+    status = page.evaluate("""async () => {
+        const body = JSON.stringify({op: "add", class: 1, indices: [%d]});
+        const a = await fetch("/api/seeds", {method: "POST", headers: {"Content-Type": "application/json"}, body});
+        const b = await fetch("/api/seeds", {method: "POST", headers: {"X-Sic-Token": "guess"}, body});
+        const c = await fetch("/api/seeds", {method: "POST", body});
+        return [a.status, (await a.json()).error, b.status, c.status];
+    }""" % free[1])
+    assert status[0] == 403 and "session token" in status[1] and status[2:] == [403, 403]
+    with page.expect_response(lambda r: r.url.endswith("/api/undo")):
+        page.click("#undo")  # the page's own changes still work: back to before the click
+    wait_revision(page, revision + 2)
+    assert page.evaluate(f"[sicApp.seeds[{free[0]}], sicApp.seeds[{free[1]}]]") == [-1, -1]
     assert errors == []
     page.close()
 

@@ -11,6 +11,9 @@
     current: 0, tool: "click", lastLatency: null, lastServer: null, tilesLoaded: 0, overlayDraws: 0,
   };
   window.sicApp = S;
+  // Each change carries the token the server wrote into this page (no other site can read it) and is
+  // JSON: the server refuses a change without either (sic_share/app/_guard.py).
+  const TOKEN = document.querySelector('meta[name="sic-token"]').content;
 
   // -- binary bodies -------------------------------------------------------------------------------
   const TYPED = { int8: Int8Array, uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array,
@@ -40,10 +43,10 @@
   // -- state from the server -----------------------------------------------------------------------
   let queue = Promise.resolve();
 
-  function post(url, body, raw) {
+  function post(url, body) {
     const started = performance.now();
-    const options = raw ? { method: "POST", body: raw }
-                        : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) };
+    const options = { method: "POST", headers: { "Content-Type": "application/json", "X-Sic-Token": TOKEN },
+                      body: JSON.stringify(body || {}) };
     queue = queue.then(async () => {
       try {
         const response = await request(url, options);
@@ -541,7 +544,7 @@
     $("load-seeds").addEventListener("change", async () => {
       const file = $("load-seeds").files[0];
       if (!file) return;
-      await post(`/api/seeds/load?name=${encodeURIComponent(file.name)}`, null, await file.arrayBuffer());
+      await post("/api/seeds/load", { name: file.name, text: await file.text() });
       $("load-seeds").value = "";
     });
     document.querySelectorAll("[data-export]").forEach((button) =>

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import os
 import socket
 import threading
 import time
 import webbrowser
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sic_share.app._binary import pack
+from sic_share.app._guard import Guard, allowed_hosts, new_token, shown
 from sic_share.app._session import Session, SessionError
 from sic_share.app._slide import CachedSlide, SlideFile, locate_slide, open_cached
 from sic_share.app._tiles import SlideTiles, check_fits
@@ -27,7 +30,16 @@ __all__ = ["AppError", "AppInfo", "PROJECTIONS", "build", "launch", "prepare"]
 #: How the map colours (3-D) and the scatter (2-D) are made: as ``sic-share umap --method``.
 PROJECTIONS = ("pca", "umap")
 _MAP_MAX_SIDE = 4096
-_BODY_LIMIT = 64 << 20
+#: Most bytes of a change's JSON body: 1 MiB, or 16 bytes a patch on larger slides (a lasso over all of them).
+_BODY_LIMIT = 1 << 20
+_BODY_PER_PATCH = 16
+#: Most bytes of a seeds file sent to ``/api/seeds/load`` (as JSON text).
+_SEEDS_FILE_LIMIT = 32 << 20
+_TOKEN_SLOT = b"__SIC_TOKEN__"
+#: The page runs and fetches only the app's own files, and no other page may frame it (clicks in a hidden
+#: frame would drive the session). 'unsafe-eval': the page never evaluates strings, Playwright's waits do.
+_CSP = ("script-src 'self' 'unsafe-eval'; connect-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class AppError(SicShareError):
@@ -166,10 +178,30 @@ def prepare(dataset: str | os.PathLike[str] | SlideFile, *, slide_id: str | None
 # -- HTTP ------------------------------------------------------------------------------------------
 
 
-def build(prepared: Prepared) -> Any:
-    """The Starlette application over a prepared slide."""
+def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | None = None) -> Any:
+    """The Starlette application over a prepared slide, behind the app's :class:`~sic_share.app._guard.Guard`.
+
+    Parameters
+    ----------
+    prepared : Prepared
+    allow_remote : sequence of str, default=()
+        Host names (``name`` or ``name:port``) the app answers besides loopback ones.
+    token : str, optional
+        The session token every change must carry (``X-Sic-Token``); default: a new
+        random one. It is written into the page at ``/`` and kept in ``app.state.token``.
+
+    Notes
+    -----
+    Every request must name the app in ``Host`` (a loopback name or ``allow_remote``,
+    with the port it came in on); every change must come from the app's own origin,
+    with the token, as JSON of at most 1 MiB (16 bytes a patch on slides above
+    65,536 patches; a seeds file: 32 MiB). Each field of a change is checked before the
+    session sees it: a wrong type, a number that is not a whole patch or class index,
+    or an array longer than the slide is an HTTP 400 with a JSON ``{"error": sentence}``.
+    """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Mount, Route
@@ -213,10 +245,16 @@ def build(prepared: Prepared) -> Any:
                     "height": views.map_size[1]},
         }
 
+    token = token or new_token()
+    allowed_hosts(0, allow_remote)  # a name that is not one fails here
     page = (static / "index.html").read_bytes()
+    if page.count(_TOKEN_SLOT) != 1:
+        raise AppError("the app's index.html has no token slot: rebuild the front end (cd frontend && npm run build)")
+    page = page.replace(_TOKEN_SLOT, token.encode())
 
     async def index(request: Request) -> Response:
-        return Response(page, media_type="text/html", headers=no_store)
+        return Response(page, media_type="text/html", headers={**no_store, "Content-Security-Policy": _CSP,
+                                                                "X-Frame-Options": "DENY"})
 
     async def api_info(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(info), headers=no_store)
@@ -229,34 +267,33 @@ def build(prepared: Prepared) -> Any:
     async def api_state(request: Request) -> Response:
         return await run_in_threadpool(state_response)
 
-    async def json_body(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise SessionError("the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise SessionError("the request body should be a JSON object")
-        return body
+    n_patches = len(slide)
+
+    async def json_body(request: Request) -> _Fields:
+        return _Fields(_parse_json(await request.body()), n_patches)
 
     async def api_seeds(request: Request) -> Response:
         body = await json_body(request)
-        if body.get("op", "add") == "remove":
-            return await change(lambda: session.remove_seeds(body.get("indices", [])))
-        return await change(lambda: session.add_seeds(body.get("indices", []), body.get("class")))
+        op = body.choice("op", ("add", "remove"), "add")
+        indices = body.indices("indices")
+        if op == "remove":
+            return await change(lambda: session.remove_seeds(indices))
+        cls = body.whole("class")
+        return await change(lambda: session.add_seeds(indices, cls))
 
     async def api_classes(request: Request) -> Response:
         body = await json_body(request)
-        op = body.get("op")
+        op = body.choice("op", ("add", "rename"))
+        name, colour = body.text("name", 64), body.text("color", 64, required=False)
         if op == "add":
-            return await change(lambda: session.add_class(str(body.get("name", "")), body.get("color")))
-        if op == "rename":
-            return await change(lambda: session.rename_class(body.get("index"), str(body.get("name", "")),
-                                                             body.get("color")))
-        raise SessionError(f"class operation {op!r} is not add or rename")
+            return await change(lambda: session.add_class(name, colour))
+        index = body.whole("index")
+        return await change(lambda: session.rename_class(index, name, colour))
 
     async def api_method(request: Request) -> Response:
         body = await json_body(request)
-        return await change(lambda: session.set_method(str(body.get("method", "")), body.get("rule")))
+        name, rule = body.text("method", 64), body.text("rule", 64, required=False)
+        return await change(lambda: session.set_method(name, rule))
 
     async def api_undo(request: Request) -> Response:
         return await change(session.undo)
@@ -265,10 +302,16 @@ def build(prepared: Prepared) -> Any:
         return await change(session.redo)
 
     async def api_seeds_load(request: Request) -> Response:
-        data = await request.body()
-        if len(data) > _BODY_LIMIT:
-            raise SessionError(f"a seeds file of {len(data) >> 20} MiB is too large")
-        return await change(lambda: session.load_seeds(data, request.query_params.get("name", "")))
+        body = await json_body(request)
+        name, text = body.text("name", 255), body.text("text", _SEEDS_FILE_LIMIT)
+
+        def load() -> str | None:
+            try:
+                return session.load_seeds(text.encode(), name)
+            except RecursionError:
+                raise SessionError(f"seeds file {name!r} is nested too deeply to be QuPath GeoJSON") from None
+
+        return await change(load)
 
     def download(data: bytes, name: str, media: str) -> Response:
         return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"',
@@ -323,22 +366,101 @@ def build(prepared: Prepared) -> Any:
         Route("/tiles/slide_files/{level:int}/{col:int}_{row:int}.jpeg", tile),
         Mount("/static", StaticFiles(directory=static), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={SicShareError: domain_error})
+    limit = max(_BODY_LIMIT, _BODY_PER_PATCH * n_patches)
+    guard = Middleware(Guard, token=token, remote=tuple(allow_remote), body_limit=limit,
+                       limits={"/api/seeds/load": _SEEDS_FILE_LIMIT})
+    application = Starlette(routes=routes, middleware=[guard], exception_handlers={SicShareError: domain_error})
+    application.state.token = token
+    return application
+
+
+def _no_constant(name: str) -> Any:
+    raise SessionError(f"the request body holds {name}, which is not a number: send finite numbers")
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise SessionError("the request body is nested too deeply: send the JSON object the page sends") from None
+    except SessionError:
+        raise
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise SessionError(f"the request body is not JSON ({exc})") from None
+
+
+class _Fields:
+    """The fields of a change's JSON object, each checked for its type and range before the session sees it."""
+
+    def __init__(self, body: Any, n_patches: int) -> None:
+        if not isinstance(body, dict):
+            raise SessionError(f"the request body should be a JSON object, not {type(body).__name__}")
+        self.body, self.n = body, n_patches
+
+    def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self.body.get(key, default)
+        if not isinstance(value, str) or value not in options:
+            raise SessionError(f"{key} {shown(value)} is not one of {', '.join(options)}")
+        return value
+
+    def text(self, key: str, most: int, *, required: bool = True) -> Any:
+        value = self.body.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise SessionError(f"{key} should be a string, not {shown(value)}")
+        if len(value) > most:
+            raise SessionError(f"{key} has {len(value)} characters, more than {most}")
+        return value
+
+    def whole(self, key: str) -> int:
+        value = self.body.get(key)
+        if type(value) is not int:  # a bool is an int to Python, not to JSON
+            raise SessionError(f"{key} {shown(value)} should be a whole number (a class index)")
+        return value  # the session checks the range
+
+    def indices(self, key: str) -> np.ndarray:
+        value = self.body.get(key, [])
+        if not isinstance(value, list):
+            raise SessionError(f"{key} should be a list of patch indices, not {shown(value)}")
+        if len(value) > self.n:
+            raise SessionError(f"{key} has {len(value)} entries, more than the slide's {self.n} patches")
+        for v in value:
+            if type(v) is not int or not 0 <= v < self.n:
+                raise SessionError(f"patch index {shown(v)} in {key} should be a whole number from 0 to {self.n - 1}")
+        return np.asarray(value, np.int64)
+
+
 
 
 # -- starting --------------------------------------------------------------------------------------
 
 
-def _check_host(host: str, allow_remote: bool) -> None:
+def _check_host(host: str, allow_remote: Sequence[str]) -> list[str]:
+    """The names the app answers besides the loopback ones: ``allow_remote``, and ``host`` when it is an address.
+
+    A host other machines can reach needs at least one ``--allow-remote`` name.
+    """
+    if isinstance(allow_remote, (str, bool)):
+        raise AppError("allow_remote should be a list of host names (--allow-remote NAME, once per name)")
+    for name in allow_remote:
+        try:
+            allowed_hosts(0, [name])
+        except ValueError:
+            raise AppError(f"--allow-remote {name!r} is not a host name or address: give it as the browser's "
+                           "address bar shows it (workstation.lab, 10.0.0.5, or name:port)") from None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         if host == "localhost":
-            return
+            return list(allow_remote)
         raise AppError(f"--host {host!r} is not an IP address: use 127.0.0.1 (this machine only)") from None
     if not address.is_loopback and not allow_remote:
         raise AppError(f"--host {host} would let other machines reach the app: use 127.0.0.1, or pass "
-                       "--allow-remote if you mean it (there is no login)")
+                       "--allow-remote NAME, the name they use for this machine, if you mean it (there is no login)")
+    if address.is_unspecified or address.is_loopback:
+        return list(allow_remote)
+    return [*allow_remote, f"[{host}]" if address.version == 6 else host]  # an address cannot be rebound
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -372,7 +494,7 @@ def launch(
     port: int = 8765,
     projection: str = "pca",
     open_browser: bool = True,
-    allow_remote: bool = False,
+    allow_remote: Sequence[str] = (),
     on_ready: Callable[[AppInfo], None] | None = None,
 ) -> None:
     """Serve the annotation app for one slide until interrupted (Ctrl-C).
@@ -381,6 +503,11 @@ def launch(
     server starts, so a failure leaves nothing running. ``on_ready`` is called
     with the URL once the socket listens; the browser is opened after it unless
     ``open_browser`` is False.
+
+    The app answers only requests whose ``Host`` is a loopback name or address with
+    its port, ``host`` itself when it is an address, or one of ``allow_remote``
+    (``name`` or ``name:port``); a ``host`` other machines can reach needs at least
+    one of those. Changes must come from the page it serves (see :func:`build`).
     """
     from sic_share.viz._common import import_extra
 
@@ -389,7 +516,7 @@ def launch(
         import_extra(module, package=module, extra="app", needed_for="sic-share app")
     import uvicorn
 
-    _check_host(host, allow_remote)
+    remote = _check_host(host, allow_remote)
     if not 0 <= port <= 65535:
         raise AppError(f"--port {port} is not a port number: use 1-65535, or 0 for a free one")
     located = locate_slide(dataset, slide_id, hub)  # fail fast on a missing dataset or slide
@@ -399,10 +526,10 @@ def launch(
         prepared = prepare(dataset, slide_id=located.slide_id, hub=hub, image=image, projection=projection,
                            located=located)
         tiles = prepared.tiles
-        application = build(prepared)
+        application = build(prepared, allow_remote=remote)
         actual = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        url = f"http://{shown}:{actual}/"
+        named = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+        url = f"http://{named}:{actual}/"  # a wildcard address is no Host the app answers
         config = uvicorn.Config(application, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         if on_ready is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from sic_share.app._guard import shown
 from sic_share.app._methods import Fit, Method, available_methods, fit_method, prepare_method
 from sic_share.app._slide import CachedSlide
 from sic_share.errors import SeedError, SicShareError
@@ -158,22 +159,27 @@ class Session:
             self._outcome(new)
 
     def _class_index(self, value: Any) -> int:
-        try:
-            index = int(value)
-        except (TypeError, ValueError):
-            index = -1
-        if not 0 <= index < len(self._state.classes):
-            raise SessionError(f"class {value!r} is not one of the {len(self._state.classes)} classes")
-        return index
+        k = len(self._state.classes)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < k:
+            raise SessionError(f"class {shown(value)} is not one of the {k} classes")
+        return int(value)
 
     def _indices(self, values: Any) -> np.ndarray:
+        n = len(self.slide)
         try:
-            index = np.asarray(values, np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise SessionError("patch indices should be whole numbers") from None
-        if index.size and (index.min() < 0 or index.max() >= len(self.slide)):
-            raise SessionError(f"patch index {int(index.max())} is not on this slide of {len(self.slide)} patches")
-        return np.unique(index)
+            index = np.asarray(values).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise SessionError("patch indices should be a list of whole numbers") from None
+        if not index.size:
+            return np.empty(0, np.int64)
+        if index.dtype.kind not in "iu":  # floats, bools, strings, and ints too large for int64 (object)
+            bad = next((v for v in index.tolist() if isinstance(v, bool) or not isinstance(v, int)
+                        or not 0 <= v < n), index[0])
+            raise SessionError(f"patch index {shown(bad)} should be a whole number from 0 to {n - 1}")
+        low, high = index.min(), index.max()
+        if low < 0 or high >= n:
+            raise SessionError(f"patch index {int(low if low < 0 else high)} is not on this slide of {n} patches")
+        return np.unique(index.astype(np.int64))
 
     def add_seeds(self, indices: Any, class_index: Any) -> None:
         """Seed ``indices`` with a class (a patch seeded before changes class)."""
