@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_one_line_error, blobs, sign_local
-from sic_share.dataset import read_slide, summarize
+from conftest import DATA, assert_one_line_error, blobs, sign_local
+from sic_share.dataset import read_slide
 
 # consumer commands verify a local folder before reading it: the imports here are signed by a key each test trusts
 pytestmark = pytest.mark.usefixtures("trust_local")
@@ -74,14 +74,21 @@ def slide_of(ds: Path):
     return read_slide(path)
 
 
-def point_seeds(path: Path, ds: Path, per_class: int = 3) -> Path:
-    """QuPath point annotations on patch centres: class 'a' on the first patches, 'b' on the last."""
+def qupath_seeds(path: Path, ds: Path, per_class: int = 3) -> Path:
+    """QuPath annotations over patch centres: points of class 'a' on the first patches, small squares
+    of class 'b' on the last."""
     slide = slide_of(ds)
     colours = {"a": [200, 0, 0], "b": [0, 0, 200]}
     picks = {"a": slide.coords[:per_class], "b": slide.coords[-per_class:]}
+
+    def geometry(name: str, x: int, y: int) -> dict:
+        if name == "a":
+            return {"type": "Point", "coordinates": [x, y]}
+        ring = [[x - 20, y - 20], [x + 20, y - 20], [x + 20, y + 20], [x - 20, y + 20], [x - 20, y - 20]]
+        return {"type": "Polygon", "coordinates": [ring]}
+
     features = [
-        {"type": "Feature", "id": f"00000000-0000-4000-8000-{i:012d}",
-         "geometry": {"type": "Point", "coordinates": [int(x), int(y)]},
+        {"type": "Feature", "id": f"00000000-0000-4000-8000-{i:012d}", "geometry": geometry(name, int(x), int(y)),
          "properties": {"objectType": "annotation", "classification": {"name": name, "color": colours[name]}}}
         for i, (name, (x, y)) in enumerate((n, p) for n, pts in picks.items() for p in pts)
     ]
@@ -114,10 +121,11 @@ def test_audit_finds_nothing_in_an_import(cli, imported):
 
 def test_sic_labels_every_patch_of_an_import(cli, imported, tmp_path):
     fmt, ds = imported
-    seeds = point_seeds(tmp_path / "seeds.geojson", ds)
+    seeds = qupath_seeds(tmp_path / "seeds.geojson", ds)
     outs = [tmp_path / "out.parquet", tmp_path / "out.geojson", tmp_path / "out.png"]
     result = cli("sic", ds, "--seeds", seeds, "--classes", "a,b", *[x for o in outs for x in ("--out", o)])
     assert result.code == 0, result.err
+    assert "from 6 seeded patches" in result.out
     assert pq.read_table(outs[0]).num_rows == N
     assert json.loads(outs[1].read_text())["features"]
     assert outs[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -206,7 +214,6 @@ def test_similarity_of_two_models_imported_on_one_grid(cli, tmp_path, local_key,
     source_b, _ = write_source(tmp_path / "in-b", fmt, seed=0, dim=DIM // 2)
     a = sign_local(do_import(cli, source_a, tmp_path / "a", fmt), local_key, "a")
     b = sign_local(do_import(cli, source_b, tmp_path / "b", fmt), local_key, "b")
-    out = tmp_path / "sim.json"
     result = cli("similarity", a, b, "--json")
     assert result.code == 0, result.err
     body = json.loads(result.out)
@@ -214,7 +221,6 @@ def test_similarity_of_two_models_imported_on_one_grid(cli, tmp_path, local_key,
     assert 0 < body["cka"] <= 1
     if fmt == "npy":
         assert body["agreement"] is not None  # labels were imported: SIC agreement ran
-    del out
 
 
 def test_similarity_refuses_imports_on_different_grids_in_one_line(cli, tmp_path, local_key):
@@ -230,3 +236,58 @@ def test_similarity_refuses_imports_on_different_grids_in_one_line(cli, tmp_path
     assert b.code == 0, b.err
     sign_local(tmp_path / "b", local_key, "b")
     assert_one_line_error(cli("similarity", a, tmp_path / "b"), "different grids")
+
+
+# --- an export and an import of the same slide: sic-share's own model against one run elsewhere -------
+
+
+@pytest.fixture(scope="module")
+def cmu_export(tmp_path_factory, local_key) -> tuple[Path, Path]:
+    """(signed export of the real slide with the handcrafted encoder, the holder secret it used)."""
+    pytest.importorskip("openslide")
+    from sic_share.export import ExportOptions, export_slides
+
+    root = tmp_path_factory.mktemp("cmu")
+    secret = root / "holder.secret"
+    export_slides([DATA / "cmu_small_region.svs"], root / "cmu-hc",
+                  ExportOptions(models=("handcrafted",), workers=0, secret_path=str(secret)))
+    return sign_local(root / "cmu-hc", local_key, "cmu-hc"), secret
+
+
+def h5_from_export(path: Path, export: Path, fmt: str, *, level0_size: int | None = None) -> Path:
+    """The exported slide's patches as another tool would store them: corners, and other features."""
+    slide = slide_of(export)
+    size = slide.metadata.patching.level0_size_px if level0_size is None else level0_size
+    rng = np.random.default_rng(1)
+    features = np.tanh(slide.embeddings @ rng.normal(size=(slide.embeddings.shape[1], 32)))  # "another model"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("coords", data=slide.coords - size // 2)
+        if fmt == "clam":
+            dset.attrs.update({"patch_size": size, "patch_level": 0})
+        else:
+            dset.attrs.update({"patch_size": 256, "patch_size_level0": size, "target_magnification": 20,
+                               "level0_magnification": 20, "overlap": 128})
+        f.create_dataset("features", data=features.astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["clam", "trident"])
+def test_similarity_of_an_export_and_an_import_of_the_same_slide(cli, tmp_path, local_key, cmu_export, fmt):
+    export, secret = cmu_export
+    source = h5_from_export(tmp_path / "cmu_small_region.h5", export, fmt)  # same stem: the same pseudonym
+    imported = do_import(cli, source, tmp_path / "other", fmt, "--secret", secret, "--mpp", "0.499")
+    sign_local(imported, local_key, "other")
+    result = cli("similarity", export, imported, "--json")
+    assert result.code == 0, result.err
+    body = json.loads(result.out)
+    n = len(slide_of(export).coords)
+    assert body["n_matched"] == n == body["n_a"] == body["n_b"]
+    assert 0 < body["cka"] <= 1 and body["model_b"] == "model-other"
+
+
+def test_similarity_refuses_an_import_cut_into_other_patches_than_the_export(cli, tmp_path, local_key, cmu_export):
+    export, secret = cmu_export
+    source = h5_from_export(tmp_path / "cmu_small_region.h5", export, "clam", level0_size=512)
+    imported = sign_local(do_import(cli, source, tmp_path / "other", "clam", "--secret", secret), local_key, "o")
+    assert_one_line_error(cli("similarity", export, imported), "different grids", "257 vs 512 level-0 px",
+                          "--patch-size")

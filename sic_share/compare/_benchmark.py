@@ -437,8 +437,12 @@ def _check_settings(clicks: Sequence[int], folds: int, score: str, rule: str | N
 def same_grid_fix(*datasets: Dataset) -> str:
     """How to put datasets on one patch grid: the options of the command that made them."""
     which = "both" if len(datasets) == 2 else "them"
-    if all(d.metadata.model.source.startswith("import:") for d in datasets):
+    imported = [d.metadata.model.source.startswith("import:") for d in datasets]
+    if all(imported):
         return f"import {which} from coordinates of one patching, with the same --patch-size"
+    if any(imported):
+        return ("import the features from the patches the export cut (its level-0 centres, "
+                "--patch-size of its level-0 patch side)")
     return f"export {which} with the same --target-mpp/--patch-size/--stride"
 
 
