@@ -171,13 +171,20 @@ def remove_abandoned(dest: Path) -> list[Path]:
         entries = list(os.scandir(dest.parent))
     except FileNotFoundError:
         return removed
+    names = {entry.name for entry in entries}
     for entry in entries:
-        if not entry.name.startswith(prefix) or entry.name.endswith(_LOCK):
+        if not entry.name.startswith(prefix):
+            continue
+        path = Path(entry.path)
+        if entry.name.endswith(_LOCK):  # a lock whose folder is gone (killed before its mkdir or after its rmtree)
+            if entry.name[: -len(_LOCK)] not in names and entry.is_file(follow_symlinks=False):
+                if _lock_free(path) or (_lock_free(path) is None and _unchanged_for(path, STALE_AFTER)):
+                    path.unlink(missing_ok=True)
             continue
         if not entry.is_dir(follow_symlinks=False):
             continue
-        path = Path(entry.path)
-        if _abandoned(path):
+        free = _lock_free(path.with_name(path.name + _LOCK))
+        if free or (free is None and _unchanged_for(path, STALE_AFTER)):
             shutil.rmtree(path, ignore_errors=True)
             path.with_name(path.name + _LOCK).unlink(missing_ok=True)
             removed.append(path)
@@ -196,24 +203,24 @@ def _hold(lock: Path) -> int:
     return fd
 
 
-def _abandoned(partial: Path) -> bool:
-    """Whether no live process writes ``partial``: its lock is free (or, when it cannot be asked, it is old)."""
-    lock = partial.with_name(partial.name + _LOCK)
+def _lock_free(lock: Path) -> bool | None:
+    """False while a live process holds ``lock``; True when it is free; None when that cannot be told
+    (no such file, no ``fcntl``, or a file system without locks)."""
     try:
         fd = os.open(lock, os.O_RDONLY)
     except FileNotFoundError:
-        return _unchanged_for(partial, STALE_AFTER)
+        return None
     except OSError:
         return False
     try:
         if fcntl is None:
-            return _unchanged_for(partial, STALE_AFTER)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # its writer is alive
         except OSError:
-            return _unchanged_for(partial, STALE_AFTER)
+            return None
         return True
     finally:
         os.close(fd)

@@ -180,6 +180,9 @@ def test_a_stale_partial_without_a_lock_is_removed_by_the_next_pull(cli, tmp_pat
     other.mkdir()
     os.utime(other, (old, old))
 
+    orphan = dest.parent / ".crc.partial-0dd10c4d.lock"  # killed between its lock and its folder
+    orphan.write_text("123\n")
+
     result = cli("pull", "lab-a/crc", "--hub", hub, "--out", dest)
     assert result.code == 0, result.err
     assert partials(dest.parent) == [".crc.partial-5eedf00d", ".other.partial-0badf00d"]
@@ -318,7 +321,7 @@ def test_a_geojson_nested_100k_deep_is_one_line(cli, tmp_path, slide_seeds):
 def test_a_seeds_file_over_the_size_limit_is_one_line(cli, tmp_path, slide_seeds, monkeypatch):
     from sic_share.sic import _seeds
 
-    folder, rows = slide_seeds
+    folder, _ = slide_seeds
     monkeypatch.setattr(_seeds, "MAX_SEEDS_BYTES", 1 << 20)
     big = tmp_path / "big.geojson"
     big.write_text(json.dumps({"type": "FeatureCollection", "features": [], "pad": "x" * (1 << 20)}))
