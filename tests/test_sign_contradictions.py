@@ -55,7 +55,7 @@ def assert_sign_refused(cli, root: Path, key: Path, *fragments: str) -> None:
     result = cli("sign", root, "--name", "crc", "--key", key)
     assert_one_line_error(result, *fragments)
     assert not (root / MANIFEST).exists() and not (root / ENVELOPE).exists()
-    assert sorted(p.name for p in root.iterdir()) == ["slides"]  # no lock file, no temporary file left
+    assert sorted(p.name for p in root.iterdir()) == ["slides"]  # no temporary file left
 
 
 # --- labels outside the class list ---------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_two_signs_of_one_folder_at_once_never_sign_one_version_twice(tmp_path, 
     manifest = verify_dataset(root)
     assert manifest.version == 31
     assert hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest() in signed[31]
-    assert not (root / ".sign.lock").exists()
+    assert sorted(p.name for p in root.iterdir()) == [ENVELOPE, MANIFEST, "slides"]  # the lock leaves no file
 
 
 def test_a_sign_waits_for_the_lock_and_gives_up_in_one_line(tmp_path, publisher):
@@ -217,8 +217,44 @@ def test_a_sign_waits_for_the_lock_and_gives_up_in_one_line(tmp_path, publisher)
     assert sign_dataset(root, name="crc", key_path=publisher.private).version == 1
 
 
-def test_a_lock_file_left_by_a_killed_sign_does_not_block(tmp_path, publisher):
+def test_a_sign_killed_while_it_holds_the_lock_does_not_block_the_next(tmp_path, publisher):
+    import os
+    import signal
+
     root = make_dataset(tmp_path / "crc", slides=1)
-    (root / ".sign.lock").write_bytes(b"")  # a sign killed with -9 leaves it, unlocked
-    assert sign_dataset(root, name="crc", key_path=publisher.private, lock_timeout=0.1).version == 1
-    assert not (root / ".sign.lock").exists()
+    ready = FORK.Event()
+
+    def hold() -> None:
+        from sic_share.signing._manifest import _sign_lock
+
+        with _sign_lock(root, 1.0):
+            ready.set()
+            signal.pause()
+
+    holder = FORK.Process(target=hold)
+    holder.start()
+    assert ready.wait(30)
+    with pytest.raises(SicShareError, match="another sign of"):
+        sign_dataset(root, name="crc", key_path=publisher.private, lock_timeout=0.2)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(30)
+    assert sign_dataset(root, name="crc", key_path=publisher.private, lock_timeout=5).version == 1
+    assert sorted(p.name for p in root.iterdir()) == [ENVELOPE, MANIFEST, "slides"]
+
+
+def test_export_signs_through_the_same_lock(cli, tmp_path, home, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("openslide")
+    from conftest import DATA
+    from sic_share.signing import _manifest
+    from sic_share.signing._manifest import _sign_lock
+
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    out = tmp_path / "cmu-hc"
+    out.mkdir()
+    monkeypatch.setattr(_manifest, "SIGN_LOCK_TIMEOUT_S", 0.3)
+    with _sign_lock(out, 1.0):  # another sign of the folder is running
+        result = cli("export", DATA / "cmu_small_region.svs", "--out", out, "--model", "handcrafted", "--workers", "0")
+    assert_one_line_error(result, f"another sign of {out} is running", "sign again")
+    assert not (out / MANIFEST).exists() and list(out.glob("slides/*.parquet"))
+    assert "signed lab-a/cmu-hc@1" in cli("sign", out).out

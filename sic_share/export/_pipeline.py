@@ -693,7 +693,9 @@ def export_and_sign(
     key in the keys folder) and the run is not one shard of several (sign once
     after all shards with ``sic-share sign``). A dataset that fails the privacy
     audit is never signed. Re-running on a complete dataset exports nothing and
-    does not sign a new version.
+    does not sign a new version. Signing is :func:`~sic_share.signing.sign_dataset`,
+    under the folder's sign lock: an export and a ``sign`` of one folder at once
+    sign one version each, one after the other, never one version twice.
 
     Parameters
     ----------

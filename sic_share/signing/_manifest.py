@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -118,7 +116,7 @@ def sign_dataset(
     version: int | None = None,
     expires_days: int | None = None,
     passphrase: str | None = None,
-    lock_timeout: float = SIGN_LOCK_TIMEOUT_S,
+    lock_timeout: float | None = None,
 ) -> Manifest:
     """Write ``manifest.json`` and ``manifest.dsse.json`` for a dataset folder.
 
@@ -136,8 +134,9 @@ def sign_dataset(
         Defaults to 1, or to the folder's previous manifest version + 1.
     expires_days : int, optional
         Manifest expiry, in days from now; none by default.
-    lock_timeout : float, default=600
-        Seconds to wait for another sign of the same folder to finish.
+    lock_timeout : float, optional
+        Seconds to wait for another sign of the same folder to finish;
+        defaults to ``SIGN_LOCK_TIMEOUT_S`` (600).
 
     Raises
     ------
@@ -154,14 +153,15 @@ def sign_dataset(
     two files are written atomically, the envelope last.
 
     Concurrency: the whole read-compute-write (previous version, full read,
-    digests, both files) runs under an exclusive ``fcntl.flock`` on
-    ``.sign.lock`` in the folder, so two signs (or an ``export`` and a sign) of
-    one folder never sign one version number twice. The second one waits
-    (blocking, polled, up to ``lock_timeout``) and then signs the next version,
-    as if the two had run one after the other. The lock file is removed on
-    release; one left by a killed sign holds no lock and goes with the next
-    sign. On a file system without locks (``flock`` answers ENOLCK or ENOSYS)
-    and off POSIX, signing proceeds unlocked.
+    digests, both files) runs under an exclusive ``fcntl.flock`` on the dataset
+    folder itself, so two signs (or an ``export`` and a sign) of one folder
+    never sign one version number twice. The second one waits (blocking, polled
+    every 50 ms, up to ``lock_timeout``) and then signs the next version, as if
+    the two had run one after the other. Locking the folder rather than a lock
+    file in it leaves nothing behind, not even after a kill, for ``audit`` (and
+    export's audit) to find. The lock is the kernel's: on NFS it guards one
+    machine only; where a folder cannot be locked, and off POSIX, signing
+    proceeds unlocked.
     """
     root = Path(dataset_dir)
     check_name(name, "dataset name")
@@ -173,7 +173,7 @@ def sign_dataset(
     if expires_days is not None and expires_days < 1:
         raise SicShareError(f"expires_days={expires_days} should be at least 1")
     slide_files(root)  # a missing folder, or one without slides, is named before a lock file is made there
-    with _sign_lock(root, lock_timeout):
+    with _sign_lock(root, SIGN_LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout):
         summary = summarize(root, full=True)
         if version is None:
             version = _previous_version(root, publisher, name) + 1
@@ -221,63 +221,43 @@ def sign_dataset(
         return parse_manifest(body, str(root / MANIFEST))
 
 
-_LOCK_FILE = ".sign.lock"
 _LOCK_POLL_S = 0.05
-_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 @contextmanager
 def _sign_lock(root: Path, timeout: float) -> Iterator[None]:
     """Hold the exclusive sign lock of a dataset folder (see :func:`sign_dataset`, Notes)."""
-    fd = _acquire(root / _LOCK_FILE, timeout) if fcntl is not None else None
+    fd = _acquire(root, timeout) if fcntl is not None else None
     try:
         yield
     finally:
         if fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                (root / _LOCK_FILE).unlink()  # still locked: a waiter that opened this file sees it gone and retries
-            os.close(fd)
+            os.close(fd)  # closing the folder's descriptor releases its lock
 
 
-def _acquire(path: Path, timeout: float) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive flock; None where the file system has no locks."""
+def _acquire(root: Path, timeout: float) -> int | None:
+    """A read-only descriptor of the folder ``root`` holding its exclusive flock; None where
+    the file system cannot lock folders."""
+    try:
+        fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise SicShareError(f"cannot open the folder {root} ({exc.strerror}): give the dataset folder") from None
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:
-            try:  # another user's lock file in a shared folder: flock works on a read-only handle
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
-                raise SicShareError(f"cannot open {path} ({exc.strerror}): sign needs write access to {path.parent}") from None
-        except OSError as exc:
-            raise SicShareError(f"cannot create {path} ({exc.strerror}): sign needs write access to {path.parent}") from None
-        try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
         except BlockingIOError:
-            os.close(fd)
             if time.monotonic() >= deadline:
+                os.close(fd)
                 raise SicShareError(
-                    f"another sign of {path.parent} is running (it has held {path.name} for over {timeout:g} s): "
+                    f"another sign of {root} is running (it has held the folder's lock for over {timeout:g} s): "
                     "wait for it to finish, then sign again"
                 ) from None
             time.sleep(_LOCK_POLL_S)
-            continue
-        except OSError as exc:
+        except OSError:
             os.close(fd)
-            if exc.errno not in _NO_LOCKS:
-                raise SicShareError(f"cannot lock {path} ({exc.strerror}): sign {path.parent} from a local disk") from None
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
-        # The holder before us removes the file before it unlocks: a lock taken on that removed
-        # file guards nothing, so check that the name still leads to the file we locked.
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+            return None  # no locks here: sign unlocked (see sign_dataset)
 
 
 def _previous_version(root: Path, publisher: str, name: str) -> int:
