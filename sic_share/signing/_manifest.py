@@ -172,7 +172,7 @@ def sign_dataset(
         raise SicShareError(f"version={version!r} should be a positive integer")
     if expires_days is not None and expires_days < 1:
         raise SicShareError(f"expires_days={expires_days} should be at least 1")
-    slide_files(root)  # a missing folder, or one without slides, is named before a lock file is made there
+    slide_files(root)  # a missing folder, or one without slides, is named before the folder is locked
     with _sign_lock(root, SIGN_LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout):
         summary = summarize(root, full=True)
         if version is None:
