@@ -476,6 +476,11 @@ def ls(
     out.print(table)
 
 
+def _known(value: object) -> str:
+    """A recorded value, or 'unknown' where a dataset (an import, say) leaves it empty."""
+    return "unknown" if value is None else str(value)
+
+
 @app.command("info")
 def info_cmd(
     dataset: Annotated[str, typer.Argument(help="Dataset folder, or hub reference PUBLISHER/NAME[@VERSION].")],
@@ -503,8 +508,8 @@ def info_cmd(
         ("model", f"{model.get('id')} ({model.get('source')}, {model.get('dim')}-d"
                   + (f", layer {model['layer']}" if model.get("layer") else "") + ")"),
         ("weights sha256", model.get("weights_sha256") or "-"),
-        ("patching", f"{patching.get('size_px')} px at {patching.get('target_mpp')} µm/px, stride "
-                     f"{patching.get('stride_px')} px (level 0: {patching.get('level0_mpp')} µm/px)"),
+        ("patching", f"{_known(patching.get('size_px'))} px at {_known(patching.get('target_mpp'))} µm/px, stride "
+                     f"{_known(patching.get('stride_px'))} px (level 0: {_known(patching.get('level0_mpp'))} µm/px)"),
         ("embeddings", info.embedding_dtype or "-"),
         ("classes", ", ".join(info.classes) or "none (no ground truth)"),
         ("slides", f"{len(info.slides)}, {info.n_patches} patches"),

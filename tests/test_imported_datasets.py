@@ -108,6 +108,7 @@ def test_info_and_verify_read_an_import(cli, imported):
     assert result.code == 0, result.err
     assert "model-ds" in result.out and f"import:{fmt}" in result.out
     assert f"1, {N} patches" in result.out
+    assert "None" not in result.out  # what an import leaves empty reads 'unknown'
 
 
 def test_audit_finds_nothing_in_an_import(cli, imported):
