@@ -283,7 +283,10 @@ def test_port_in_use_is_one_line(cli, dataset):
 
 def test_remote_host_needs_allow_remote(cli, dataset):
     assert_one_line_error(cli("app", dataset, "--slide", "s0", "--no-browser", "--host", "0.0.0.0"),
-                          "--allow-remote")
+                          "--allow-remote NAME")
+    for name in ("http://workstation.lab/", "*.lab", "a b", "host:99999"):
+        assert_one_line_error(cli("app", dataset, "--slide", "s0", "--no-browser", "--allow-remote", name),
+                              f"--allow-remote {name!r} is not a host name or address")
 
 
 def test_image_of_another_size_is_one_line(cli, dataset):

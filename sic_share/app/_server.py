@@ -304,14 +304,7 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
     async def api_seeds_load(request: Request) -> Response:
         body = await json_body(request)
         name, text = body.text("name", 255), body.text("text", _SEEDS_FILE_LIMIT)
-
-        def load() -> str | None:
-            try:
-                return session.load_seeds(text.encode(), name)
-            except RecursionError:
-                raise SessionError(f"seeds file {name!r} is nested too deeply to be QuPath GeoJSON") from None
-
-        return await change(load)
+        return await change(lambda: session.load_seeds(text.encode(), name))
 
     def download(data: bytes, name: str, media: str) -> Response:
         return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"',
