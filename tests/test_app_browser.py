@@ -183,7 +183,7 @@ def test_two_then_three_classes_undo_and_export(browser, pixel_free, tmp_path):
     page.close()
 
 
-def test_a_click_sends_the_session_token_and_a_change_without_it_changes_nothing(browser, pixel_free):
+def test_a_click_sends_the_session_token_and_a_change_without_it_changes_nothing(browser, pixel_free, tmp_path):
     app, _ = pixel_free
     page, errors = open_page(browser, app.url)
     token = page.evaluate("document.querySelector('meta[name=sic-token]').content")
@@ -211,6 +211,17 @@ def test_a_click_sends_the_session_token_and_a_change_without_it_changes_nothing
         page.click("#undo")  # the page's own changes still work: back to before the click
     wait_revision(page, revision + 2)
     assert page.evaluate(f"[sicApp.seeds[{free[0]}], sicApp.seeds[{free[1]}]]") == [-1, -1]
+
+    # a seeds file goes as JSON text with the token too: its new class arrives, undo takes it away
+    x, y = page.evaluate(f"[sicApp.coords[{2 * free[1]}], sicApp.coords[{2 * free[1]} + 1]]")
+    seeds_file = tmp_path / "more.csv"
+    seeds_file.write_text(f"x,y,label\n{x},{y},necrosis\n")
+    page.set_input_files("#load-seeds", str(seeds_file))
+    wait_revision(page, revision + 3)
+    assert page.evaluate("sicApp.classes.map(c => c.name)")[-1] == "necrosis"
+    page.click("#undo")
+    wait_revision(page, revision + 4)
+    assert "necrosis" not in page.evaluate("sicApp.classes.map(c => c.name)")
     assert errors == []
     page.close()
 

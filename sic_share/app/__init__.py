@@ -10,6 +10,12 @@ local web server (Starlette on uvicorn, loopback only by default):
 - :func:`locate_slide` and :func:`open_cached`: a slide's file, decoded once into the
   sha256-keyed cache and memory-mapped afterwards.
 
+Every request passes one guard (``sic_share/app/_guard.py``): the ``Host`` must be the
+app's own address with its port (or an ``--allow-remote`` name), and a change must come
+from the page it serves (its origin, the session token, JSON of bounded size). Web pages
+the user visits can neither read the slide nor drive the session (docs/app.md,
+"Security checks").
+
 Starlette and uvicorn come with the ``app`` extra: ``pip install 'sic-share[app]'``.
 """
 
