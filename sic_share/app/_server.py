@@ -246,7 +246,10 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
         }
 
     token = token or new_token()
-    allowed_hosts(0, allow_remote)  # a name that is not one fails here
+    try:
+        allowed_hosts(0, allow_remote)
+    except ValueError as exc:
+        raise AppError(f"allow_remote: {exc}: give names as the browser's address bar shows them") from None
     page = (static / "index.html").read_bytes()
     if page.count(_TOKEN_SLOT) != 1:
         raise AppError("the app's index.html has no token slot: rebuild the front end (cd frontend && npm run build)")
@@ -284,7 +287,7 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
     async def api_classes(request: Request) -> Response:
         body = await json_body(request)
         op = body.choice("op", ("add", "rename"))
-        name, colour = body.text("name", 64), body.text("color", 64, required=False)
+        name, colour = body.text("name", 64), body.maybe_text("color", 64)
         if op == "add":
             return await change(lambda: session.add_class(name, colour))
         index = body.whole("index")
@@ -292,7 +295,7 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
 
     async def api_method(request: Request) -> Response:
         body = await json_body(request)
-        name, rule = body.text("method", 64), body.text("rule", 64, required=False)
+        name, rule = body.text("method", 64), body.maybe_text("rule", 64)
         return await change(lambda: session.set_method(name, rule))
 
     async def api_undo(request: Request) -> Response:
@@ -378,8 +381,9 @@ def _parse_json(data: bytes) -> Any:
         raise SessionError("the request body is nested too deeply: send the JSON object the page sends") from None
     except SessionError:
         raise
-    except ValueError as exc:  # UnicodeDecodeError too
-        raise SessionError(f"the request body is not JSON ({exc})") from None
+    except ValueError as exc:  # UnicodeDecodeError too; an integer of over 4,300 digits (int_max_str_digits)
+        reason = "an integer with too many digits" if "digits" in str(exc) else str(exc)
+        raise SessionError(f"the request body is not JSON ({reason})") from None
 
 
 class _Fields:
@@ -396,10 +400,11 @@ class _Fields:
             raise SessionError(f"{key} {shown(value)} is not one of {', '.join(options)}")
         return value
 
-    def text(self, key: str, most: int, *, required: bool = True) -> Any:
+    def maybe_text(self, key: str, most: int) -> str | None:
+        return None if self.body.get(key) is None else self.text(key, most)
+
+    def text(self, key: str, most: int) -> str:
         value = self.body.get(key)
-        if value is None and not required:
-            return None
         if not isinstance(value, str):
             raise SessionError(f"{key} should be a string, not {shown(value)}")
         if len(value) > most:
