@@ -258,3 +258,18 @@ def test_export_signs_through_the_same_lock(cli, tmp_path, home, monkeypatch):
     assert_one_line_error(result, f"another sign of {out} is running", "sign again")
     assert not (out / MANIFEST).exists() and list(out.glob("slides/*.parquet"))
     assert "signed lab-a/cmu-hc@1" in cli("sign", out).out
+
+
+def test_benchmark_refuses_a_label_outside_the_classes_of_a_dataset_signed_before_sign_checked(
+        cli, tmp_path, publisher, monkeypatch):
+    """A dataset signed before 'sign' refused such labels still verifies: benchmark says so in one line."""
+    root = tmp_path / "old"
+    labels = np.zeros(50, np.int64)
+    labels[:25] = 1
+    labels[17] = 7
+    write_raw(root / "slides" / "s0.parquet", coords=grid(), labels=labels)
+    with monkeypatch.context() as mp:  # sign as it did before this change
+        mp.setattr("sic_share.dataset._folder.check_rows", lambda slide, where: None)
+        sign_dataset(root, name="old", key_path=publisher.private)
+    result = cli("benchmark", root, "--clicks", "1", "--folds", "1")
+    assert_one_line_error(result, "slide s0", "has label 7", "outside its 2 classes", "sign it again")

@@ -631,6 +631,10 @@ def run_benchmark(
         keys, labels = zip(*(read_keys(ds.files[slide_id]) for ds in opened), strict=True)
         for ds, lab in zip(opened, labels, strict=True):
             labelled[ds.name] |= bool((lab >= 0).any())
+            if lab.size and (lab.min() < -1 or lab.max() >= len(classes)):  # signed before sign checked labels
+                bad = int(lab.max() if lab.max() >= len(classes) else lab.min())
+                raise DatasetError(f"slide {slide_id} of {ds.name} has label {bad}, outside its {len(classes)} "
+                                   f"classes {list(classes)}: ask its publisher to sign it again (sign now refuses it)")
         common, rows = align(list(keys))
         matched += common.size
         total += max(k_.size for k_ in keys)
