@@ -125,8 +125,11 @@ def keys_generate(
         secret = os.environ.get("SIC_SHARE_KEY_PASSPHRASE") or typer.prompt(
             "Passphrase", hide_input=True, confirmation_prompt=True
         )
+    from sic_share.signing._keys import short_key_id
+
     private, public, kid = generate_key(publisher, out_dir=out_dir, passphrase=secret)
-    err.print(f"private key: {escape_text(private)}\npublic key:  {escape_text(public)}  (give this file to consumers)")
+    err.print(f"private key: {escape_text(private)}\npublic key:  {escape_text(public)}  (give this file to consumers)\n"
+              f"key id:      {short_key_id(kid)}  (the start of its sha256, printed in full below)")
     out.print(kid)
 
 
@@ -140,6 +143,7 @@ def keys_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
     from sic_share._paths import keys_dir
     from sic_share.signing import list_keys
+    from sic_share.signing._keys import short_key_id
 
     keys = list_keys()
     if as_json:
@@ -150,7 +154,7 @@ def keys_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         return
     table = Table("publisher", "key id", "public key (give this file to consumers)")
     for k in keys:
-        table.add_row(escape_text(k.publisher), (k.keyid or "?")[:16],
+        table.add_row(escape_text(k.publisher), short_key_id(k.keyid) if k.keyid else "?",
                       escape_text(k.public) if k.public else "[red]missing .pub[/red]")
     out.print(table)
 
@@ -203,8 +207,10 @@ def trust_add(
     """
     from sic_share.signing import TrustStore
 
+    from sic_share.signing._keys import short_key_id
+
     entry = TrustStore().add(public_key, publisher)
-    out.print(f"trusted {entry.keyid} for publisher {escape_text(entry.publisher)}")
+    out.print(f"trusted {short_key_id(entry.keyid)} for publisher {escape_text(entry.publisher)}")
 
 
 @trust_app.command("ls")
@@ -219,9 +225,11 @@ def trust_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     if as_json:
         _print_json(json.dumps([{"keyid": k.keyid, "publisher": k.publisher, "added": k.added} for k in keys]))
         return
+    from sic_share.signing._keys import short_key_id
+
     table = Table("publisher", "key id", "added")
     for k in keys:
-        table.add_row(escape_text(k.publisher), escape_text(k.keyid), escape_text(k.added))
+        table.add_row(escape_text(k.publisher), short_key_id(k.keyid), escape_text(k.added))
     out.print(table)
 
 
@@ -233,8 +241,10 @@ def trust_rm(key: Annotated[str, typer.Argument(help="Key id (or a prefix of 4+ 
     """
     from sic_share.signing import TrustStore
 
+    from sic_share.signing._keys import short_key_id
+
     for entry in TrustStore().remove(key):
-        out.print(f"removed {escape_text(entry.keyid)} ({escape_text(entry.publisher)})")
+        out.print(f"removed {short_key_id(entry.keyid)} ({escape_text(entry.publisher)})")
 
 
 @hub_app.command("add")
@@ -493,6 +503,7 @@ def info_cmd(
     Example: sic-share info demo-lab/cmu-lite0
     """
     from sic_share.hub import dataset_info
+    from sic_share.signing._keys import short_key_id
 
     info = dataset_info(dataset, hub)
     if as_json:
@@ -503,7 +514,7 @@ def info_cmd(
         ("dataset", f"{info.publisher}/{info.name}@{info.version}" if info.signed else "(unsigned)"),
         ("location", info.location),
         ("created", info.created or "-"),
-        ("signer", (info.signer or "-")[:16]),
+        ("signer", short_key_id(info.signer) if info.signer else "-"),
         ("trusted", "yes" if info.trusted else f"[red]no[/red]: {escape_text(info.trust_note)}"),
         ("model", f"{model.get('id')} ({model.get('source')}, {model.get('dim')}-d"
                   + (f", layer {model['layer']}" if model.get("layer") else "") + ")"),

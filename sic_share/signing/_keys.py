@@ -16,7 +16,7 @@ from sic_share._paths import keys_dir
 from sic_share.dataset import check_name
 from sic_share.errors import SicShareError, TrustError
 
-__all__ = ["KeyInfo", "MAX_KEY_BYTES", "key_id", "generate_key", "list_keys", "load_private_key", "load_public_key",
+__all__ = ["KEY_ID_CHARS", "KeyInfo", "MAX_KEY_BYTES", "key_id", "short_key_id", "generate_key", "list_keys", "load_private_key", "load_public_key",
            "default_private_key"]
 
 PASSPHRASE_ENV = "SIC_SHARE_KEY_PASSPHRASE"
@@ -24,10 +24,20 @@ PASSPHRASE_ENV = "SIC_SHARE_KEY_PASSPHRASE"
 MAX_KEY_BYTES = 8 << 10
 
 
+#: How many hex characters of a key id every message and table shows (``keys ls``, ``info``,
+#: ``trust ls``, errors): 64 bits, enough to tell keys apart and short enough to read.
+KEY_ID_CHARS = 16
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     """Hex sha256 of the 32-byte raw public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
+
+
+def short_key_id(keyid: str) -> str:
+    """The key id as people see it: its first :data:`KEY_ID_CHARS` hex characters."""
+    return keyid[:KEY_ID_CHARS]
 
 
 def _write_private(path: Path, data: bytes) -> None:

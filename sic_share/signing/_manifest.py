@@ -28,7 +28,7 @@ from sic_share.signing._dsse import (
     sign_envelope,
     signature_verifies,
 )
-from sic_share.signing._keys import default_private_key, key_id, load_private_key
+from sic_share.signing._keys import default_private_key, key_id, load_private_key, short_key_id
 from sic_share.signing._trust import TrustStore, VersionRecord
 
 try:
@@ -348,7 +348,7 @@ def verify_signature(
         if signer is not None:
             break
     if signer is None:
-        hints = ", ".join(h[:12] for h, _ in signatures if h) or "none given"
+        hints = ", ".join(short_key_id(h) for h, _ in signatures if h) or "none given"
         raise TrustError(
             f"{where} is not signed by any key you trust (key id {hints}): get the publisher's public key "
             "and run 'sic-share trust add KEY.pub --publisher NAME'"
@@ -356,7 +356,7 @@ def verify_signature(
     manifest = parse_manifest(body, where)
     if manifest.publisher != signer.publisher:
         raise TrustError(
-            f"{manifest.ref} claims publisher {manifest.publisher!r} but is signed by key {signer.keyid[:12]}, "
+            f"{manifest.ref} claims publisher {manifest.publisher!r} but is signed by key {short_key_id(signer.keyid)}, "
             f"which you trust for {signer.publisher!r} only: do not use it"
         )
     _check_expiry(manifest, "ask the publisher for a fresh version")

@@ -19,7 +19,7 @@ from sic_share._jsonstore import load_json, not_written_by_us, read_bounded, sav
 from sic_share._paths import config_dir
 from sic_share.dataset import check_name
 from sic_share.errors import SicShareError, TrustError
-from sic_share.signing._keys import MAX_KEY_BYTES, key_id, load_public_key
+from sic_share.signing._keys import MAX_KEY_BYTES, key_id, load_public_key, short_key_id
 
 __all__ = ["TrustedKey", "TrustStore", "VersionRecord"]
 
@@ -36,7 +36,7 @@ class TrustedKey:
 
     @property
     def public_key(self) -> Ed25519PublicKey:
-        return load_public_key(self.public_pem.encode(), f"trusted key {self.keyid[:12]}")
+        return load_public_key(self.public_pem.encode(), f"trusted key {short_key_id(self.keyid)}")
 
 
 class TrustStore:
@@ -88,18 +88,27 @@ class TrustStore:
                 if entry.publisher == publisher:
                     return entry
                 raise TrustError(
-                    f"key {kid[:12]} is already trusted for publisher {entry.publisher!r}: "
-                    f"one key signs for one publisher; 'trust rm {kid[:12]}' first"
+                    f"key {short_key_id(kid)} is already trusted for publisher {entry.publisher!r}: "
+                    f"one key signs for one publisher; 'trust rm {short_key_id(kid)}' first"
                 )
         added = TrustedKey(kid, publisher, pem.decode(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self._save([*keys, added])
         return added
 
     def remove(self, prefix_or_publisher: str) -> list[TrustedKey]:
-        """Forget keys whose id starts with the argument, or all keys of that publisher."""
+        """Forget the one key whose id starts with the argument (4+ characters), or all keys of that publisher."""
         keys = self.keys()
-        gone = [k for k in keys if k.publisher == prefix_or_publisher or k.keyid.startswith(prefix_or_publisher)]
-        if not gone or len(prefix_or_publisher) < 4 and not any(k.publisher == prefix_or_publisher for k in gone):
+        gone = [k for k in keys if k.publisher == prefix_or_publisher]
+        if not gone:
+            if len(prefix_or_publisher) < 4:
+                raise TrustError(f"{prefix_or_publisher!r} is no trusted publisher, and a key id prefix needs "
+                                 f"at least 4 characters: see 'sic-share trust ls'")
+            gone = [k for k in keys if k.keyid.startswith(prefix_or_publisher.lower())]
+            if len(gone) > 1:
+                ids = ", ".join(short_key_id(k.keyid) for k in gone)
+                raise TrustError(f"{prefix_or_publisher!r} starts {len(gone)} trusted key ids ({ids}): "
+                                 f"give more characters")
+        if not gone:
             raise TrustError(
                 f"no trusted key or publisher matches {prefix_or_publisher!r}: see 'sic-share trust ls'"
             )
