@@ -265,15 +265,26 @@ def hub_add(
 
 
 @hub_app.command("ls")
-def hub_ls() -> None:
+def hub_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List named hubs.
 
     Example: sic-share hub ls
     """
+    from dataclasses import asdict
+
+    from sic_share._paths import default_hub_url
     from sic_share.hub import list_hubs
 
+    hubs = list_hubs()
+    if as_json:
+        _print_json(json.dumps([asdict(h) for h in hubs]))
+        return
+    if not hubs:
+        err.print(f"no named hubs: --hub takes a URL or folder as it is (default {escape_text(default_hub_url())}); "
+                  "name one with 'sic-share hub add NAME URL'")
+        return
     table = Table("name", "url", "endpoint", "region")
-    for h in list_hubs():
+    for h in hubs:
         table.add_row(*(escape_text(v or "") for v in (h.name, h.url, h.endpoint_url, h.region)))
     out.print(table)
 
@@ -316,7 +327,7 @@ def _mib(size: int) -> str:
 
 
 @cache_app.command("ls")
-def cache_ls() -> None:
+def cache_ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List cached files: sha256, size, and the dataset file each was fetched as.
 
     Example: sic-share cache ls
@@ -325,6 +336,10 @@ def cache_ls() -> None:
 
     cache = BlobCache()
     entries = cache.entries()
+    if as_json:
+        _print_json(json.dumps([{"sha256": e.digest, "size": e.size, "source": e.source, "path": str(e.path)}
+                                for e in entries]))
+        return
     table = Table("sha256", "size", "fetched as")
     for e in entries:
         table.add_row(escape_text(e.digest[:16]), _mib(e.size), escape_text(e.source))
@@ -659,6 +674,11 @@ def export(
 
     Example: sic-share export slides/ --out build/crc-lite0 --model efficientnet_lite0.in1k
     """
+    from sic_share.errors import SlideError
+
+    for path in slides:  # before the export pipeline's imports (torch and the slide readers take seconds)
+        if not path.exists():
+            raise SlideError(f"{path} does not exist: give slide files or folders holding them")
     from sic_share.export import ExportOptions, export_and_sign, parse_shard
 
     if magnification is not None and target_mpp is not None:
@@ -833,7 +853,7 @@ def sic(
     out_paths: Annotated[list[Path], typer.Option("--out", help="Output file, repeatable: its suffix picks the format (.geojson, .parquet, .csv, .tissuumaps.csv, .png).")],
     slide: SlideOption = None,
     classes: Annotated[
-        Optional[str], typer.Option("--classes", help="Class names in index order, e.g. 'benign,tumour' (binary: negative first).")
+        Optional[str], typer.Option("--classes", help="Class names in index order, e.g. 'benign,tumour'. With two, the order matters: the first is the negative (background) class, the second the positive one, and swapping them can change the counts.")
     ] = None,
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="With one --out: parquet, csv, geojson, tissuumaps or png, whatever its suffix.")
@@ -912,11 +932,13 @@ def sic(
     written = [f"{kind} {path}" for path, kind in zip(out_paths, kinds)]
     if confidence_png is not None:
         written.append(f"confidence png {confidence_png}")
+    positive = result.classes[1] if len(result.classes) == 2 else None
     if as_json:
         sys.stdout.write(json.dumps({
             "slide_id": result.slide.slide_id, "source": result.source, "patches": len(result.labels),
             "classes": list(result.classes), "counts": dict(result.counts), "seeded_patches": n_seeded,
-            "method": result.method, "refinements": rounds, "unsure_fraction": round(unsure, 4),
+            "positive_class": positive, "method": result.method, "refinements": rounds,
+            "unsure_fraction": round(unsure, 4),
             "warning": note or None,
             "written": [{"format": kind, "path": str(path)} for path, kind in zip(out_paths, kinds)]
             + ([{"format": "confidence-png", "path": str(confidence_png)}] if confidence_png is not None else []),
@@ -924,6 +946,8 @@ def sic(
         return
     counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
     how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
+    if positive is not None:
+        counts += f"; positive class {positive}, the second of {'--classes' if names else 'the classes'}"
     out.print(escape_text(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled "
                           f"({counts}) from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with "
                           "confidence < 0.5; wrote " + ", ".join(written)), highlight=False)
@@ -1165,6 +1189,7 @@ def main() -> None:
     try:
         command = typer.main.get_command(app)
         _readable_types(command)
+        _examples_on_one_line(command)
         command.main(args=args, prog_name="sic-share")
     except SicShareError as exc:
         if _state["debug"]:
@@ -1242,6 +1267,28 @@ def _readable_types(command) -> None:
             _readable_types(sub)
     except (AttributeError, TypeError, ValueError):  # a Typer release that works differently: keep its help
         return
+
+
+def _examples_on_one_line(command) -> None:
+    """Print each ``Example: sic-share ...`` line of a command's help as written, so that it copy-pastes.
+
+    Click rewraps every paragraph of a help text to the terminal's width, in the middle of an
+    option if need be, except a paragraph whose first line is ``\\b``: each example becomes one.
+    """
+    import inspect
+
+    if getattr(command, "help", None):
+        lines: list[str] = []
+        for line in inspect.cleandoc(command.help).splitlines():
+            if line.startswith("Example: "):
+                if lines and lines[-1].strip():
+                    lines.append("")
+                lines += ["\b", line, ""]
+            else:
+                lines.append(line)
+        command.help = "\n".join(lines).strip()
+    for sub in getattr(command, "commands", {}).values():
+        _examples_on_one_line(sub)
 
 
 def _fail(message: str) -> None:

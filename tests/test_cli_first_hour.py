@@ -5,9 +5,19 @@ examples that copy-paste, errors before heavy imports."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from conftest import assert_one_line_error, make_publisher
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, make_dataset, make_publisher, sign_local
+
+SIC_SHARE = str(Path(sys.executable).parent / "sic-share")
 
 
 # --- key ids: 16 hex characters everywhere, any unique prefix of 4+ in 'trust rm' ---------------
@@ -57,3 +67,131 @@ def test_trust_rm_refuses_a_prefix_two_keys_share(cli, tmp_path, monkeypatch):
     result = cli("trust", "rm", "abcd12")
     assert_one_line_error(result, "'abcd12' starts 2 trusted key ids", "give more characters")
     assert len(store.keys()) == 2 and a and b
+
+
+# --- sic: which class is positive, and which method needs what -----------------------------------
+
+
+def _index_seeds(ds, slide="s0", per_class=3) -> str:
+    from sic_share.dataset import read_slide
+
+    data = read_slide(ds / "slides" / f"{slide}.parquet")
+    picks = [(i, data.metadata.classes[c]) for c in (0, 1) for i in np.flatnonzero(data.labels == c)[:per_class]]
+    return ",".join(f"{i}:{name}" for i, name in picks)
+
+
+@pytest.fixture
+def ds(tmp_path, local_key, trust_local):
+    return sign_local(make_dataset(tmp_path / "ds", n=400), local_key)
+
+
+def test_sic_says_which_class_it_took_as_positive(cli, tmp_path, ds):
+    seeds = _index_seeds(ds)
+    for order, positive in (("normal,tumour", "tumour"), ("tumour,normal", "normal")):
+        result = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--classes", order, "--out", tmp_path / f"{positive}.csv")
+        assert result.code == 0, result.err
+        assert f"positive class {positive}, the second of --classes" in result.out
+        as_json = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--classes", order, "--json",
+                      "--out", tmp_path / f"{positive}-j.csv")
+        assert json.loads(as_json.out)["positive_class"] == positive
+
+
+def test_sic_help_says_the_order_of_classes_matters(cli):
+    result = cli("sic", "--help")
+    text = " ".join(result.out.split())
+    assert "the order matters: the first is the negative (background) class, the second the positive one" in text
+
+
+def test_seed_errors_name_the_method_that_needs_them(cli, tmp_path, ds):
+    from sic_share.dataset import read_slide
+
+    data = read_slide(ds / "slides" / "s0.parquet")
+    one_class = ",".join(f"{i}:tumour" for i in np.flatnonzero(data.labels == 1)[:2])
+    for method in ("spreading", "sic"):
+        result = cli("sic", ds, "--slide", "s0", "--seeds", one_class, "--classes", "normal,tumour",
+                     "--method", method, "--out", tmp_path / "o.csv")
+        assert_one_line_error(result, f"the {method} method needs both classes", "add at least one seed on 'normal'")
+        assert "SIC needs" not in result.err
+
+
+# --- pull, slides lookup, hub ls, cache ls -------------------------------------------------------
+
+
+def test_pull_into_an_existing_folder_names_out(cli, tmp_path, signed):
+    hub = tmp_path / "hub"
+    assert cli("publish", signed, "--hub", hub).code == 0
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    result = cli("pull", "lab-a/crc", "--hub", hub, "--out", dest)
+    assert_one_line_error(result, "already exists: choose another --out or remove it")
+
+
+def test_slides_lookup_of_a_too_short_prefix_says_so(cli, home):
+    from sic_share.privacy import SlideMap
+
+    SlideMap().record([("77e0a1b2c3d4e5f6", "biopsy-1", "/slides/biopsy-1.svs")])
+    assert_one_line_error(cli("slides", "lookup", "77e"), "'77e' is too short",
+                          "a slide id prefix needs at least 4 characters", "1 recorded slide ids start with it")
+    found = cli("slides", "lookup", "77e0")
+    assert found.code == 0 and "biopsy-1" in found.out
+    assert_one_line_error(cli("slides", "lookup", "abc"), "no slide 'abc' in the slide map")
+
+
+def test_an_empty_hub_ls_says_what_to_do(cli, home):
+    result = cli("hub", "ls")
+    assert result.code == 0 and result.out == ""
+    assert "no named hubs" in result.err and "sic-share hub add NAME URL" in result.err
+    assert json.loads(cli("hub", "ls", "--json").out) == []
+    assert cli("hub", "add", "lab-s3", "s3://bucket/sic", "--endpoint-url", "http://127.0.0.1:7480").code == 0
+    assert json.loads(cli("hub", "ls", "--json").out) == [
+        {"name": "lab-s3", "url": "s3://bucket/sic", "endpoint_url": "http://127.0.0.1:7480", "region": None}]
+
+
+def test_cache_ls_json(cli, tmp_path, signed):
+    hub = tmp_path / "hub"
+    assert cli("publish", signed, "--hub", hub).code == 0
+    assert json.loads(cli("cache", "ls", "--json").out) == []
+    assert cli("pull", "lab-a/crc", "--hub", hub, "--out", tmp_path / "p").code == 0
+    entries = json.loads(cli("cache", "ls", "--json").out)
+    assert entries and all(re.fullmatch(r"[0-9a-f]{64}", e["sha256"]) and e["size"] > 0 for e in entries)
+    assert any("s0.parquet" in e["source"] for e in entries), entries
+
+
+# --- help examples copy-paste; export checks its arguments first ---------------------------------
+
+
+def _examples():
+    import typer
+
+    from sic_share import cli as cli_module
+
+    def walk(command, prefix):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*prefix, name])
+        if not hasattr(command, "commands"):
+            for line in (command.help or "").splitlines():
+                if line.strip().startswith("Example: "):
+                    yield prefix, line.strip()
+
+    return list(walk(typer.main.get_command(cli_module.app), []))
+
+
+def test_help_examples_stay_on_one_line_at_80_columns():
+    examples = _examples()
+    assert len(examples) >= 20
+    env = {**os.environ, "COLUMNS": "80"}
+    long = [(p, e) for p, e in examples if len(e) > 76]
+    assert long, "no example is longer than a line: the test would prove nothing"
+    for prefix, example in long[:6] + [e for e in examples if e[0] == ["export"]]:
+        shown = subprocess.run([SIC_SHARE, *prefix, "--help"], env=env, capture_output=True, text=True).stdout
+        assert example in [line.strip() for line in shown.splitlines()], (prefix, example, shown)
+
+
+def test_export_of_a_missing_file_says_so_at_once(tmp_path):
+    started = time.perf_counter()
+    run = subprocess.run([SIC_SHARE, "export", str(tmp_path / "nope.svs"), "--out", str(tmp_path / "ds")],
+                         env={**os.environ, "SIC_SHARE_HOME": str(tmp_path / "home")}, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"error: {tmp_path / 'nope.svs'} does not exist: give slide files or folders holding them"
+    assert seconds < 2.5, f"{seconds:.1f} s: the export pipeline (torch) was imported first"

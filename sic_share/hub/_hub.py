@@ -719,7 +719,7 @@ def pull(
     )
     dest = Path(to) if to is not None else Path.cwd() / f"{ref.name}-v{manifest.version}"
     if dest.exists():
-        raise SicShareError(f"{dest} already exists: choose another --to or remove it")
+        raise SicShareError(f"{dest} already exists: choose another --out or remove it")
     names = _select(manifest, slides)
     dest.parent.mkdir(parents=True, exist_ok=True)
     taken = (f"{dest} was created by another pull meanwhile: use that copy (check it with 'sic-share verify "

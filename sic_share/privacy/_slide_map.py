@@ -107,6 +107,12 @@ class SlideMap:
         by_name = [e for e in entries if e.name == stem or Path(e.path).name == text or e.path == text]
         if by_name:
             return by_name
+        starting = [e for e in entries if text and e.slide_id.startswith(text.lower())]
+        if starting:
+            raise SicShareError(
+                f"{query!r} is too short: a slide id prefix needs at least {_MIN_PREFIX} characters "
+                f"({len(starting)} recorded slide ids start with it); see 'sic-share slides ls'"
+            )
         raise SicShareError(
             f"no slide {query!r} in the slide map {self.path} ({len(entries)} slides recorded): give a slide id "
             "or file name that 'sic-share export' or 'import' saw on this machine"

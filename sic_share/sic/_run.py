@@ -264,7 +264,7 @@ def run_sic(
     mapped = map_seeds(seeds, slide, tuple(classes) if classes else None)
     n_classes = len(mapped.classes)
     if not classes and not slide.metadata.classes and n_classes == 2:
-        # Binary SIC refines the second class: never let the alphabet choose the positive one.
+        # Binary methods treat the second class as the positive one: never let the alphabet choose it.
         a, b = mapped.classes
         raise SeedError(f"the seeds name two classes, {a!r} and {b!r}, and the dataset names none: say which is "
                         f"the positive one with --classes NEGATIVE,POSITIVE (e.g. --classes {a},{b})")
@@ -274,11 +274,11 @@ def run_sic(
     missing = [name for name, n in mapped.counts.items() if n == 0]
     if n_classes == 2 and missing:
         (have,) = [name for name in mapped.classes if name not in missing]
-        raise SeedError(f"the seeds mark only {have!r} patches: binary SIC needs both classes, add at least one "
-                        f"seed on {missing[0]!r}")
+        raise SeedError(f"the seeds mark only {have!r} patches: the {method} method needs both classes, add at "
+                        f"least one seed on {missing[0]!r}")
     if missing:
-        raise SeedError(f"no seed marks a patch of {', '.join(map(repr, missing))}: SIC needs seeds of every class, "
-                        "add some or leave the class out of --classes")
+        raise SeedError(f"no seed marks a patch of {', '.join(map(repr, missing))}: the {method} method needs seeds "
+                        "of every class, add some or leave the class out of --classes")
     estimator = create_method(method, n_classes=n_classes, random_state=random_state, rule=rule, score=score,
                               normalize=normalize or None, smooth=smooth)
     estimator.fit(slide.embeddings, mapped.labels, slide.coords)
