@@ -224,7 +224,7 @@ def test_api_arrays_state_and_errors(api):
     status, _, body = api("POST", "/api/seeds", b"not json")
     assert status == 400 and "not JSON" in json.loads(body)["error"]
     status, headers, body = api("GET", "/api/export", query="format=geojson")
-    assert status == 200 and 'filename="s0-sic.geojson"' in headers["content-disposition"]
+    assert status == 200 and 'filename="s0-spreading.geojson"' in headers["content-disposition"]
     status, _, body = api("GET", "/map.png")
     assert body[:8] == b"\x89PNG\r\n\x1a\n"
     status, _, _ = api("GET", "/tiles/slide.dzi")
@@ -377,3 +377,42 @@ def test_a_change_answers_its_server_time(api):
     status, headers, _ = api("POST", "/api/seeds", json.dumps({"class": 0, "indices": [0]}).encode())
     assert status == 200 and headers["server-timing"].startswith("app;dur=")
     assert float(headers["server-timing"].split("=")[1]) > 0
+
+
+def test_a_class_has_the_colour_every_output_gives_it(tmp_path, local_key):
+    """Colours follow the class names through the palette of the CLI's writers, unless chosen or in the seeds file;
+    a seeds file loaded first replaces the app's placeholder classes."""
+    from sic_share.viz import class_colors, hex_color
+
+    xs = np.arange(64, 64 * 11, 64)
+    coords = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2).astype(np.int32)
+    emb = np.random.default_rng(0).normal(size=(len(coords), 8)) + (coords[:, 1:] > 320) * 4
+    meta = SlideMetadata(ModelInfo("m", 8, "test"), Patching(64, 64, 0.5, 0.5, 64), ())
+    write_slide(tmp_path / "d" / "slides" / "a.parquet", slide_id="a", metadata=meta, coords=coords, embeddings=emb)
+    slide = open_cached(locate_slide(sign_local(tmp_path / "d", local_key), "a"))
+    session = Session(slide)
+    assert session.classes == ("background", "lesion")
+    palette = lambda *names: tuple(hex_color(c) for c in class_colors(names))  # noqa: E731
+    assert session.colors == palette("background", "lesion")
+    session.rename_class(0, "Dermis")
+    session.rename_class(1, "Epidermis")  # renamed classes take the colours the CLI gives those names
+    assert session.colors == palette("Dermis", "Epidermis")
+    session.rename_class(1, "Epidermis", "#123456")  # a colour chosen in the page stays
+    session.rename_class(0, "background")
+    assert session.colors == (palette("background", "x")[0], "#123456")
+
+    fresh = Session(slide)
+    text = json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [int(x), int(y)]},
+         "properties": {"classification": {"name": name, **({"color": [150, 50, 150]} if name == "Epidermis" else {})}}}
+        for (x, y), name in ((coords[0], "Epidermis"), (coords[-1], "Dermis"))]})
+    fresh.load_seeds(text.encode(), "seeds.geojson")
+    assert fresh.classes == ("Dermis", "Epidermis")  # the file's classes, not background/lesion
+    assert fresh.colors == (palette("Dermis", "Epidermis")[0], "#963296")
+    meta, _ = fresh.response()
+    assert meta["n_seeds"] == 2
+    fresh.clear_seeds()
+    assert fresh.response()[0]["n_seeds"] == 0
+    fresh.undo()
+    assert fresh.response()[0]["n_seeds"] == 2
+    assert fresh.export("csv")[1] == f"a-{fresh.response()[0]['method']}.csv"

@@ -273,3 +273,125 @@ def test_image_mode_shows_real_tiles_under_the_annotation(browser, with_image):
     assert counts == {"normal": int((truth == 0).sum()), "tumour": int((truth == 1).sum())}
     assert errors == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def first_use(tmp_path_factory, local_key):
+    """A small pixel-free dataset whose classes are the demo's (Dermis, Epidermis), as a new user opens it."""
+    root = tmp_path_factory.mktemp("app-first-use")
+    xs, ys = np.arange(128, 128 * 20, 128), np.arange(128, 128 * 16, 128)
+    coords = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.int32)
+    truth = (coords[:, 1] > 128 * 8).astype(np.int8)
+    emb = np.random.default_rng(1).normal(0, 1, (len(coords), 16)) + truth[:, None] * 4
+    meta = SlideMetadata(ModelInfo("test-model", 16, "test"), Patching(256, 256, 0.5, 0.5, 128), ("Dermis", "Epidermis"))
+    write_slide(root / "skin" / "slides" / "k0.parquet", slide_id="k0", metadata=meta, coords=coords,
+                embeddings=emb, labels=truth)
+    home = root / "home"
+    dataset = signed_for(home, root / "skin", local_key)
+    app = App([dataset], home)
+    yield app, dataset, home, truth
+    code, _ = app.stop()
+    assert code == 0
+
+
+def run_cli(home: Path, *args) -> str:
+    env = {**os.environ, "SIC_SHARE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "sic_share.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def class_rgb(page) -> dict[str, tuple[int, int, int]]:
+    return {c["name"]: tuple(c["rgb"]) for c in page.evaluate("sicApp.classes")}
+
+
+def test_first_use_loop_with_real_mouse_events_and_one_colour_per_class(browser, first_use, tmp_path):
+    from PIL import Image
+
+    app, dataset, home, truth = first_use
+    page, errors = open_page(browser, app.url)
+    # the dataset's classes, a first-use line, the keys listed; no image: no "map over the slide" switch
+    assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis"]
+    assert "Pick a class" in page.text_content("#hint") and "click the tissue" in page.text_content("#hint")
+    assert "Ctrl" in page.text_content("#shortcuts") and "double-click" in page.text_content("#shortcuts")
+    assert page.locator("#message").text_content() == ""
+    assert not page.locator("#show-map").is_visible() and not page.locator("#map-toggle").is_visible()
+
+    # pick a class, click the tissue (real mouse events), twice per class
+    revision = page.evaluate("sicApp.revision")
+    dermis, epidermis = np.flatnonzero(truth == 0), np.flatnonzero(truth == 1)
+    for cls, patch in ((0, dermis[5]), (1, epidermis[5]), (0, dermis[40]), (1, epidermis[40])):
+        pick_class(page, cls)
+        click_patch(page, int(patch))
+        revision += 1
+        wait_revision(page, revision)
+    assert page.evaluate(f"[sicApp.seeds[{dermis[5]}], sicApp.seeds[{epidermis[5]}]]") == [0, 1]
+    assert page.evaluate("sicApp.overlayCounts()") == {"Dermis": int((truth == 0).sum()),
+                                                         "Epidermis": int((truth == 1).sum())}
+    # the embedding map is drawn on the annotation's own patch cells: both layers cover the same cells
+    assert page.evaluate("sicApp.layerPixel('map', 0)[3]") == 255
+
+    # rename by a real double-click on the name, then undo it
+    page.locator("#classes li").nth(1).locator(".name").dblclick()
+    editor = page.locator("#classes input.rename")
+    editor.wait_for(timeout=5_000)
+    editor.fill("Epidermis (basal)")
+    editor.press("Enter")
+    revision += 1
+    wait_revision(page, revision)
+    assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis (basal)"]
+    page.click("#undo")
+    revision += 1
+    wait_revision(page, revision)
+    assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis"]
+
+    # export from the page (named by the method) and the same seeds through the CLI: one colour per class
+    colours = class_rgb(page)
+    assert len(set(colours.values())) == 2
+    geojson = download(page, "button[data-export=geojson]:not([data-tiles])", tmp_path)
+    assert geojson.name == f"k0-{page.evaluate('sicApp.info.methods[0].name')}.geojson"
+    seeds_csv = download(page, "#save-seeds-csv", tmp_path)
+    out = tmp_path / "cli"
+    out.mkdir()
+    run_cli(home, "sic", dataset, "--seeds", seeds_csv, "--classes", "Dermis,Epidermis", "--out", out / "k0.geojson",
+            "--out", out / "k0.png", "--out", out / "k0.tissuumaps.csv")
+    for path in (geojson, out / "k0.geojson"):
+        drawn = {f["properties"]["classification"]["name"]: tuple(f["properties"]["classification"]["color"])
+                 for f in json.loads(path.read_text())["features"]}
+        assert drawn == colours, path
+    rows = (out / "k0.tissuumaps.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    tissuumaps = {r.split(",")[header.index("class")]: r.split(",")[header.index("color")] for r in rows[1:]}
+    assert tissuumaps == {n: "#%02x%02x%02x" % c for n, c in colours.items()}
+    png = {rgb for _, rgb in Image.open(out / "k0.png").convert("RGB").getcolors(1 << 20)}
+    assert set(colours.values()) <= png
+    # the page draws each patch in its class's colour
+    assert tuple(page.evaluate(f"sicApp.layerPixel('overlay', {dermis[0]})")[:3]) == colours["Dermis"]
+
+    # a QuPath seeds file's colours are honoured (and exported)
+    x, y = page.evaluate(f"[sicApp.coords[{2 * dermis[60]}], sicApp.coords[{2 * dermis[60]} + 1]]")
+    qupath = tmp_path / "qupath.geojson"
+    qupath.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Dermis", "color": [10, 200, 30]}}}]}))
+    page.set_input_files("#load-seeds", str(qupath))
+    revision += 1
+    wait_revision(page, revision)
+    assert class_rgb(page)["Dermis"] == (10, 200, 30)
+    exported = json.loads(download(page, "button[data-export=geojson]:not([data-tiles])", tmp_path).read_text())
+    assert {tuple(f["properties"]["classification"]["color"]) for f in exported["features"]
+            if f["properties"]["classification"]["name"] == "Dermis"} == {(10, 200, 30)}
+
+    # clear all seeds (one undo step); a reload says the session was kept
+    page.click("#clear-seeds")
+    revision += 1
+    wait_revision(page, revision)
+    assert page.evaluate("[...sicApp.seeds].every((c) => c === -1)") and "Pick a class" in page.text_content("#hint")
+    page.click("#undo")
+    wait_revision(page, revision + 1)
+    page.reload()
+    page.wait_for_function("window.sicApp && sicApp.ready && sicApp.viewerOpen", timeout=20_000)
+    assert "Session restored: 5 seeds" in page.text_content("#hint")
+    assert errors == []
+    page.close()

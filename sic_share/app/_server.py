@@ -211,8 +211,10 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
     static = Path(str(resources.files("sic_share.app") / "static"))
     no_store = {"Cache-Control": "no-store"}
 
-    def state_response() -> Response:
+    def state_response(*, first_view: bool = False) -> Response:
         meta, arrays = session.response()
+        # a page that loads a session already changed (by a page before a reload) is told so
+        meta["restored"] = first_view and meta["revision"] > 0
         return Response(pack(meta, arrays), media_type="application/octet-stream", headers=no_store)
 
     async def change(action: Callable[[], Any]) -> Response:
@@ -236,8 +238,9 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
         methods = [{"name": m.name, "label": m.label, "rules": list(m.rules)} for m in session.methods.values()]
         views.map_png()
         return {
-            "slide_id": slide.slide_id, "source": slide.source, "n_patches": len(slide), "dim":
-            int(slide.embeddings.shape[1]), "model": slide.metadata.model.id, "patch_size": slide.patch_size,
+            "slide_id": slide.slide_id, "source": slide.source, "n_patches": len(slide),
+            "dim": int(slide.embeddings.shape[1]), "work_dim": session.work_dim, "model": slide.metadata.model.id,
+            "patch_size": slide.patch_size,
             "grid": views.grid, "projection": views.projection, "methods": methods,
             "image": None if tiles is None else {"dzi": "/tiles/slide.dzi", "width": tiles.dimensions[0],
                                                  "height": tiles.dimensions[1], "name": tiles.path.name},
@@ -268,7 +271,7 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
         return Response(body, media_type="application/octet-stream")
 
     async def api_state(request: Request) -> Response:
-        return await run_in_threadpool(state_response)
+        return await run_in_threadpool(lambda: state_response(first_view=True))
 
     n_patches = len(slide)
 
@@ -277,7 +280,9 @@ def build(prepared: Prepared, *, allow_remote: Sequence[str] = (), token: str | 
 
     async def api_seeds(request: Request) -> Response:
         body = await json_body(request)
-        op = body.choice("op", ("add", "remove"), "add")
+        op = body.choice("op", ("add", "remove", "clear"), "add")
+        if op == "clear":
+            return await change(session.clear_seeds)
         indices = body.indices("indices")
         if op == "remove":
             return await change(lambda: session.remove_seeds(indices))

@@ -30,12 +30,13 @@ from sic_share.errors import SeedError, SicShareError
 __all__ = ["EXPORTS", "Session", "SessionError"]
 
 #: Export formats: the writers of ``sic-share sic`` (:func:`sic_share.viz.write_result`), and file names.
+#: Named by the method that made the annotation (``<slide>-<method>.*``).
 EXPORTS = {
-    "geojson": ("geojson", "{slide}-sic.geojson", "application/geo+json"),
-    "tissuumaps": ("tissuumaps", "{slide}-tissuumaps.csv", "text/csv"),
-    "png": ("png", "{slide}-sic.png", "image/png"),
-    "parquet": ("parquet", "{slide}-sic.parquet", "application/vnd.apache.parquet"),
-    "csv": ("csv", "{slide}-sic.csv", "text/csv"),
+    "geojson": ("geojson", "{slide}-{method}.geojson", "application/geo+json"),
+    "tissuumaps": ("tissuumaps", "{slide}-{method}.tissuumaps.csv", "text/csv"),
+    "png": ("png", "{slide}-{method}.png", "image/png"),
+    "parquet": ("parquet", "{slide}-{method}.parquet", "application/vnd.apache.parquet"),
+    "csv": ("csv", "{slide}-{method}.csv", "text/csv"),
 }
 _DEFAULT_CLASSES = ("background", "lesion")
 _KEPT_RESULTS = 64
@@ -50,7 +51,7 @@ class SessionError(SicShareError, ValueError):
 class _State:
     seed_index: np.ndarray  # int64, sorted, unique
     seed_class: np.ndarray  # int8, class index of each
-    classes: tuple[tuple[str, str], ...]  # (name, "#rrggbb")
+    classes: tuple[tuple[str, str], ...]  # (name, "#rrggbb" chosen for it, or "" for the palette's)
     method: str
     rule: str | None
 
@@ -68,6 +69,27 @@ class _Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _chosen(name: str, color: str) -> str:
+    """A colour chosen for a class, as ``#rrggbb`` (an unreadable one is one sentence)."""
+    from sic_share.viz import class_colors, hex_color
+
+    return hex_color(class_colors([name], {name: color})[0]) if color else ""
+
+
+def _colours(state: _State) -> tuple[str, ...]:
+    """Each class's colour: the one chosen for it, else the palette's for these names.
+
+    The palette is :func:`sic_share.viz.class_colors`, which every writer of ``sic-share sic``
+    uses: with the same class names a class has the same colour in the app, its PNG, GeoJSON
+    and TissUUmaps exports, and in the CLI's.
+    """
+    from sic_share.viz import class_colors, hex_color
+
+    names = [n for n, _ in state.classes]
+    chosen = {n: c for n, c in state.classes if c}
+    return tuple(hex_color(c) for c in class_colors(names, chosen or None))
+
+
 class Session:
     """The state of one annotation session over a cached slide.
 
@@ -82,15 +104,14 @@ class Session:
     """
 
     def __init__(self, slide: CachedSlide, *, classes: Sequence[str] | None = None, random_state: int = 0) -> None:
-        from sic_share.viz import class_colors, hex_color
-
         self.slide = slide
         self.random_state = random_state
         self.methods: dict[str, Method] = available_methods()
         names = tuple(classes or slide.metadata.classes or _DEFAULT_CLASSES)
-        colours = [hex_color(c) for c in class_colors(names)]
+        #: True while the classes are the app's own placeholders: a seeds file loaded first replaces them.
+        self._placeholder = not (classes or slide.metadata.classes)
         first = next(iter(self.methods.values()))
-        self._state = _State(np.empty(0, np.int64), np.empty(0, np.int8), tuple(zip(names, colours)),
+        self._state = _State(np.empty(0, np.int64), np.empty(0, np.int8), tuple((n, "") for n in names),
                              first.name, first.rules[0] if first.rules else None)
         self._undo: list[_State] = []
         self._redo: list[_State] = []
@@ -108,7 +129,13 @@ class Session:
 
     @property
     def colors(self) -> tuple[str, ...]:
-        return tuple(colour for _, colour in self._state.classes)
+        """``#rrggbb`` per class: the colour chosen for it, else what every other output draws it with."""
+        return _colours(self._state)
+
+    @property
+    def work_dim(self) -> int:
+        """Columns of the matrix the loop clusters (the embeddings' own when at most 64)."""
+        return int(self._X.shape[1])
 
     def seed_labels(self) -> np.ndarray:
         """Seed class per patch (-1 none), int8."""
@@ -132,7 +159,8 @@ class Session:
             meta = {
                 "revision": self.revision,
                 "classes": [{"name": n, "color": c, "count": int(counts[i]), "seeds": int(seeded[i])}
-                            for i, (n, c) in enumerate(state.classes)],
+                            for i, (n, c) in enumerate(zip(self.classes, _colours(state)))],
+                "n_seeds": int(state.seed_index.size),
                 "method": state.method,
                 "rule": state.rule,
                 "message": result.message,
@@ -192,6 +220,11 @@ class Session:
         order = np.argsort(index, kind="stable")
         self._change(_State(index[order], cls[order], s.classes, s.method, s.rule))
 
+    def clear_seeds(self) -> None:
+        """Unseed every patch (one undo step)."""
+        s = self._state
+        self._change(_State(np.empty(0, np.int64), np.empty(0, np.int8), s.classes, s.method, s.rule))
+
     def remove_seeds(self, indices: Any) -> None:
         """Unseed ``indices``."""
         drop = self._indices(indices)
@@ -201,25 +234,20 @@ class Session:
 
     def add_class(self, name: str, color: str | None = None) -> None:
         """A new class at the end of the list."""
-        from sic_share.viz import class_colors, hex_color
-
         s = self._state
         if len(s.classes) >= _MAX_CLASSES:
             raise SessionError(f"{_MAX_CLASSES} classes is the most the app draws: rename one instead")
         name = self._new_name(name)
-        names = (*self.classes, name)
-        colour = hex_color(class_colors(names, {name: color} if color else None)[-1])
+        colour = _chosen(name, color)
         self._change(_State(s.seed_index, s.seed_class, (*s.classes, (name, colour)), s.method, s.rule))
 
     def rename_class(self, class_index: Any, name: str, color: str | None = None) -> None:
         """Rename (and optionally recolour) a class."""
-        from sic_share.viz import class_colors, hex_color
-
         c = self._class_index(class_index)
         s = self._state
         old_name, old_colour = s.classes[c]
         name = old_name if name.strip() == old_name else self._new_name(name)
-        colour = hex_color(class_colors([name], {name: color})[0]) if color else old_colour
+        colour = _chosen(name, color) if color else old_colour  # a palette colour follows the new name
         classes = tuple((name, colour) if i == c else pair for i, pair in enumerate(s.classes))
         self._change(_State(s.seed_index, s.seed_class, classes, s.method, s.rule))
 
@@ -330,11 +358,11 @@ class Session:
             result = self._outcome(state)
         if not (result.labels >= 0).any():
             raise SessionError("nothing to export yet: seed patches of at least two classes first")
-        name = pattern.format(slide=self.slide.slide_id)
+        name = pattern.format(slide=self.slide.slide_id, method=state.method)
         with tempfile.TemporaryDirectory(prefix="sic-share-app-") as tmp:
             path = write_result(Path(tmp) / name, kind, slide_id=self.slide.slide_id, coords=self.slide.coords,
                                 labels=result.labels, classes=[n for n, _ in state.classes],
-                                patch_size=self.slide.patch_size, colors=[c for _, c in state.classes], tiles=tiles,
+                                patch_size=self.slide.patch_size, colors=list(_colours(state)), tiles=tiles,
                                 legend=True, title=f"slide {self.slide.slide_id}: {state.method} from "
                                                    f"{len(state.seed_index)} seeded patches")
             return path.read_bytes(), name, media
@@ -356,7 +384,7 @@ class Session:
             raise SessionError(f"seed format {fmt!r} is not geojson or csv")
         from sic_share.viz import class_colors
 
-        rgb = {n: list(c) for n, c in zip(names, class_colors(names, [c for _, c in state.classes]))}
+        rgb = {n: list(c) for n, c in zip(names, class_colors(names, list(_colours(state))))}
         features = [{
             "type": "Feature", "id": str(uuid.uuid4()),
             "geometry": {"type": "Point", "coordinates": [int(x), int(y)]},
@@ -372,7 +400,7 @@ class Session:
         Returns a warning on what did not land, or None.
         """
         from sic_share.sic import read_seeds
-        from sic_share.viz import class_colors, hex_color
+        from sic_share.viz import hex_color, seeds_file_colors
 
         suffix = Path(filename or "seeds").suffix.lower()
         if suffix not in (".geojson", ".json", ".csv"):
@@ -385,15 +413,17 @@ class Session:
             except SeedError as exc:
                 raise SessionError(str(exc)) from None
         s = self._state
-        classes = list(s.classes)
+        given = {name.casefold(): hex_color(rgb) for name, rgb in seeds_file_colors(data).items()}
+        # the app's placeholder classes, never seeded, give way to the file's own
+        fresh = self._placeholder and s.seed_index.size == 0 and not self._undo
+        classes = [] if fresh else list(s.classes)
         index = {n.casefold(): i for i, (n, _) in enumerate(classes)}
         for name in seeds.classes:
             if name.casefold() not in index:
                 index[name.casefold()] = len(classes)
                 classes.append((name, ""))
-        names = [n for n, _ in classes]
-        palette = [hex_color(c) for c in class_colors(names)]
-        classes = [(n, c or palette[i]) for i, (n, c) in enumerate(classes)]
+        # the file's QuPath colours, for each class whose colour nobody chose in the page
+        classes = [(n, c or given.get(n.casefold(), "")) for n, c in classes]
         remap = np.array([index[n.casefold()] for n in seeds.classes], np.int8)
         got = np.flatnonzero(seeds.labels >= 0)
         new_class = remap[seeds.labels[got].astype(np.int64)]

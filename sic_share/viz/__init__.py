@@ -10,7 +10,7 @@ from sic_share.viz._exports import (
     write_tissuumaps,
 )
 from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
-from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color
+from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color, seeds_file_colors
 from sic_share.viz._render import render_confidence, render_overlay, write_confidence_png, write_png
 from sic_share.viz._embedding_map import (
     METHODS,
@@ -29,6 +29,7 @@ __all__ = [
     "class_geometries",
     "format_for",
     "hex_color",
+    "seeds_file_colors",
     "qupath_geojson",
     "render_confidence",
     "render_overlay",

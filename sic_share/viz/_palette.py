@@ -8,7 +8,7 @@ from typing import Any
 
 from sic_share.errors import SicShareError
 
-__all__ = ["OKABE_ITO", "class_colors", "hex_color"]
+__all__ = ["OKABE_ITO", "class_colors", "hex_color", "seeds_file_colors"]
 
 #: Okabe & Ito (2008), colour-blind safe; vermillion first so that a binary "positive" is reddish.
 OKABE_ITO: tuple[tuple[int, int, int], ...] = (
@@ -115,4 +115,45 @@ def class_colors(
                 r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.85)
                 out.append((round(r * 255), round(g * 255), round(b * 255)))
             k += 1
+    return out
+
+
+def seeds_file_colors(text: str | bytes) -> dict[str, tuple[int, int, int]]:
+    """The class colours a QuPath GeoJSON seeds file carries: ``{class name: (r, g, b)}``.
+
+    Parameters
+    ----------
+    text : str or bytes
+        The file's contents. Anything that is not GeoJSON (a CSV ``x,y,label``) has no colours.
+
+    Returns
+    -------
+    dict
+        One entry per class whose ``classification`` has a ``color``: ``[r, g, b]`` as QuPath
+        writes it, or a packed integer (``0xRRGGBB``, alpha ignored). The first colour seen for a
+        class wins; classes without one are left out, so :func:`class_colors` gives them defaults.
+    """
+    import json
+
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    features = data.get("features") if isinstance(data, dict) else data
+    out: dict[str, tuple[int, int, int]] = {}
+    for feature in features if isinstance(features, list) else []:
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        cls = props.get("classification") if isinstance(props, dict) else None
+        if not isinstance(cls, dict) or not isinstance(cls.get("name"), str) or cls["name"] in out:
+            continue
+        value = cls.get("color", cls.get("colorRGB"))
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            value = ((value >> 16) & 255, (value >> 8) & 255, value & 255)
+        if isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value):
+            out[cls["name"]] = (value[0], value[1], value[2])
+        elif isinstance(value, tuple):
+            out[cls["name"]] = value
     return out

@@ -75,9 +75,13 @@
     $("undo").disabled = !m.can_undo;
     $("redo").disabled = !m.can_redo;
     $("method").value = m.method;
+    const described = S.info.methods.find((x) => x.name === m.method);
+    $("method-label").textContent = described ? described.label : "";
     fillRules(m.method, m.rule);
     $("show-confidence").disabled = !m.has_confidence;
-    showMessage(m.message || "");
+    const waiting = / to start$/.test(m.message || "");  // not an error: the first steps, said in the hint line
+    showMessage(waiting ? "" : m.message || "");
+    showHint(m, waiting);
     const step = (name, fn) => { const t = performance.now(); fn(); if (S.timings) S.timings[name] = performance.now() - t; };
     step("classes", renderClasses);
     step("overlay", drawOverlay);
@@ -94,6 +98,22 @@
   }
 
   function showMessage(text) { $("message").textContent = text || ""; }
+
+  // The line under the title that says what to do next (and that a reload found an earlier session).
+  function showHint(m, waiting) {
+    let text;
+    if (m.restored) {
+      text = `Session restored: ${m.n_seeds} seed${m.n_seeds === 1 ? "" : "s"} and the classes below were kept by ` +
+        "the app from before the page was reloaded. \"clear all seeds\" starts over.";
+    } else if (!m.n_seeds) {
+      text = "Pick a class on the left, then click the tissue: each click seeds one patch with that class.";
+    } else if (waiting) {
+      text = `${m.message[0].toUpperCase()}${m.message.slice(1)}: the annotation appears once two classes have seeds.`;
+    } else {
+      text = "Click where the annotation is wrong, with the class it should be: it updates after each click.";
+    }
+    $("hint").textContent = text;
+  }
 
   function hexToRgb(hex) {
     const v = parseInt(hex.slice(1), 16);
@@ -137,9 +157,11 @@
     input.addEventListener("blur", () => done(true), { once: true });
   }
 
+  // Only the highlight moves: rebuilding the list here put a new name under the pointer between the two
+  // clicks of a double-click, so a real double-click never reached the name it started on.
   function pickClass(i) {
     S.current = i;
-    renderClasses();
+    document.querySelectorAll("#classes li").forEach((li) => li.classList.toggle("current", Number(li.dataset.index) === i));
   }
 
   // -- seeding ---------------------------------------------------------------------------------------
@@ -218,6 +240,8 @@
     return canvas;
   }
 
+  const NAVIGATOR = 0.16;  // the navigator's share of the viewer's width
+
   function setupSlide() {
     const info = S.info;
     const mapWidth = info.map.width * info.map.scale;
@@ -225,6 +249,10 @@
     S.W = info.image ? info.image.width : mapWidth;
     viewer = OpenSeadragon({
       id: "slide", prefixUrl: "/static/openseadragon/images/", showNavigator: true, navigatorPosition: "BOTTOM_RIGHT",
+      // the navigator sits in a margin of its own rather than over the slide's corner
+      // and the zoom buttons above the slide's top edge, where a click meant for a patch cannot reach them
+      navigatorSizeRatio: NAVIGATOR,
+      viewportMargins: { top: 36, right: Math.round($("slide").clientWidth * NAVIGATOR) + 8 },
       // 2-D canvas, not WebGL: without a GPU (remote desktops, headless tests) WebGL is emulated in software,
       // which took 0.6 s to start and most of a core while redrawing; a slide and a few layers need no WebGL.
       drawer: "canvas",
@@ -234,19 +262,21 @@
     });
     viewer.addHandler("tile-loaded", () => { S.tilesLoaded += 1; });
     viewer.addHandler("open", () => {
-      if (info.image) {
-        viewer.addTiledImage({ tileSource: { type: "image", url: info.map.url }, x: 0, y: 0,
-                               width: mapWidth / S.W, opacity: 0, success: (e) => { layers.map = e.item; } });
-        $("map-toggle").hidden = false;
-      }
+      if (info.image) $("map-toggle").hidden = false;
+      else viewer.world.getItemAt(0).setOpacity(0);  // the map PNG only sizes the world: its cells are drawn below
+      // The embedding map is drawn by the page on the same patch cells as the annotation (one pixel a cell), so
+      // the two line up exactly: the PNG spans the slide from (0, 0) with cells of its own rounding.
       const g = S.grid;
       const rect = new OpenSeadragon.Rect(g.x0 / S.W, g.y0 / S.W, (g.cols * g.stride) / S.W, (g.rows * g.stride) / S.W);
+      layers.map = makeLayer(g.cols, g.rows);
+      layers.map.hidden = Boolean(info.image);
       layers.overlay = makeLayer(g.cols, g.rows);
       layers.confidence = makeLayer(g.cols, g.rows);
       layers.seeds = makeLayer(g.cols * 7, g.rows * 7);
-      for (const name of ["overlay", "confidence", "seeds"]) {
+      for (const name of ["map", "overlay", "confidence", "seeds"]) {
         viewer.addOverlay({ element: layers[name], location: rect });
       }
+      drawMap();
       hoverMark = document.createElement("div");
       hoverMark.className = "hover-mark"; hoverMark.hidden = true;
       viewer.addOverlay({ element: hoverMark, location: new OpenSeadragon.Rect(0, 0, g.stride / S.W, g.stride / S.W) });
@@ -306,6 +336,17 @@
       if (!rgba) continue;
       const o = 4 * (S.row[i] * g.cols + S.col[i]);
       px[o] = rgba[0]; px[o + 1] = rgba[1]; px[o + 2] = rgba[2]; px[o + 3] = rgba[3];
+    }
+    ctx.putImageData(image, 0, 0);
+  }
+
+  function drawMap() {
+    if (!layers.map) return;
+    const g = S.grid, ctx = layers.map.getContext("2d");
+    const image = ctx.createImageData(g.cols, g.rows), px = image.data;
+    for (let i = 0; i < S.n; i++) {
+      const o = 4 * (S.row[i] * g.cols + S.col[i]);
+      px[o] = S.rgb[3 * i]; px[o + 1] = S.rgb[3 * i + 1]; px[o + 2] = S.rgb[3 * i + 2]; px[o + 3] = 255;
     }
     ctx.putImageData(image, 0, 0);
   }
@@ -396,7 +437,7 @@
     const px = image.data;
     px.fill(255);
     const byAnnotation = $("scatter-colour").value === "annotation";
-    const size = SC.ratio > 1.5 ? 3 : 2;
+    const size = Math.round((S.n <= 20000 ? 4 : S.n <= 200000 ? 3 : 2) * Math.max(1, SC.ratio));
     for (let i = 0; i < S.n; i++) {
       let r, g, b;
       const label = S.labels[i];
@@ -519,18 +560,22 @@
     }
   }
 
+  const TOOL_KEYS = { c: "click", l: "lasso", e: "erase" };
+
   function setupControls() {
-    for (const m of S.info.methods) $("method").append(new Option(m.label, m.name));
+    // the menu holds the short names (the CLI's --method); the chosen one's description is the line below it
+    for (const m of S.info.methods) $("method").append(new Option(m.name, m.name));
     $("method").addEventListener("change", () => post("/api/method", { method: $("method").value }));
     $("rule").addEventListener("change", () => post("/api/method", { method: $("method").value, rule: $("rule").value }));
     document.querySelectorAll("input[name=tool]").forEach((el) =>
       el.addEventListener("change", () => { S.tool = el.value; }));
     $("undo").addEventListener("click", () => post("/api/undo"));
+    $("clear-seeds").addEventListener("click", () => post("/api/seeds", { op: "clear" }));
     $("redo").addEventListener("click", () => post("/api/redo"));
     $("opacity").addEventListener("input", applyOpacity);
     $("show-seeds").addEventListener("change", () => { drawSeeds(); drawScatterTop(); });
     $("show-confidence").addEventListener("change", drawConfidence);
-    $("show-map").addEventListener("change", () => { if (layers.map) layers.map.setOpacity($("show-map").checked ? 1 : 0); });
+    $("show-map").addEventListener("change", () => { if (layers.map) layers.map.hidden = !$("show-map").checked; });
     $("scatter-colour").addEventListener("change", drawScatter);
     $("add-class-form").addEventListener("submit", (e) => {
       e.preventDefault();
@@ -556,6 +601,10 @@
       if ((e.ctrlKey || e.metaKey) && key === "z") { e.preventDefault(); post(e.shiftKey ? "/api/redo" : "/api/undo"); }
       else if ((e.ctrlKey || e.metaKey) && key === "y") { e.preventDefault(); post("/api/redo"); }
       else if (/^[1-9]$/.test(e.key) && Number(e.key) <= S.classes.length) pickClass(Number(e.key) - 1);
+      else if (!e.ctrlKey && !e.metaKey && TOOL_KEYS[key]) {
+        const radio = document.querySelector(`input[name=tool][value=${TOOL_KEYS[key]}]`);
+        radio.checked = true; S.tool = radio.value;
+      }
     });
   }
 
@@ -576,6 +625,7 @@
     const box = scatterTop.getBoundingClientRect();
     return [box.left + SC.px[i] / SC.ratio, box.top + SC.py[i] / SC.ratio];
   };
+  S.layerPixel = (name, i) => Array.from(layers[name].getContext("2d").getImageData(S.col[i], S.row[i], 1, 1).data);
   S.overlayCounts = () => {
     const canvas = layers.overlay, g = S.grid;
     const data = canvas.getContext("2d").getImageData(0, 0, g.cols, g.rows).data;
@@ -613,6 +663,11 @@
     $("slide-name").textContent = info.slide_id;
     $("slide-info").textContent = `${info.source} · ${info.n_patches.toLocaleString()} patches · ${info.model} (${info.dim}-d)` +
       (info.image ? ` · image ${info.image.name}` : " · no pixels: embedding map") + ` · ${info.projection}`;
+    $("about-counts").textContent = info.work_dim < info.dim
+      ? `Counts can differ a little from 'sic-share sic' with the same seeds: the app clusters the ${info.work_dim}-d ` +
+        `principal subspace of the ${info.dim}-d embeddings (cached, for speed); with at most ${info.work_dim} ` +
+        "dimensions they are the same."
+      : "With the same seeds, method and classes, the counts are those of 'sic-share sic'.";
     mark("unpacked");
     setupControls();
     mark("controls");
