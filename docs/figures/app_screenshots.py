@@ -53,13 +53,13 @@ def main() -> None:
         root = Path(tmp)
         coords, feats = colour_features(SLIDE)
         meta = SlideMetadata(ModelInfo("colour-statistics", feats.shape[1], "handcrafted"),
-                             Patching(128, 128, 0.5, 0.5, 64), (), "float32", slide_size=(2220, 2967))
+                             Patching(128, 128, 0.5, 0.5, 64), ("Dermis", "Epidermis"), "float32", slide_size=(2220, 2967))
         write_slide(root / "cmu" / "slides" / "cmu.parquet", slide_id="cmu", metadata=meta, coords=coords,
                     embeddings=feats)
         env = {**os.environ, "SIC_SHARE_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
         for name, extra in (("app_pixel_free.png", []), ("app_image.png", ["--image", str(SLIDE)])):
             proc = subprocess.Popen([sys.executable, "-m", "sic_share.cli", "app", str(root / "cmu"), "--port", "0",
-                                     "--no-browser", *extra], stdout=subprocess.PIPE, text=True, env=env)
+                                     "--no-browser", "--unsigned", *extra], stdout=subprocess.PIPE, text=True, env=env)
             url = re.search(r"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline()).group(1)
             try:
                 with sync_playwright() as pw:
@@ -68,7 +68,7 @@ def main() -> None:
                     page.goto(url)
                     page.wait_for_function("sicApp.ready && sicApp.viewerOpen", timeout=60_000)
                     page.wait_for_timeout(1500)
-                    # seeds: two on glass-free pale tissue (background), three on the dark epidermis band
+                    # seeds: two on glass-free pale tissue (Dermis), three on the dark epidermis band
                     brightness = feats[:, :48].mean(1)
                     away = (coords[:, 0] < 1600) & (coords[:, 1] < 2200)  # not under the navigator
                     dark = np.flatnonzero(away)[np.argsort(brightness[away])[:3]]
