@@ -40,7 +40,7 @@ step sic-share sic demo-lab/cmu-lite0 --seeds demo/cmu_seeds.geojson --classes D
 
 echo; echo "== the embedding space on the slide, without a pixel of it (PCA to RGB; --method umap is the paper's) =="
 step sic-share umap "$D/pulled" --method pca --seeds demo/cmu_seeds.geojson --out "$D/cmu-map.png" \
-    --tissuumaps "$D/cmu-map-tissuumaps.csv"
+    --out "$D/cmu-map.tissuumaps.csv"
 
 echo; echo "== back at the hospital: which slide is that pseudonym? (the private slide map, never shared) =="
 step sic-share slides ls

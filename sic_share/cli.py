@@ -1014,12 +1014,12 @@ def app_cmd(
 @app.command("umap")
 def umap_map(
     dataset: DatasetArg,
-    out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    out_paths: Annotated[list[Path], typer.Option("--out", help="Output file, repeatable, by suffix as for 'sic': the map (.png, required) and, if wanted, x,y,color and the 3-D coordinates for TissUUmaps (.tissuumaps.csv).")],
     slide: SlideOption = None,
     method: MethodOption = "auto",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to draw on the map (as for 'sic').")] = None,
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
-    tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", help="Also write x,y,color and the 3-D coordinates as CSV.")] = None,
+    tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", hidden=True, help="Old name of --out FILE.tissuumaps.csv (any .csv name).")] = None,
     max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
     seed: Annotated[int, typer.Option("--random-state", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
     unsigned: UnsignedOption = False,
@@ -1028,12 +1028,20 @@ def umap_map(
 ) -> None:
     """Colour each patch by its embedding (UMAP or PCA to 3-D as RGB): tissue structure without a pixel.
 
-    Example: sic-share umap demo-lab/cmu-lite0 --out map.png --method pca --tissuumaps map.csv
+    Example: sic-share umap demo-lab/cmu-lite0 --method pca --out map.png --out map.tissuumaps.csv
     """
     from sic_share.sic import locate_slide
     from sic_share.viz import write_embedding_map
 
-    _check_suffix(out_path, ".png", "--out")
+    csvs = [p for p in out_paths if p.name.lower().endswith(".tissuumaps.csv")] + ([tissuumaps] if tissuumaps else [])
+    pngs = [p for p in out_paths if not p.name.lower().endswith(".tissuumaps.csv")]
+    for path in pngs:
+        _check_suffix(path, ".png", "--out")
+    if len(pngs) != 1 or len(csvs) > 1:
+        raise SicShareError(f"umap writes one map and at most one TissUUmaps CSV, and {len(pngs)} .png and "
+                            f"{len(csvs)} .tissuumaps.csv were given: give one --out FILE.png "
+                            "(and one --out FILE.tissuumaps.csv)")
+    out_path, tissuumaps = pngs[0], (csvs[0] if csvs else None)
     projection = _projection(method)
     located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
     _note(located.note)

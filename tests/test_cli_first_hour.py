@@ -195,3 +195,21 @@ def test_export_of_a_missing_file_says_so_at_once(tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip() == f"error: {tmp_path / 'nope.svs'} does not exist: give slide files or folders holding them"
     assert seconds < 2.5, f"{seconds:.1f} s: the export pipeline (torch) was imported first"
+
+
+# --- one name for one choice: umap writes its TissUUmaps CSV with --out, as sic does --------------
+
+
+def test_umap_writes_its_tissuumaps_csv_by_suffix_like_sic(cli, tmp_path, signed):
+    png, csv = tmp_path / "map.png", tmp_path / "map.tissuumaps.csv"
+    result = cli("umap", signed, "--slide", "s0", "--method", "pca", "--out", png, "--out", csv)
+    assert result.code == 0, result.err
+    assert png.is_file() and csv.read_text().startswith("x,y,color")
+    assert f"wrote {png} and {csv}" in " ".join(result.out.split())
+    # the old option still works, unlisted
+    old = tmp_path / "old.csv"
+    assert cli("umap", signed, "--slide", "s0", "--method", "pca", "--out", tmp_path / "m2.png",
+               "--tissuumaps", old).code == 0 and old.is_file()
+    assert "--tissuumaps" not in cli("umap", "--help").out
+    assert_one_line_error(cli("umap", signed, "--slide", "s0", "--out", tmp_path / "a.png", "--out", tmp_path / "b.png"),
+                          "2 .png and 0 .tissuumaps.csv were given", "give one --out FILE.png")
