@@ -94,6 +94,8 @@ def test_sic_says_which_class_it_took_as_positive(cli, tmp_path, ds):
         as_json = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--classes", order, "--json",
                       "--out", tmp_path / f"{positive}-j.csv")
         assert json.loads(as_json.out)["positive_class"] == positive
+    result = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", tmp_path / "default.csv")
+    assert result.code == 0 and "positive class tumour, the second of the dataset's classes" in result.out
 
 
 def test_sic_help_says_the_order_of_classes_matters(cli):
