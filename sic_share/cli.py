@@ -947,7 +947,8 @@ def sic(
     counts = ", ".join(f"{name} {n}" for name, n in result.counts.items())
     how = f"{rounds} refinement{'s' * (rounds != 1)}" if rounds is not None else f"method {result.method}"
     if positive is not None:
-        counts += f"; positive class {positive}, the second of {'--classes' if names else "the dataset's classes"}"
+        among = "--classes" if names else "the dataset's classes"
+        counts += f"; positive class {positive}, the second of {among}"
     out.print(escape_text(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled "
                           f"({counts}) from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with "
                           "confidence < 0.5; wrote " + ", ".join(written)), highlight=False)
