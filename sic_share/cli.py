@@ -846,6 +846,18 @@ def _method_options(method: str, **given: object) -> None:
                                 f"drop {flag} or add --method {takers[0]}")
 
 
+def _seed_colors(seeds: str) -> dict | None:
+    """The class colours of a QuPath seeds file, so every output draws a class as QuPath (and the app) does."""
+    from sic_share._jsonstore import read_bounded
+    from sic_share.sic._seeds import MAX_SEEDS_BYTES
+    from sic_share.viz import seeds_file_colors
+
+    path = Path(seeds)
+    if not path.is_file():  # inline indices carry no colours
+        return None
+    return seeds_file_colors(read_bounded(path, MAX_SEEDS_BYTES, "seeds")) or None
+
+
 @app.command("sic")
 def sic(
     dataset: DatasetArg,
@@ -918,9 +930,10 @@ def sic(
     title = (f"slide {result.slide.slide_id}: {result.method} from {n_seeded} seeded patches, "
              f"{result.slide.metadata.model.id}")
     size = result.slide.metadata.slide_size
+    colors = _seed_colors(seeds)
     for path, kind in zip(out_paths, kinds):
         write_result(path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
-                     classes=result.classes, patch_size=result.patch_size, tiles=tiles,
+                     classes=result.classes, patch_size=result.patch_size, tiles=tiles, colors=colors,
                      confidence=result.confidence if confidence else None, legend=not no_legend,
                      title=None if no_legend else title, slide_size=size)
     if confidence_png is not None:

@@ -345,3 +345,25 @@ def test_unknown_rule_score_and_format(cli, tmp_path, ds):
 def test_a_missing_seed_file(cli, tmp_path, ds):
     assert_one_line_error(run_bad(cli, tmp_path, ds, "--slide", "s0", "--seeds", str(tmp_path / "nope.csv")),
                           "nope.csv")
+
+
+def test_a_qupath_seeds_files_colours_are_the_outputs_colours(cli, tmp_path, ds):
+    """QuPath's class colours in the seeds file come back in the GeoJSON and the TissUUmaps CSV (as in the app)."""
+    data = read_slide(ds / "slides" / "s0.parquet")
+    picks = {name: [tuple(int(v) for v in data.coords[i]) for i in np.flatnonzero(data.labels == k)[:3]]
+             for k, name in enumerate(data.metadata.classes)}
+    seeds = tmp_path / "seeds.geojson"
+    colours = {"normal": [12, 34, 56], "tumour": [200, 100, 0]}
+    seeds.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+         "properties": {"objectType": "annotation", "classification": {"name": name, "color": colours[name]}}}
+        for name, points in picks.items() for x, y in points]}))
+    out, csv_out = tmp_path / "r.geojson", tmp_path / "r.tissuumaps.csv"
+    result = cli("sic", ds, "--slide", "s0", "--seeds", seeds, "--out", out, "--out", csv_out)
+    assert result.code == 0, result.err
+    written = {f["properties"]["classification"]["name"]: f["properties"]["classification"]["color"]
+               for f in json.loads(out.read_text())["features"]}
+    assert written == colours
+    with open(csv_out) as handle:
+        rows = {r["class"]: r["color"] for r in csv.DictReader(handle)}
+    assert rows == {"normal": "#0c2238", "tumour": "#c86400"}
