@@ -289,3 +289,32 @@ def sign_local(root: Path, key: Publisher, name: str = "local") -> Path:
     """Sign a complete dataset folder with ``key`` (as ``lab-local/NAME@1``); returns the folder."""
     sign_dataset(root, name=name, key_path=key.private)
     return root
+
+
+def pull_then_die(ref: str, hub: str, dest: str) -> None:
+    """Run ``pull`` in this (forked) process and SIGKILL it once the first file is in place."""
+    import signal
+
+    from sic_share.hub import _cache, pull
+
+    real = _cache.BlobCache.place
+
+    def place_then_die(self, blob, target):
+        real(self, blob, target)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _cache.BlobCache.place = place_then_die
+    pull(ref, hub, to=dest)
+
+
+def rewritten(path: Path) -> bytes:
+    """A slide file with x + 1: valid Parquet with the same schema and metadata, other values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("x"), "x", pc.add(table.column("x"), 1))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()

@@ -42,7 +42,7 @@ import pytest
 import s3fs
 from botocore.exceptions import ClientError
 
-from conftest import REPO, assert_one_line_error, make_dataset, make_publisher, published_objects
+from conftest import REPO, assert_one_line_error, make_dataset, make_publisher, published_objects, rewritten
 from sic_share.signing import ENVELOPE, MANIFEST, sign_dataset
 
 pytestmark = pytest.mark.ceph
@@ -536,19 +536,6 @@ def test_a_versioned_bucket_is_refused_with_one_line(cli, rgw, as_user, name, si
 # --- attacks on RGW (issue 19): what a co-tenant or a bucket writer can do to a query, a crash mid-publish ---
 
 
-def _rewritten(path: Path) -> bytes:
-    """The slide file with x + 1: valid Parquet with the same schema and metadata, other values."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    table = table.set_column(table.schema.get_field_index("x"), "x", pc.add(table.column("x"), 1))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def test_a_co_tenant_plant_on_rgw_is_ignored_by_query(tmp_path, rgw, as_user, hub, name, signed):
     """lab-b, confined to lab-b/ by the bucket policy, plants lab-b/NAME/99 claiming lab-a/NAME@99."""
     from sic_share.hub import publish
@@ -578,7 +565,7 @@ def test_a_slide_rewritten_on_rgw_after_publish_is_refused_by_query(cli, rgw, as
 
     publish(signed, hub)
     key = next(k for k in published_objects(signed, f"lab-a/{name}/1") if k.endswith("slides/s0.parquet"))
-    rgw.client("lab-a").put_object(Bucket=BUCKET, Key=key, Body=_rewritten(signed / "slides" / "s0.parquet"))
+    rgw.client("lab-a").put_object(Bucket=BUCKET, Key=key, Body=rewritten(signed / "slides" / "s0.parquet"))
     as_user(READER)
     assert_one_line_error(cli("query", f"SELECT sum(x) FROM patches('lab-a/{name}')", "--hub", hub),
                           f"slides/s0.parquet of lab-a/{name}@1 does not match its signed digests")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, pull_then_die
 from sic_share.dataset import read_slide
 from sic_share.hub import BlobCache
 from sic_share.signing import verify_dataset
@@ -189,22 +189,9 @@ def test_a_stale_partial_without_a_lock_is_removed_by_the_next_pull(cli, tmp_pat
     assert files_of(dest) == files_of(published)
 
 
-def _pull_killed(ref: str, hub: str, dest: str) -> None:
-    from sic_share.hub import _cache, pull
-
-    real = _cache.BlobCache.place
-
-    def place_then_die(self, blob, target):
-        real(self, blob, target)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    _cache.BlobCache.place = place_then_die
-    pull(ref, hub, to=dest)
-
-
 def test_the_partial_of_a_pull_killed_with_sigkill_is_removed_by_the_next_pull(cli, tmp_path, hub, published):
     dest = tmp_path / "downloads" / "crc"
-    worker = FORK.Process(target=_pull_killed, args=("lab-a/crc", str(hub), str(dest)))
+    worker = FORK.Process(target=pull_then_die, args=("lab-a/crc", str(hub), str(dest)))
     worker.start()
     worker.join(timeout=60)
     assert worker.exitcode == -signal.SIGKILL

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, hub_data, make_dataset
+from conftest import assert_one_line_error, hub_data, make_dataset, pull_then_die
 from sic_share.signing import ENVELOPE, MANIFEST, sign_dataset, verify_dataset
 
 FORK = multiprocessing.get_context("fork")
@@ -169,23 +169,10 @@ def test_kill_9_during_publish_leaves_nothing_visible_and_the_rerun_completes(cl
     assert tree(tmp_path / "pulled") == tree(signed)
 
 
-def _pull_killed(ref: str, hub: str, dest: str) -> None:
-    from sic_share.hub import _cache, pull
-
-    real = _cache.BlobCache.place
-
-    def place_then_die(self, blob, target):
-        real(self, blob, target)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    _cache.BlobCache.place = place_then_die
-    pull(ref, hub, to=dest)
-
-
 def test_kill_9_during_pull_leaves_no_destination_and_the_next_pull_works(cli, tmp_path, hub, signed):
     assert cli("publish", signed, "--hub", hub).code == 0
     dest = tmp_path / "downloads" / "crc"
-    worker = FORK.Process(target=_pull_killed, args=("lab-a/crc", str(hub), str(dest)))
+    worker = FORK.Process(target=pull_then_die, args=("lab-a/crc", str(hub), str(dest)))
     worker.start()
     worker.join(timeout=60)
     assert worker.exitcode == -signal.SIGKILL

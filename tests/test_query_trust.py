@@ -18,11 +18,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import BUCKET, assert_one_line_error, make_dataset, make_publisher, metadata
+from conftest import BUCKET, assert_one_line_error, make_dataset, make_publisher, metadata, rewritten
 from sic_share._paths import keys_dir
 from sic_share.dataset import write_slide
 from sic_share.errors import HubError, VerificationError
@@ -42,15 +41,6 @@ def data_folder(hub: Path, publisher: str, name: str, version: int) -> Path:
     """The layout-1.1 data folder of a published version on a local hub."""
     (folder,) = [p for p in (hub / publisher / name / str(version)).iterdir() if p.is_dir()]
     return folder
-
-
-def rewritten(path: Path) -> bytes:
-    """The slide file with x + 1: valid Parquet with the same schema and metadata, other values."""
-    table = pq.read_table(path)
-    table = table.set_column(table.schema.get_field_index("x"), "x", pc.add(table.column("x"), 1))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
 
 
 @pytest.fixture
