@@ -999,7 +999,7 @@ def app_cmd(
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; loopback only unless --allow-remote names it.")] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
-    projection: Annotated[str, typer.Option("--projection", help="Map colours and scatter: pca (fast) or umap (as 'umap --method').")] = "pca",
+    projection: Annotated[str, typer.Option("--method", "--projection", help="Map colours and scatter: pca (fast) or umap, as 'umap --method' and 'to-anndata --method' (--projection is the old name).")] = "pca",
     allow_remote: Annotated[Optional[list[str]], typer.Option("--allow-remote", metavar="NAME", help="A host name (or name:port) the app also answers to, besides localhost; needed for a --host other machines can reach (there is no login). Repeat for several.")] = None,
     unsigned: UnsignedOption = False,
     allow_rollback: RollbackOption = False,

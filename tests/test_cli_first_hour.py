@@ -215,3 +215,15 @@ def test_umap_writes_its_tissuumaps_csv_by_suffix_like_sic(cli, tmp_path, signed
     assert "--tissuumaps" not in cli("umap", "--help").out
     assert_one_line_error(cli("umap", signed, "--slide", "s0", "--out", tmp_path / "a.png", "--out", tmp_path / "b.png"),
                           "2 .png and 0 .tissuumaps.csv were given", "give one --out FILE.png")
+
+
+def test_app_takes_method_for_the_map_like_umap_and_to_anndata():
+    """The same choice has the same name in app, umap and to-anndata; --projection still works."""
+    from typer.testing import CliRunner
+
+    from sic_share.cli import app
+
+    for name in ("app", "umap", "to-anndata"):
+        shown = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        assert "--method" in shown, name
+    assert "--projection" in CliRunner().invoke(app, ["app", "--help"], env={"COLUMNS": "200"}).output
