@@ -161,7 +161,7 @@ def test_reading_a_folder_records_its_version(cli, tmp_path, publisher, outputs)
 def test_only_the_slides_read_are_hashed(tmp_path, publisher, monkeypatch):
     from sic_share.compare import open_dataset
     from sic_share.sic import locate_slide
-    import sic_share.signing._folder as folder_module
+    import sic_share.signing._manifest as folder_module  # where every slide is hashed
 
     root = make_dataset(tmp_path / "crc", slides=4, n=50)
     manifest = sign_dataset(root, name="crc", key_path=publisher.private)

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from sic_share._jsonstore import read_bounded
 from sic_share.dataset import SLIDES_DIR, slide_files
 from sic_share.errors import DatasetError, VerificationError
-from sic_share.signing._dsse import MAX_ENVELOPE_BYTES
-from sic_share.signing._manifest import ENVELOPE, MANIFEST, Manifest, sha256_file, verify_signature
+from sic_share.signing._manifest import ENVELOPE, Manifest, check_file, listed_present, read_signed_folder
 from sic_share.signing._trust import TrustStore, VersionRecord
 
 __all__ = ["DatasetFolder", "open_folder"]
@@ -153,26 +151,8 @@ def open_folder(
         note = f"{root} is unsigned: its bytes are checked by nobody (read with --unsigned)"
         return DatasetFolder(root, None, {p.stem: p for p in files}, note)
     record = record or VersionRecord()
-    envelope = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
-    manifest, body = verify_signature(envelope, str(root / ENVELOPE), trust=trust, record=record,
-                                      allow_rollback=allow_rollback)
-    try:
-        on_disk = read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest")
-    except FileNotFoundError:
-        on_disk = None
-    if on_disk != body:
-        raise VerificationError(
-            f"{root / MANIFEST} is {'missing' if on_disk is None else 'not the signed manifest'} "
-            "(edited after signing): pull the dataset again"
-        )
-    slides = root / SLIDES_DIR
-    # Only Parquet files can be read as slides; other files there are never used.
-    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.glob("*.parquet")} if slides.is_dir() else set()
-    unlisted = sorted(present - set(manifest.files))
-    if unlisted:
-        raise VerificationError(
-            f"{unlisted[0]} is not listed in the signed manifest of {manifest.ref}: remove it, it must not be used"
-        )
+    manifest = read_signed_folder(root, trust=trust, record=record, allow_rollback=allow_rollback)
+    present = listed_present(root, manifest)
     if not present:
         raise VerificationError(f"{root} holds none of the files of {manifest.ref}: pull them again")
     held = {Path(name).stem: root / name for name in sorted(present)}
@@ -181,22 +161,5 @@ def open_folder(
 
 def _check_file(root: Path, manifest: Manifest, fname: str) -> str:
     """Check one listed file's size and sha256; returns the digest."""
-    size, digest = manifest.files[fname]
-    path = root / fname
-    try:
-        actual_size = path.stat().st_size
-    except FileNotFoundError:
-        raise VerificationError(
-            f"{fname} of {manifest.ref} is missing from {root}: pull it again "
-            f"('sic-share pull {manifest.ref} --slides {Path(fname).stem}')"
-        ) from None
-    if actual_size != size:
-        raise VerificationError(
-            f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
-            "it was truncated or replaced, pull it again"
-        )
-    if sha256_file(path) != digest:
-        raise VerificationError(
-            f"{fname} of {manifest.ref} does not match its signed sha256: it was modified, pull it again"
-        )
-    return digest
+    return check_file(root, manifest, fname, missing=(
+        f" from {root}: pull it again ('sic-share pull {manifest.ref} --slides {Path(fname).stem}')"))

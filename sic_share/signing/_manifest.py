@@ -382,38 +382,73 @@ def _check_expiry(manifest: Manifest, fix: str) -> None:
         raise VerificationError(f"{manifest.ref} expired on {expires}: {fix}")
 
 
+def listed_present(root: Path, manifest: Manifest) -> set[str]:
+    """The manifest's files that ``root/slides/`` holds; refuses a Parquet file there that it does not list."""
+    slides = root / SLIDES_DIR
+    # Only Parquet files can be read as slides; other files there are never used.
+    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.glob("*.parquet")} if slides.is_dir() else set()
+    unlisted = sorted(present - set(manifest.files))
+    if unlisted:
+        raise VerificationError(
+            f"{unlisted[0]} is not listed in the signed manifest of {manifest.ref}: remove it, it must not be used"
+        )
+    return present
+
+
+_MISSING = ": pull the dataset again (a copy made with 'pull --slides' verifies with 'verify --partial')"
+
+
+def check_file(root: Path, manifest: Manifest, fname: str, *, missing: str = _MISSING, hash_file: bool = True) -> str:
+    """Check one listed file under ``root``: present (else the message goes on with ``missing``), size and sha256.
+
+    Returns the signed sha256; ``hash_file=False`` checks presence and size only.
+    """
+    size, digest = manifest.files[fname]
+    path = root / fname
+    try:
+        actual_size = path.stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(f"{fname} of {manifest.ref} is missing{missing}") from None
+    if actual_size != size:
+        raise VerificationError(
+            f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
+            "it was truncated or replaced, pull it again"
+        )
+    if hash_file and sha256_file(path) != digest:
+        raise VerificationError(
+            f"{fname} of {manifest.ref} does not match its signed sha256: it was modified, pull it again"
+        )
+    return digest
+
+
 def verify_files(root: Path, manifest: Manifest, *, only: set[str] | None = None, hash_files: bool = True) -> None:
     """Check every listed file under ``root`` (or those in ``only``): present, size, sha256; no unlisted Parquet file.
 
     ``hash_files=False`` checks presence and sizes only (for a caller that hashes them itself).
     """
-    wanted = manifest.files if only is None else {k: v for k, v in manifest.files.items() if k in only}
-    slides = root / SLIDES_DIR
-    # Only Parquet files can be read as slides; other files there are never used.
-    present = {f"{SLIDES_DIR}/{p.name}" for p in slides.glob("*.parquet")} if slides.is_dir() else set()
-    unlisted = sorted(present - set(wanted))
-    if unlisted:
+    listed_present(root, manifest)
+    for fname in manifest.files if only is None else [k for k in manifest.files if k in only]:
+        check_file(root, manifest, fname, hash_file=hash_files)
+
+
+def read_signed_folder(root: Path, *, trust: TrustStore | None, record: VersionRecord,
+                       allow_rollback: bool) -> Manifest:
+    """The verified manifest of a signed folder: its envelope (see :func:`verify_signature`), and
+    ``manifest.json`` byte for byte the signed payload. FileNotFoundError when there is no envelope."""
+    envelope = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
+    manifest, body = verify_signature(
+        envelope, str(root / ENVELOPE), trust=trust, record=record, allow_rollback=allow_rollback
+    )
+    try:
+        on_disk = read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest")
+    except FileNotFoundError:
+        on_disk = None
+    if on_disk != body:
         raise VerificationError(
-            f"{unlisted[0]} is not listed in the signed manifest of {manifest.ref}: remove it, it must not be used"
+            f"{root / MANIFEST} is {'missing' if on_disk is None else 'not the signed manifest'} "
+            "(edited after signing): pull the dataset again"
         )
-    for fname, (size, digest) in wanted.items():
-        path = root / fname
-        try:
-            actual_size = path.stat().st_size
-        except FileNotFoundError:
-            raise VerificationError(
-                f"{fname} of {manifest.ref} is missing: pull the dataset again "
-                "(a copy made with 'pull --slides' verifies with 'verify --partial')"
-            ) from None
-        if actual_size != size:
-            raise VerificationError(
-                f"{fname} of {manifest.ref} has {actual_size} bytes, the signed manifest says {size}: "
-                "it was truncated or replaced, pull it again"
-            )
-        if hash_files and sha256_file(path) != digest:
-            raise VerificationError(
-                f"{fname} of {manifest.ref} does not match its signed sha256: it was modified, pull it again"
-            )
+    return manifest
 
 
 def verify_dataset(
@@ -452,23 +487,11 @@ def verify_dataset(
             )
         what = "is a file" if root.exists() else "does not exist"
         raise VerificationError(f"dataset folder {root} {what}: give the folder that holds {ENVELOPE}")
+    record = record or VersionRecord()
     try:
-        envelope = read_bounded(root / ENVELOPE, MAX_ENVELOPE_BYTES, "envelope")
+        manifest = read_signed_folder(root, trust=trust, record=record, allow_rollback=allow_rollback)
     except FileNotFoundError:
         raise VerificationError(f"{root} has no {ENVELOPE}: it is not signed, run 'sic-share sign' first") from None
-    record = record or VersionRecord()
-    manifest, body = verify_signature(
-        envelope, str(root / ENVELOPE), trust=trust, record=record, allow_rollback=allow_rollback
-    )
-    try:
-        on_disk = read_bounded(root / MANIFEST, MAX_ENVELOPE_BYTES, "manifest")
-    except FileNotFoundError:
-        on_disk = None
-    if on_disk != body:
-        raise VerificationError(
-            f"{root / MANIFEST} is {'missing' if on_disk is None else 'not the signed manifest'} "
-            "(edited after signing): pull the dataset again"
-        )
     if partial:
         present = {name for name in manifest.files if (root / name).exists()}
         if not present:
