@@ -517,7 +517,7 @@ class PublishReady:
 def _signer_keys(manifest: Manifest, trust: TrustStore | None) -> list[Ed25519PublicKey]:
     """Keys that may have signed ``manifest``: the one it names (``signer_key``, when its sha256 is
     ``signer``), else the holder's own key pairs and every trusted key (manifests before 1.1)."""
-    from sic_share.signing._keys import list_keys, load_public_key
+    from sic_share.signing._keys import MAX_KEY_BYTES, list_keys, load_public_key
 
     raw, signer = manifest.predicate.get("signer_key"), manifest.predicate.get("signer")
     if isinstance(raw, str):
@@ -530,7 +530,7 @@ def _signer_keys(manifest: Manifest, trust: TrustStore | None) -> list[Ed25519Pu
     for info in list_keys():
         if info.public is not None and info.keyid is not None:
             try:
-                found.append(load_public_key(Path(info.public).read_bytes(), info.public))
+                found.append(load_public_key(read_bounded(info.public, MAX_KEY_BYTES, "public key"), info.public))
             except (OSError, SicShareError):
                 continue
     found.extend(key.public_key for key in (trust or TrustStore()).keys())
