@@ -144,6 +144,16 @@ def test_forbidden_name_in_parquet_metadata(tmp_path):
     assert audit_dataset(root, forbidden=["TCGA-XY-9999.svs"]) == []
 
 
+def test_a_very_short_slide_name_is_found_only_as_a_word(tmp_path):
+    # a slide imported as "s" or "a" is not "found" in every slides/ path, writer name and class name
+    root = clean_dataset(tmp_path / "ds")
+    assert audit_dataset(root, forbidden=["s", "/in/a.svs"]) == []
+    # but a short name standing as a word of its own still is
+    named = clean_dataset(tmp_path / "named", model_id="uni-p7")
+    found = problems(audit_dataset(named, forbidden=["p7.svs"]), f"slides/{IDS[0]}.parquet")
+    assert "model.id holds the source slide name 'p7'" in found
+
+
 def test_slide_id_that_is_not_a_pseudonym(tmp_path):
     root = clean_dataset(tmp_path / "ds", ids=("patient7", IDS[1]))
     found = problems(audit_dataset(root), "slides/patient7.parquet")

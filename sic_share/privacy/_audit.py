@@ -45,6 +45,7 @@ _MAX_CHANCE = 0.01  # chance matches of all names in 1 GiB of compressed bytes t
 _MAX_SHOWN = 5  # bad slide_id values reported per file
 _HEX_RUN = 16  # a name inside a run of this many hex digits is chance, not a leak
 _HEX_CHARS = frozenset("0123456789abcdefABCDEF")
+_WHOLE_WORD_BELOW = 8  # in text, a name shorter than this counts only as a whole word ("s" is not in "slides")
 _HEX_BYTES = frozenset(b"0123456789abcdefABCDEF")
 _ARROW_SCHEMA_KEY = b"ARROW:schema"
 _COLUMNS = tuple(arrow_schema(1).names)
@@ -188,7 +189,7 @@ class _Needles:
         found = []
         for name, key in zip(self.names, self._folded):
             start = folded.find(key)
-            while start >= 0 and _in_hex_run(folded, start, start + len(key), _HEX_CHARS):
+            while start >= 0 and _by_chance(folded, start, start + len(key)):
                 start = folded.find(key, start + 1)
             if start >= 0:
                 found.append(name)
@@ -235,6 +236,23 @@ def _chance_per_gib(word: bytes) -> float:
     """Expected matches of ``word`` in 1 GiB of random bytes, ignoring ASCII case (a letter matches 2 of 256)."""
     letters = sum(1 for byte in word if 97 <= byte <= 122)
     return 2.0**30 * 2.0**letters / 256.0 ** len(word)
+
+
+def _by_chance(text: str, start: int, end: int) -> bool:
+    """Whether a name found at ``text[start:end]`` is there by chance, not a leak.
+
+    Inside a run of hex digits (a pseudonym, digest or key id), or, for a name
+    shorter than ``_WHOLE_WORD_BELOW`` characters, inside a longer word: a slide
+    imported as ``s`` or ``a`` would otherwise be "found" in every ``slides/``
+    path and class name. A short name standing as a word of its own still counts.
+    """
+    if _in_hex_run(text, start, end, _HEX_CHARS):
+        return True
+    if end - start >= _WHOLE_WORD_BELOW:
+        return False
+    before = text[start - 1] if start > 0 else ""
+    after = text[end] if end < len(text) else ""
+    return before.isalnum() or after.isalnum()
 
 
 def _in_hex_run(data: str | bytes, start: int, end: int, digits: frozenset) -> bool:
@@ -592,8 +610,9 @@ def audit_dataset(dataset_dir: str | os.PathLike[str], *, forbidden: Iterable[st
       manifest.json): dates (``2024-03-01``, ``01/03/2024``, ``12/29/09``,
       ``20240301`` with a plausible month and day, ``Mar 1 2024``,
       ``1 Mar 2024``), paths and URLs, slide or image file names (``.svs``,
-      ``.tif``, ``.ndpi``, ``.png``, ``.h5``, ``.dcm``, ...), forbidden names.
-      Exempt: ``predicate.created`` and ``predicate.expires`` (written by
+      ``.tif``, ``.ndpi``, ``.png``, ``.h5``, ``.dcm``, ...), forbidden names
+      (a name under 8 characters only as a word of its own: ``s`` is not found
+      in ``slides``). Exempt: ``predicate.created`` and ``predicate.expires`` (written by
       ``sign``), the fixed in-toto type URIs, the ``slides/`` prefix of listed
       file names, and strings of 16 or 64 hex digits (pseudonyms, digests and
       key ids are random: they are checked for forbidden names only). The
