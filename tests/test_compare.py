@@ -308,6 +308,10 @@ def test_benchmark_and_similarity_commands_fail_in_one_line(cli, pair, tmp_path,
     assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "no" / "b.png"), "does not exist")
     assert_one_line_error(cli("benchmark", *pair, "--out", tmp_path / "b.pdf"), "suffix", ".png")
     assert_one_line_error(cli("benchmark", *pair, "--json", "--csv"), "choose one")
+    # the same folder twice, also by another path to it, would compare a model with itself
+    assert_one_line_error(cli("benchmark", pair[0], pair[0]), "is given twice")
+    assert_one_line_error(cli("benchmark", pair[0], pair[0].parent / ".." / pair[0].parent.name / pair[0].name),
+                          "is given twice")
     shifted = write_dataset(tmp_path / "shifted", [(f"s{i}", s.coords + 64, s.X, s.y) for i in range(SLIDES)],
                             model_id="shifted", key=local_key)
     assert_one_line_error(cli("similarity", pair[0], shifted), "share 0 of", "same grid")

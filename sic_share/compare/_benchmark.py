@@ -24,6 +24,8 @@ from sic_share.compare._data import (
     fit_sic,
     open_dataset,
     read_keys,
+    refuse_repeat,
+    same_grid_fix,
     seed_rng,
     sic_random_state,
 )
@@ -434,18 +436,6 @@ def _check_settings(clicks: Sequence[int], folds: int, score: str, rule: str | N
     return counts
 
 
-def same_grid_fix(*datasets: Dataset) -> str:
-    """How to put datasets on one patch grid: the options of the command that made them."""
-    which = "both" if len(datasets) == 2 else "them"
-    imported = [d.metadata.model.source.startswith("import:") for d in datasets]
-    if all(imported):
-        return f"import {which} from coordinates of one patching, with the same --patch-size"
-    if any(imported):
-        return ("import the features from the patches the export cut (its level-0 centres, "
-                "--patch-size of its level-0 patch side)")
-    return f"export {which} with the same --target-mpp/--patch-size/--stride"
-
-
 def _labelled_how(ds: Dataset) -> str:
     """How to make a dataset like ``ds`` with ground truth: the option of the command that made it."""
     source = ds.metadata.model.source
@@ -604,8 +594,7 @@ def run_benchmark(
         if not ds.metadata.classes:
             raise DatasetError(f"{ds.name} has no ground-truth classes: benchmark needs {_labelled_how(ds)}, "
                                "or run 'sic-share sic' with your own seeds")
-        if any(ds.name == other.name for other in opened):
-            raise SicShareError(f"{ds.name} is given twice: name each dataset once")
+        refuse_repeat(ds, opened)
         opened.append(ds)
     classes = opened[0].metadata.classes
     for ds in opened[1:]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from sic_share.dataset import SlideMetadata, read_slide, read_slide_metadata
-from sic_share.errors import DatasetError, SeedError
+from sic_share.errors import DatasetError, SeedError, SicShareError
 from sic_share.sic import create_method
 
 #: Below this many patches a SIC fit runs on one thread (see :func:`fit_sic`).
@@ -101,6 +102,26 @@ def open_dataset(dataset: str | os.PathLike[str] | Dataset, hub: str | None = No
     files = dict(sorted(files.items()))
     metadata, _ = read_slide_metadata(next(iter(files.values())))
     return Dataset(str(dataset), name, files, metadata, note)
+
+
+def same_grid_fix(*datasets: Dataset) -> str:
+    """How to put datasets on one patch grid: the options of the command that made them."""
+    which = "both" if len(datasets) == 2 else "them"
+    imported = [d.metadata.model.source.startswith("import:") for d in datasets]
+    if all(imported):
+        return f"import {which} from coordinates of one patching, with the same --patch-size"
+    if any(imported):
+        return ("import the features from the patches the export cut (its level-0 centres, "
+                "--patch-size of its level-0 patch side)")
+    return f"export {which} with the same --target-mpp/--patch-size/--stride"
+
+
+def refuse_repeat(ds: Dataset, opened: Sequence[Dataset]) -> None:
+    """Refuse a dataset named twice (by the same name, or another path to the same files): it compares with itself."""
+    same_files = {p.resolve() for p in ds.files.values()}
+    for other in opened:
+        if ds.name == other.name or (same_files and same_files == {p.resolve() for p in other.files.values()}):
+            raise SicShareError(f"{ds.name} is given twice: name each dataset once")
 
 
 def read_keys(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,6 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
-from sic_share.compare._benchmark import same_grid_fix
 from sic_share.compare._data import (
     RULES,
     Dataset,
@@ -22,6 +21,7 @@ from sic_share.compare._data import (
     fit_sic,
     open_dataset,
     read_embeddings,
+    same_grid_fix,
     seed_rng,
     sic_random_state,
 )
