@@ -876,7 +876,7 @@ def sic(
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise embeddings first (DEPICTER does).")] = False,
     smooth: Annotated[Optional[float], typer.Option("--smooth", help="Weight of grid neighbours when smoothing the result on the patch grid, 0-0.99 (0: off; default 0.5 for spreading, 0 for the others).")] = None,
     confidence: Annotated[bool, typer.Option("--confidence", help="Add per-patch confidence: a column (parquet, csv, tissuumaps) or QuPath measurements (geojson).")] = False,
-    confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write the confidence as a PNG layer (red where the method hesitates).")] = None,
+    confidence_png: Annotated[Optional[Path], typer.Option("--confidence-png", help="Also write where the method is least sure as a PNG layer: its least certain patches in yellow, the places to seed next numbered.")] = None,
     tiles: Annotated[bool, typer.Option("--tiles", help="GeoJSON: also one tile object per patch.")] = False,
     no_legend: Annotated[bool, typer.Option("--no-legend", help="PNG: no title and legend band below the overlay (a bare overlay the size of the slide).")] = False,
     seed: Annotated[int, typer.Option("--random-state", help="random_state of the method.", min=0, max=2**32 - 1)] = 0,
@@ -890,7 +890,7 @@ def sic(
     Example: sic-share sic demo-lab/cmu-lite0 --seeds seeds.geojson --classes Dermis,Epidermis --out cmu.geojson --out cmu.png
     """
     from sic_share.sic import locate_slide, run_sic
-    from sic_share.viz import format_for, write_confidence_png, write_result
+    from sic_share.viz import confidence_scale, format_for, uncertain_regions, write_confidence_png, write_result
     from sic_share.viz._common import check_target
 
     _method_options(method, rule=rule, score=score)
@@ -941,7 +941,8 @@ def sic(
                              patch_size=result.patch_size, slide_size=size, legend=not no_legend,
                              title=None if no_legend else f"{title}: confidence")
     rounds = result.n_rounds
-    unsure = float((result.confidence < 0.5).mean())
+    scale = confidence_scale(result.confidence)
+    regions = uncertain_regions(result.slide.coords, scale, result.confidence)
     written = [f"{kind} {path}" for path, kind in zip(out_paths, kinds)]
     if confidence_png is not None:
         written.append(f"confidence png {confidence_png}")
@@ -951,7 +952,7 @@ def sic(
             "slide_id": result.slide.slide_id, "source": result.source, "patches": len(result.labels),
             "classes": list(result.classes), "counts": dict(result.counts), "seeded_patches": n_seeded,
             "positive_class": positive, "method": result.method, "refinements": rounds,
-            "unsure_fraction": round(unsure, 4),
+            "least_certain": {**scale.to_json(), "regions": [r.to_json() for r in regions]},
             "warning": note or None,
             "written": [{"format": kind, "path": str(path)} for path, kind in zip(out_paths, kinds)]
             + ([{"format": "confidence-png", "path": str(confidence_png)}] if confidence_png is not None else []),
@@ -963,8 +964,12 @@ def sic(
         among = "--classes" if names else "the dataset's classes"
         counts += f"; positive class {positive}, the second of {among}"
     out.print(escape_text(f"slide {result.slide.slide_id} of {result.source}: {len(result.labels)} patches labelled "
-                          f"({counts}) from {n_seeded} seeded patches, {how}; {unsure:.0%} of patches with "
-                          "confidence < 0.5; wrote " + ", ".join(written)), highlight=False)
+                          f"({counts}) from {n_seeded} seeded patches, {how}; wrote " + ", ".join(written)),
+              highlight=False)
+    if regions:
+        places = ", ".join(f"x={r.x} y={r.y} ({r.n_patches} patch{'es' * (r.n_patches != 1)})" for r in regions)
+        drawn = f" (numbered in {confidence_png})" if confidence_png is not None else ""
+        out.print(escape_text(f"least sure{drawn}, where a seed helps most: around {places}"), highlight=False)
 
 
 # --- seeing and comparing embeddings -----------------------------------------------------------

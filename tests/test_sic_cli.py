@@ -367,3 +367,35 @@ def test_a_qupath_seeds_files_colours_are_the_outputs_colours(cli, tmp_path, ds)
     with open(csv_out) as handle:
         rows = {r["class"]: r["color"] for r in csv.DictReader(handle)}
     assert rows == {"normal": "#0c2238", "tumour": "#c86400"}
+
+
+def test_the_summary_says_where_to_seed_next_not_a_share_that_alarms(cli, tmp_path, cmu_export):
+    """The last line names the least certain places (patch centres), largest first; --json and the PNG agree."""
+    from PIL import Image
+
+    seeds = qupath_points(tmp_path / "seeds.geojson", {"Epidermis": EPIDERMIS, "Dermis": DERMIS})
+    table, layer = tmp_path / "r.parquet", tmp_path / "conf.png"
+    result = cli("sic", cmu_export, "--seeds", seeds, "--classes", "Dermis,Epidermis", "--out", table, "--confidence",
+                 "--confidence-png", layer)
+    assert result.code == 0, result.err
+    summary, hint = result.out.strip().splitlines()
+    assert "%" not in result.out and "confidence <" not in result.out
+    assert hint.startswith(f"least sure (numbered in {layer}), where a seed helps most: around x=")
+    places = [(int(x), int(y), int(n)) for x, y, n in
+              __import__("re").findall(r"x=(\d+) y=(\d+) \((\d+) patch(?:es)?\)", hint)]
+    assert 1 <= len(places) <= 3 and [n for *_, n in places] == sorted((n for *_, n in places), reverse=True)
+    rows = pq.read_table(table).to_pydict()
+    conf = np.array(rows["confidence"])
+    cut = np.sort(conf)[int(np.ceil(0.2 * len(conf))) - 1]
+    at = {(x, y): c for x, y, c in zip(rows["x"], rows["y"], conf)}
+    for x, y, _ in places:  # each is a patch centre among the least certain fifth
+        assert at[(x, y)] <= cut
+    report = json.loads(cli("sic", cmu_export, "--seeds", seeds, "--classes", "Dermis,Epidermis", "--out",
+                            tmp_path / "j.csv", "--json").out)
+    least = report["least_certain"]
+    assert "unsure_fraction" not in report and least["shares"] == [0.05, 0.2]
+    assert [(r["x"], r["y"], r["patches"]) for r in least["regions"]] == places
+    assert sum(least["counts"]) <= np.ceil(0.2 * len(conf)) + 2 and least["limits"][1] == pytest.approx(cut, abs=1e-4)
+    image = Image.open(layer)
+    text = np.asarray(image.convert("RGB"))[int(image.text["overlay_height"]):]
+    assert (text < 60).all(axis=2).sum() > 100

@@ -10,6 +10,7 @@ from sic_share.viz._exports import (
     write_tissuumaps,
 )
 from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
+from sic_share.viz._confidence import ConfidenceScale, UncertainRegion, confidence_scale, uncertain_regions
 from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color, seeds_file_colors
 from sic_share.viz._render import render_confidence, render_overlay, write_confidence_png, write_png
 from sic_share.viz._embedding_map import (
@@ -25,6 +26,10 @@ from sic_share.viz._anndata import to_anndata
 __all__ = [
     "FORMATS",
     "OKABE_ITO",
+    "ConfidenceScale",
+    "UncertainRegion",
+    "confidence_scale",
+    "uncertain_regions",
     "class_colors",
     "class_geometries",
     "format_for",

@@ -141,8 +141,9 @@ def render_confidence(
     slide_size: tuple[int, int] | None = None,
     legend: bool = False,
     title: str | None = None,
+    regions: int = 3,
 ) -> Any:
-    """Draw each patch's confidence as a layer: opaque dark red where a method hesitates, clear where it is sure.
+    """Draw where a method is least sure: its least certain patches in yellow, the largest groups numbered.
 
     Parameters
     ----------
@@ -154,17 +155,30 @@ def render_confidence(
         As in :func:`render_overlay`; the layer lines up with the class overlay pixel
         for pixel.
     legend, title : optional
-        A band below the layer with ``title`` and a colour scale from 0 to 1 (see
+        A band below the layer with ``title``, one line per tier (its colour, share,
+        patch count and confidence range) and what the numbers mean (see
         :func:`add_caption`); the layer keeps its size and alignment.
+    regions : int, default=3
+        How many of the largest groups of marked patches to number (1 the largest):
+        the places :func:`~sic_share.viz.uncertain_regions` names, where a seed helps most.
 
     Returns
     -------
     PIL.Image.Image
-        RGBA: colour (180, 0, 0) with alpha ``255 * (1 - confidence)``, so laid over
-        the slide or the class overlay it marks where the next click helps most.
-    """
-    from PIL import Image
+        RGBA, clear where the method is surer: the least certain 5 % of the patches
+        opaque yellow, the next 15 % half-transparent yellow (:func:`confidence_scale`),
+        and a numbered white disc at the patch to seed in each region.
 
+    Notes
+    -----
+    The scale is relative to this result: confidence values depend on the method and
+    the slide (label spreading's margins are mostly below 0.5 even where its labels are
+    right), so a layer shaded by the value itself is dark almost everywhere. The legend
+    gives the confidence range of each tier, so the numbers stay visible.
+    """
+    from PIL import Image, ImageDraw
+
+    from sic_share.viz._confidence import TIER_COLORS, confidence_scale, uncertain_regions
     from sic_share.viz._exports import check_confidence
 
     points = np.asarray(coords)
@@ -172,17 +186,46 @@ def render_confidence(
     conf = check_confidence(confidence, len(points))
     size = check_patch_size(patch_size)
     check_max_side(max_side)
-    pixels = pixel_index(data.coords, size, max_side, slide_size)
-    alpha = np.where(pixels.index >= 0, np.round(255 * (1 - conf[np.maximum(pixels.index, 0)])), 0).astype(np.uint8)
-    rgba = np.zeros((*alpha.shape, 4), np.uint8)
-    rgba[..., 0] = 180
-    rgba[..., 3] = alpha
-    image = Image.fromarray(rgba, "RGBA")
+    scale = confidence_scale(conf)
+    pixels = pixel_index(data.coords, size, max_side, slide_size, drawn=np.flatnonzero(scale.tier >= 0))
+    lut = np.array([*TIER_COLORS, (0, 0, 0, 0)], np.uint8)
+    tier = np.where(pixels.index >= 0, scale.tier[np.maximum(pixels.index, 0)], len(TIER_COLORS))
+    image = Image.fromarray(lut[np.where(tier < 0, len(TIER_COLORS), tier)], "RGBA")
+    found = uncertain_regions(data.coords, scale, conf, top=regions) if regions else []
+    if found:
+        draw = ImageDraw.Draw(image)
+        radius = max(8.0, 0.4 * pixels.cell_px)  # inside its cell on a readable map, so the cell stays seen
+        font = _font(int(max(10, 1.3 * radius)))
+        for k, region in enumerate(found, start=1):
+            x, y = region.x / pixels.scale, region.y / pixels.scale
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255, 255),
+                         outline=(0, 0, 0, 255), width=max(1, round(radius / 6)))
+            draw.text((x, y), str(k), fill=(0, 0, 0, 255), font=font, anchor="mm")
     if legend or title:
-        image = add_caption(image, title=title, scale=((180, 0, 0), "confidence 0 (unsure)", "1 (sure)") if legend
-                            else None, background=(255, 255, 255, 255))
+        keys = [(line, _on_white(colour)) for line, colour in zip(scale.legend(), [*TIER_COLORS, (0, 0, 0, 0)])]
+        notes = ["confidence: the chosen class's probability minus the next one's (0: a toss-up, 1: sure)"]
+        if found:
+            notes.insert(0, f"1{'-' + str(len(found)) if len(found) > 1 else ''}: the largest groups of marked "
+                            "patches, largest first: seed there next")
+        image = add_caption(image, title=title, legend=keys if legend else (), notes=notes if legend else (),
+                            background=(255, 255, 255, 255))
     image.info["level0_per_pixel"] = pixels.scale
     return image
+
+
+def _on_white(rgba: Sequence[int]) -> tuple[int, int, int]:
+    """A translucent colour as it looks over white (a legend swatch is opaque)."""
+    alpha = rgba[3] / 255
+    return tuple(round(255 + alpha * (c - 255)) for c in rgba[:3])  # type: ignore[return-value]
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
 
 
 def write_confidence_png(
@@ -221,10 +264,10 @@ def add_caption(
     *,
     title: str | None = None,
     legend: Sequence[tuple[str, Sequence[int]]] = (),
-    scale: tuple[Sequence[int], str, str] | None = None,
+    notes: Sequence[str] = (),
     background: Sequence[int] = (255, 255, 255, 255),
 ) -> Any:
-    """A band below ``image`` with a title, a swatch and name per class, and/or a colour scale.
+    """A band below ``image`` with a title, a swatch and name per class (or tier), and lines of notes.
 
     Parameters
     ----------
@@ -234,8 +277,8 @@ def add_caption(
         First line of the band (cut with an ellipsis where it is wider than the image).
     legend : sequence of (name, (r, g, b))
         One line per class: a swatch in its colour and its name.
-    scale : ((r, g, b), left text, right text), optional
-        A bar from that colour, opaque, to transparent over white (the confidence layer's key).
+    notes : sequence of str
+        Lines of plain text after the legend (what a key means).
     background : (r, g, b, a)
         Colour of the image's canvas where the band is narrower or the image is transparent.
 
@@ -252,41 +295,33 @@ def add_caption(
     the slide's origin: cropped to ``overlay_height`` rows (the PNG's text chunk of
     that name) or not, it scales onto the slide as it did without a caption.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     width = max(image.width, 160)
     size = int(min(28, max(11, width / 70)))  # text grows with the image, so it stays legible when shown whole
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one bitmap size
-        font = ImageFont.load_default()
+    font = _font(size)
     line_h = round(size * 1.45)
     box = size - 2
-    lines = (title is not None) + len(legend) + (scale is not None)
+    lines = (title is not None) + len(legend) + len(notes)
     band = Image.new("RGBA", (width, line_h * lines + 8), (255, 255, 255, 255))
     draw = ImageDraw.Draw(band)
     top = 4
-    if title is not None:
-        text = str(title)
-        while len(text) > 1 and draw.textlength(text, font=font) > width - 8:
+
+    def fitted(text: str, room: float) -> str:
+        while len(text) > 1 and draw.textlength(text, font=font) > room:
             text = text[:-2] + "…"
-        draw.text((4, top), text, fill=(0, 0, 0, 255), font=font)
+        return text
+
+    if title is not None:
+        draw.text((4, top), fitted(str(title), width - 8), fill=(0, 0, 0, 255), font=font)
         top += line_h
     for name, color in legend:
         draw.rectangle([4, top, 4 + box, top + box], fill=(*color[:3], 255), outline=(0, 0, 0, 255))
-        draw.text((box + 10, top), str(name), fill=(0, 0, 0, 255), font=font)
+        draw.text((box + 10, top), fitted(str(name), width - box - 14), fill=(0, 0, 0, 255), font=font)
         top += line_h
-    if scale is not None:
-        color, left, right = scale
-        left_w = draw.textlength(left, font=font)
-        bar_x0, bar_x1 = int(left_w) + 10, int(left_w) + 10 + 6 * size
-        for x in range(bar_x0, bar_x1):
-            alpha = 1 - (x - bar_x0) / (bar_x1 - bar_x0 - 1)
-            mixed = tuple(round(255 + alpha * (c - 255)) for c in color[:3])
-            draw.line([x, top, x, top + box], fill=(*mixed, 255))
-        draw.rectangle([bar_x0, top, bar_x1, top + box], outline=(0, 0, 0, 255))
-        draw.text((4, top), left, fill=(0, 0, 0, 255), font=font)
-        draw.text((bar_x1 + 6, top), right, fill=(0, 0, 0, 255), font=font)
+    for note in notes:
+        draw.text((4, top), fitted(str(note), width - 8), fill=(0, 0, 0, 255), font=font)
+        top += line_h
     canvas = Image.new("RGBA", (width, image.height + band.height), tuple(background))
     canvas.paste(image, (0, 0))
     canvas.paste(band, (0, image.height))
