@@ -16,6 +16,7 @@ import pytest
 
 from conftest import BUCKET, DATA, assert_one_line_error, make_dataset, make_publisher, sign_local
 from sic_share.app import Session, SessionError, WORK_DIMS, locate_slide, open_cached, prepare
+from sic_share.app._slide import FULL_DIMS_VALUES
 from sic_share.app._binary import pack, unpack
 from sic_share.dataset import ModelInfo, Patching, SlideMetadata, read_slide, write_slide
 from sic_share.signing import sign_dataset
@@ -78,7 +79,7 @@ def test_a_changed_slide_file_gets_a_new_cache(dataset, local_key):
 
 def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path, local_key):
     rng = np.random.default_rng(0)
-    n, dim = 600, 128
+    n, dim = 600, 1024  # 614,400 values: more than FULL_DIMS_VALUES
     side = int(np.ceil(np.sqrt(n)))
     grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n]
     truth = (grid[:, 0] > side // 2).astype(np.int8)
@@ -94,6 +95,41 @@ def test_wide_embeddings_are_clustered_in_a_cached_principal_subspace(tmp_path, 
     session.add_seeds(np.flatnonzero(truth == 1)[:3], 1)
     labels = session.outcome().labels
     assert (labels == truth).mean() > 0.95
+
+
+def test_a_small_slide_of_wide_embeddings_gets_exactly_the_clis_labels_and_where_to_seed_next(tmp_path, local_key):
+    """Below FULL_DIMS_VALUES the app clusters the embeddings themselves, as 'sic-share sic' does: the same counts;
+    the response carries the confidence layer's tiers and the places the CLI names."""
+    from sic_share.sic import run_sic
+    from sic_share.viz import confidence_scale, uncertain_regions
+
+    rng = np.random.default_rng(3)
+    n, dim = 300, 1280
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n]
+    truth = (grid[:, 0] + rng.integers(-2, 3, n) > side // 2).astype(np.int8)  # a ragged border
+    emb = rng.normal(0, 1, (n, dim)) + truth[:, None] * rng.normal(0, 0.4, dim)
+    assert n * dim <= FULL_DIMS_VALUES
+    meta = SlideMetadata(ModelInfo("wide", dim, "test"), Patching(256, 256, 0.5, 0.5, 128), ("Dermis", "Epidermis"))
+    write_slide(tmp_path / "w" / "slides" / "w.parquet", slide_id="w", metadata=meta,
+                coords=(grid * 128 + 128).astype(np.int32), embeddings=emb, labels=truth)
+    dataset = sign_local(tmp_path / "w", local_key)
+    slide = open_cached(locate_slide(dataset, None))
+    session = Session(slide)
+    assert session.work_dim == dim
+    session.add_seeds(np.flatnonzero(truth == 0)[[0, 40, 80]], 0)
+    session.add_seeds(np.flatnonzero(truth == 1)[[0, 40, 80]], 1)
+    meta_out, arrays = session.response()
+    data, name, _ = session.save_seeds("csv")
+    (tmp_path / name).write_bytes(data)
+    expected = run_sic(dataset, tmp_path / name, classes=("Dermis", "Epidermis"))
+    np.testing.assert_array_equal(arrays["labels"], expected.labels)
+    assert {c["name"]: c["count"] for c in meta_out["classes"]} == expected.counts
+    scale = confidence_scale(expected.confidence)
+    np.testing.assert_array_equal(arrays["unsure"], scale.tier)
+    regions = [r.to_json() for r in uncertain_regions(expected.slide.coords, scale, expected.confidence)]
+    assert meta_out["confidence"]["regions"] == regions and regions
+    assert meta_out["confidence"]["legend"][0].startswith("least certain 5% (")
 
 
 def test_session_loop_matches_run_sic_and_undoes(dataset, tmp_path):

@@ -121,6 +121,7 @@ class Session:
         self._X = slide.work_matrix()
         self._prepared: dict[Any, Any] = {}  # seed-independent parts of fits on this slide (fit_method)
         self._prepare_lock = threading.Lock()  # held while _prepared is built (warm, or a fit)
+        self._cells: tuple[np.ndarray, np.ndarray] | None = None  # each patch's grid (column, row)
 
     # -- reading ----------------------------------------------------------------------------------
     @property
@@ -173,7 +174,26 @@ class Session:
             arrays = {"labels": result.labels, "seeds": seeds}
             if result.confidence is not None:
                 arrays["confidence"] = np.round(result.confidence * 255).astype(np.uint8)
+                scale, regions = self._least_certain(result)
+                arrays["unsure"] = scale.tier
+                meta["confidence"] = {**scale.to_json(), "legend": scale.legend(),
+                                      "regions": [r.to_json() for r in regions]}
             return meta, arrays
+
+    def _least_certain(self, result: _Outcome) -> tuple[Any, list[Any]]:
+        """The confidence layer's tiers and the places to seed next, as ``sic-share sic`` names them.
+
+        Kept with the result (undo shows them at once); the patch grid's cells are computed once per slide.
+        """
+        from sic_share.viz._confidence import confidence_scale, grid_cells, uncertain_regions
+
+        if "least_certain" not in result.extra:
+            if self._cells is None:
+                self._cells = grid_cells(self.slide.coords)
+            scale = confidence_scale(result.confidence)
+            result.extra["least_certain"] = (scale, uncertain_regions(self.slide.coords, scale, result.confidence,
+                                                                      cells=self._cells))
+        return result.extra["least_certain"]
 
     # -- changing ---------------------------------------------------------------------------------
     def _change(self, new: _State) -> None:

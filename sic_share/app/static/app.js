@@ -7,7 +7,7 @@
   const S = {
     ready: false, info: null, n: 0, W: 1, grid: null,
     coords: null, col: null, row: null, rgb: null, layout: null, cell: null,
-    labels: null, seeds: null, confidence: null, classes: [], revision: -1,
+    labels: null, seeds: null, confidence: null, unsure: null, least: null, classes: [], revision: -1,
     current: 0, tool: "click", lastLatency: null, lastServer: null, tilesLoaded: 0, overlayDraws: 0,
   };
   window.sicApp = S;
@@ -68,6 +68,8 @@
     S.labels = body.arrays.labels;
     S.seeds = body.arrays.seeds;
     S.confidence = body.arrays.confidence || null;
+    S.unsure = body.arrays.unsure || null;
+    S.least = m.confidence || null;  // the tiers' numbers and the places to seed next, as 'sic-share sic' names them
     S.classes = m.classes.map((c) => ({ ...c, rgb: hexToRgb(c.color) }));
     S.revision = m.revision;
     S.lastServer = m.seconds;
@@ -87,6 +89,8 @@
     step("overlay", drawOverlay);
     step("seeds", drawSeeds);
     step("confidence", drawConfidence);
+    step("next", drawNext);
+    showLegend();
     step("scatter", drawScatter);
     requestAnimationFrame(() => {
       if (started !== undefined) S.lastLatency = performance.now() - started;
@@ -109,10 +113,37 @@
       text = "Pick a class on the left, then click the tissue: each click seeds one patch with that class.";
     } else if (waiting) {
       text = `${m.message[0].toUpperCase()}${m.message.slice(1)}: the annotation appears once two classes have seeds.`;
+    } else if (S.least && S.least.regions.length) {
+      const r = S.least.regions[0];
+      text = `Least sure now: the dashed box (${r.patches} patch${r.patches === 1 ? "" : "es"} around x=${r.x}, ` +
+        `y=${r.y}). A seed there, with the class it should be, helps most; or click wherever the annotation is wrong.`;
     } else {
       text = "Click where the annotation is wrong, with the class it should be: it updates after each click.";
     }
     $("hint").textContent = text;
+    $("show-next").hidden = !(S.least && S.least.regions.length && !m.restored && m.n_seeds && !waiting);
+  }
+
+  // The confidence layer's key: what each colour marks, with its share, patch count and confidence range.
+  function showLegend() {
+    const box = $("confidence-legend");
+    box.hidden = !(S.least && $("show-confidence").checked);
+    if (box.hidden) return;
+    const swatches = [...TIERS.map((c) => `rgba(${c[0]}, ${c[1]}, ${c[2]}, ${c[3] / 255})`), "transparent"];
+    box.replaceChildren(...S.least.legend.map((line, i) => {
+      const row = document.createElement("div");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch"; swatch.style.background = swatches[i] || "transparent";
+      const text = document.createElement("span");
+      text.textContent = line;
+      row.append(swatch, text);
+      return row;
+    }));
+    const note = document.createElement("div");
+    note.className = "muted";
+    note.textContent = "Confidence: the chosen class's probability minus the next one's (0: a toss-up, 1: sure). " +
+      "The scale is this result's own: the least certain patches, whatever their values.";
+    box.append(note);
   }
 
   function hexToRgb(hex) {
@@ -232,6 +263,7 @@
   let viewer = null;
   const layers = {};
   let hoverMark = null;
+  let nextMark = null;
 
   function makeLayer(width, height) {
     const canvas = document.createElement("canvas");
@@ -247,12 +279,15 @@
     const mapWidth = info.map.width * info.map.scale;
     if (!info.image) $("opacity").value = 0.85;  // over the colourful map the classes need more ink
     S.W = info.image ? info.image.width : mapWidth;
+    // The navigator shows the slide's image: without one (the map is drawn on the page's own layers, which the
+    // navigator does not show) it would be an empty dark box, so it is left out.
+    const navigator = Boolean(info.image);
     viewer = OpenSeadragon({
-      id: "slide", prefixUrl: "/static/openseadragon/images/", showNavigator: true, navigatorPosition: "BOTTOM_RIGHT",
+      id: "slide", prefixUrl: "/static/openseadragon/images/", showNavigator: navigator, navigatorPosition: "BOTTOM_RIGHT",
       // the navigator sits in a margin of its own rather than over the slide's corner
       // and the zoom buttons above the slide's top edge, where a click meant for a patch cannot reach them
       navigatorSizeRatio: NAVIGATOR,
-      viewportMargins: { top: 36, right: Math.round($("slide").clientWidth * NAVIGATOR) + 8 },
+      viewportMargins: { top: 36, right: navigator ? Math.round($("slide").clientWidth * NAVIGATOR) + 8 : 0 },
       // 2-D canvas, not WebGL: without a GPU (remote desktops, headless tests) WebGL is emulated in software,
       // which took 0.6 s to start and most of a core while redrawing; a slide and a few layers need no WebGL.
       drawer: "canvas",
@@ -280,8 +315,12 @@
       hoverMark = document.createElement("div");
       hoverMark.className = "hover-mark"; hoverMark.hidden = true;
       viewer.addOverlay({ element: hoverMark, location: new OpenSeadragon.Rect(0, 0, g.stride / S.W, g.stride / S.W) });
+      nextMark = document.createElement("div");
+      nextMark.className = "next-mark"; nextMark.hidden = true;
+      nextMark.innerHTML = "<span>next</span>";
+      viewer.addOverlay({ element: nextMark, location: new OpenSeadragon.Rect(0, 0, g.stride / S.W, g.stride / S.W) });
       applyOpacity();
-      drawOverlay(); drawSeeds(); drawConfidence();
+      drawOverlay(); drawSeeds(); drawConfidence(); drawNext();
       S.viewerOpen = true;
       mark("viewerOpen");
     });
@@ -356,12 +395,32 @@
     paintCells(layers.overlay, (i) => (S.labels[i] >= 0 ? colours[S.labels[i]] : null));
   }
 
+  // The least certain patches of this result (sic_share/viz/_confidence.py): the 5 % least certain opaque
+  // yellow, the next 15 % half-transparent, the rest clear; the colours of `sic-share sic --confidence-png`.
+  const TIERS = [[255, 214, 0, 235], [255, 214, 0, 120]];
+
   function drawConfidence() {
     const canvas = layers.confidence;
     if (!canvas) return;
-    const show = S.confidence && $("show-confidence").checked;
+    const show = S.unsure && $("show-confidence").checked;
     if (!show) { canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height); return; }
-    paintCells(canvas, (i) => [0, 0, 0, Math.round((255 - S.confidence[i]) * 0.8)]);
+    paintCells(canvas, (i) => (S.unsure[i] >= 0 ? TIERS[S.unsure[i]] : null));
+  }
+
+  // A dashed box around the largest group of unsure patches: where the hint says to click next.
+  function nextBox() {
+    const r = S.least && S.least.regions.length ? S.least.regions[0] : null;
+    if (!r) return null;
+    const g = S.grid, half = g.stride / 2;
+    return new OpenSeadragon.Rect((r.box[0] - half) / S.W, (r.box[1] - half) / S.W,
+                                  (r.box[2] - r.box[0] + g.stride) / S.W, (r.box[3] - r.box[1] + g.stride) / S.W);
+  }
+
+  function drawNext() {
+    if (!nextMark) return;
+    const box = nextBox();
+    nextMark.hidden = !box || !$("show-next-box").checked;
+    if (box) viewer.updateOverlay(nextMark, box);
   }
 
   function drawSeeds() {
@@ -574,7 +633,15 @@
     $("redo").addEventListener("click", () => post("/api/redo"));
     $("opacity").addEventListener("input", applyOpacity);
     $("show-seeds").addEventListener("change", () => { drawSeeds(); drawScatterTop(); });
-    $("show-confidence").addEventListener("change", drawConfidence);
+    $("show-confidence").addEventListener("change", () => { drawConfidence(); showLegend(); });
+    $("show-next-box").addEventListener("change", drawNext);
+    $("show-next").addEventListener("click", () => {
+      const box = nextBox();
+      if (!box) return;
+      $("show-next-box").checked = true; drawNext();
+      const pad = Math.max(box.width, box.height);  // the box and as much around it: the tissue on both sides
+      viewer.viewport.fitBounds(new OpenSeadragon.Rect(box.x - pad, box.y - pad, box.width + 2 * pad, box.height + 2 * pad));
+    });
     $("show-map").addEventListener("change", () => { if (layers.map) layers.map.hidden = !$("show-map").checked; });
     $("scatter-colour").addEventListener("change", drawScatter);
     $("add-class-form").addEventListener("submit", (e) => {
@@ -664,9 +731,9 @@
     $("slide-info").textContent = `${info.source} · ${info.n_patches.toLocaleString()} patches · ${info.model} (${info.dim}-d)` +
       (info.image ? ` · image ${info.image.name}` : " · no pixels: embedding map") + ` · ${info.projection}`;
     $("about-counts").textContent = info.work_dim < info.dim
-      ? `Counts can differ a little from 'sic-share sic' with the same seeds: the app clusters the ${info.work_dim}-d ` +
-        `principal subspace of the ${info.dim}-d embeddings (cached, for speed); with at most ${info.work_dim} ` +
-        "dimensions they are the same."
+      ? `Counts can differ a little from 'sic-share sic' with the same seeds: on a slide this large the app clusters ` +
+        `the ${info.work_dim}-d principal subspace of the ${info.dim}-d embeddings (cached, for speed); on small ` +
+        "slides, and with at most 64 dimensions, it uses the embeddings themselves and the counts are the same."
       : "With the same seeds, method and classes, the counts are those of 'sic-share sic'.";
     mark("unpacked");
     setupControls();
