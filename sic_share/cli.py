@@ -378,11 +378,15 @@ def sign(
 ) -> None:
     """Write manifest.json (in-toto Statement v1) and manifest.dsse.json (DSSE, Ed25519).
 
+    After 'export --shard I/N' runs, sign refuses until every shard is done, all with one model and grid.
+
     Example: sic-share sign build/crc-resnet50   # signs as crc-resnet50
     """
+    from sic_share.export._parts import check_parts
     from sic_share.export._pipeline import default_dataset_name
     from sic_share.signing import sign_dataset
 
+    check_parts(dataset)  # a sharded export signs only when every shard is done, all on one grid
     secret = typer.prompt("Passphrase", hide_input=True) if passphrase else None
     manifest = sign_dataset(
         dataset, name=name or default_dataset_name(dataset), key_path=key, publisher=publisher, version=version, expires_days=expires_days,
@@ -642,7 +646,7 @@ def import_(
 
 @app.command("export")
 def export(
-    slides: Annotated[list[Path], typer.Argument(help="Slide files (svs, tif, ndpi, mrxs, jpg, png, ...) or folders.")],
+    slides: Annotated[list[str], typer.Argument(help="Slide files (svs, tif, ndpi, mrxs, jpg, png, ...) or folders; or fsspec URLs (s3://bucket/cohort/, https://host/slide.svs), staged to local disk first.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Dataset folder (one sub-folder per model when several).")],
     model: Annotated[list[str], typer.Option("--model", help="Encoder: handcrafted, a timm name or hf-hub:ORG/NAME, optionally NAME=WEIGHTS_FILE. Repeat for several.")] = ["handcrafted"],
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local weights (safetensors or torch) for the single --model.")] = None,
@@ -669,16 +673,28 @@ def export(
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad slide.")] = False,
     secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a dataset in --out made with other settings (default: refuse).")] = False,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="One encoder per device, fed from one queue of slides (largest first): all (every GPU), GPU indices 0,1,3, or cpu,cpu for CPU workers.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray, one task per slide, retried when a worker dies (needs sic-share[ray]): local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
+    stage_dir: Annotated[Optional[Path], typer.Option("--stage-dir", help="Where slides given as URLs are staged (default: a temporary folder).")] = None,
+    stage_gib: Annotated[float, typer.Option("--stage-gib", help="Most GiB of staged slides on disk at once.")] = 20.0,
 ) -> None:
     """Embed every tissue patch of slides with one or more models; audit and sign the datasets.
 
     Example: sic-share export slides/ --out build/crc-lite0 --model efficientnet_lite0.in1k
     """
+    import re
+
     from sic_share.errors import SlideError
 
     for path in slides:  # before the export pipeline's imports (torch and the slide readers take seconds)
-        if not path.exists():
+        if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) and not Path(path).exists():
             raise SlideError(f"{path} does not exist: give slide files or folders holding them")
+    if devices is not None:
+        from sic_share.export._engine import parse_devices
+
+        parse_devices(devices)  # a bad value is one line before torch is imported
+    if stage_gib <= 0:
+        raise typer.BadParameter(f"--stage-gib {stage_gib} should be positive")
     from sic_share.export import ExportOptions, export_and_sign, parse_shard
 
     if magnification is not None and target_mpp is not None:
@@ -694,12 +710,17 @@ def export(
         label_threshold=label_threshold, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
         shard=parse_shard(shard) if shard else None, fail_fast=fail_fast,
         secret_path=str(secret) if secret else None, force=force,
+        devices=devices, ray=ray, stage_dir=str(stage_dir) if stage_dir else None, stage_bytes=int(stage_gib * 2**30),
     )
     bar, show = _progress("exporting")
 
     def update(state) -> None:
-        show(f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
-             f"loader wait {state.loader_wait_fraction:.0%}", state.patches_done, state.patches_total)
+        if state.patches_total:
+            show(f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
+                 f"loader wait {state.loader_wait_fraction:.0%}", state.patches_done, state.patches_total)
+        else:  # --devices / --ray: grids are made by the workers, so the bar counts slides
+            per = "  ".join(f"{name} {n / max(state.seconds, 1e-9):.0f}/s" for name, n in state.devices.items())
+            show(f"{state.patches_per_second:.0f} patches/s  {per}", state.slides_done, state.slides_total)
 
     with bar:
         result = export_and_sign(slides, out_dir, options, name=name, key_path=key, sign=not no_sign, progress=update)
@@ -714,6 +735,9 @@ def export(
         f"{report.patches / max(report.seconds, 1e-9):.0f} patches/s, loader wait {report.loader_wait_fraction:.0%}; "
         f"skipped {report.skipped} already done"
     )
+    for name_, stats in report.workers.items():
+        out.print(escape_text(f"  {name_}: {stats.slides} slides, {stats.patches} patches, busy "
+                              f"{stats.busy_fraction:.0%} of {stats.wall_seconds:.1f} s"))
     for model_name, folder in report.datasets.items():
         if not folder.is_dir():
             continue  # every slide of this run had no tissue: nothing was written for it

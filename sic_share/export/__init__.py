@@ -8,12 +8,15 @@ from sic_share.export._pipeline import (
     ExportReport,
     SignedExport,
     SlideProblem,
+    WorkerStats,
     export_and_sign,
     export_slides,
     find_slides,
     parse_shard,
     select_shard,
 )
+from sic_share.export._engine import parse_devices
+from sic_share.export._parts import check_parts
 
 __all__ = [
     "ExportOptions",
@@ -21,9 +24,12 @@ __all__ = [
     "ExportReport",
     "SignedExport",
     "SlideProblem",
+    "WorkerStats",
+    "check_parts",
     "export_and_sign",
     "export_slides",
     "find_slides",
+    "parse_devices",
     "parse_shard",
     "select_shard",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "ExportProgress",
     "ExportReport",
     "SlideProblem",
+    "WorkerStats",
     "export_slides",
     "find_slides",
     "select_shard",
@@ -85,6 +86,21 @@ class ExportOptions:
         Replace a dataset already in the output folder that was made with other
         settings (its slide files and manifest are deleted first). Without it,
         such a folder is refused.
+    devices : str or None
+        ``all`` (every GPU), GPU indices ``0,1,3``, or ``cpu`` entries (``cpu,cpu``: two
+        CPU workers): one process and encoder per entry, fed from one queue of
+        slides, largest first. None: this process, on ``device``.
+    ray : str or None
+        Run one Ray task per slide: ``local`` connects to ``$RAY_ADDRESS`` or starts
+        a Ray on this machine for the run; otherwise a cluster address (``auto``,
+        ``HEAD:6379``, ``ray://HEAD:10001``). None: no Ray.
+    stage_dir : str or None
+        Folder where slides given as URLs are staged; default a temporary folder.
+    stage_bytes : int, default=20 GiB
+        Most bytes of staged slides on disk at once (one slide larger than this is
+        staged alone).
+    retries : int, default=3
+        Ray: times a slide is retried when its worker dies.
     """
 
     models: list[str] = field(default_factory=lambda: ["handcrafted"])
@@ -108,6 +124,11 @@ class ExportOptions:
     fail_fast: bool = False
     secret_path: str | None = None
     force: bool = False
+    devices: str | None = None
+    ray: str | None = None
+    stage_dir: str | None = None
+    stage_bytes: int = 20 << 30
+    retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,7 @@ class ExportProgress:
     patches_done: int
     seconds: float
     loader_wait: float  # seconds spent waiting for the DataLoader
+    devices: dict[str, int] = field(default_factory=dict)  # --devices / --ray: patches done per device
 
     @property
     def patches_per_second(self) -> float:
@@ -153,6 +175,21 @@ class ExportReport:
     loader_wait_fraction: float = 0.0  # of stream_seconds
     device: str = "cpu"
     stems: list[str] = field(default_factory=list)  # source stems of this run's slides, for the audit
+    workers: dict[str, WorkerStats] = field(default_factory=dict)  # --devices / --ray: per worker
+
+
+@dataclass
+class WorkerStats:
+    """What one device process or Ray node did during a run."""
+
+    slides: int = 0
+    patches: int = 0
+    busy_seconds: float = 0.0  # planning, reading, embedding, writing its slides
+    wall_seconds: float = 0.0  # from the first slide handed out to the last one done
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -163,29 +200,90 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def find_slides(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders into slide files, sorted by file stem (then path).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
-    A folder contributes its files with a suffix some registered slide reader handles.
-    """
+
+def _is_url(text: str) -> bool:
+    """An fsspec URL other than ``file://`` (which is a local path)."""
+    return bool(_URL.match(text)) and not text.startswith("file://")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A slide file found by :func:`find_slides`: local path or URL, file name, size in bytes."""
+
+    location: Path | str
+    name: str
+    size: int
+
+
+def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
+    import fsspec
+
+    from sic_share._failures import describe_failure
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            entries = [e for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+        else:
+            entries = [info]
+    except FileNotFoundError:
+        raise SlideError(f"{url} does not exist: give slide files or folders holding them") from None
+    except SicShareError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network: told as one sentence
+        raise SlideError(f"{url} cannot be read: {describe_failure(exc)}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = []
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if len(entries) > 1 or info.get("type") == "directory":
+            if Path(name).suffix.lower() not in suffixes:
+                continue
+            location = fs.unstrip_protocol(entry["name"]) if protocol not in ("http", "https") else entry["name"]
+        else:
+            location = url
+        found.append(_Source(location, name, int(entry.get("size") or 0)))
+    return found
+
+
+def _find_sources(items: Iterable[str | os.PathLike[str]]) -> list[_Source]:
     from sic_share.slides import supported_suffixes
 
     suffixes = set(supported_suffixes())
-    found: list[Path] = []
+    found: list[_Source] = []
     for item in items:
-        path = Path(item)
+        text = os.fspath(item)
+        if _is_url(text):
+            found.extend(_find_remote(text, suffixes))
+            continue
+        path = Path(text[len("file://"):] if text.startswith("file://") else text)
         if path.is_dir() and path.suffix.lower() != ".dcm":
-            found.extend(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            found.extend(_Source(p, p.name, p.stat().st_size) for p in path.iterdir()
+                         if p.is_file() and p.suffix.lower() in suffixes)
         elif path.exists():
-            found.append(path)
+            found.append(_Source(path, path.name, path.stat().st_size if path.is_file() else 0))
         else:
             raise SlideError(f"{path} does not exist: give slide files or folders holding them")
     if not found:
         raise SlideError("no slide files were found in what was given: supported suffixes are " + " ".join(sorted(suffixes)))
-    return sorted(set(found), key=lambda p: (source_stem(p.name), str(p)))
+    unique = {str(s.location): s for s in found}
+    return sorted(unique.values(), key=lambda s: (source_stem(s.name), str(s.location)))
 
 
-def select_shard(slides: Sequence[Path], shard: tuple[int, int] | None) -> list[Path]:
+def find_slides(items: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
+    """Expand files, folders and URLs into slide files, sorted by file stem (then path).
+
+    A folder (or an fsspec URL of one, e.g. ``s3://bucket/cohort/``) contributes
+    its files with a suffix some registered slide reader handles. Local slides
+    come back as paths, remote ones as URLs.
+    """
+    return [s.location for s in _find_sources(items)]
+
+
+def select_shard(slides: Sequence, shard: tuple[int, int] | None) -> list:
     """Slides ``i, i+n, i+2n, ...`` of the sorted list: deterministic, balanced, disjoint."""
     if shard is None:
         return list(slides)
@@ -232,6 +330,7 @@ class _Plan:
     labels: np.ndarray | None
     regions: list[np.ndarray]  # indices into grid.coords, one array per region
     slide_size: tuple[int, int] | None = None  # level-0 (width, height), recorded in the footer
+    mpp: float | None = None  # level-0 µm/px given for it (--mpp, --mpp-csv), else the file's
 
 
 def _regions(coords: np.ndarray, stride0: float, block: int) -> list[np.ndarray]:
@@ -359,6 +458,12 @@ def _check_options(options: ExportOptions) -> None:
         raise LabelError("give either --masks or --annotations, not both")
     if options.dtype not in ("float16", "float32"):
         raise DatasetError(f"dtype {options.dtype!r} should be float16 or float32")
+    if options.devices is not None and options.ray is not None:
+        raise SicShareError("give --devices or --ray, not both: on Ray, each task gets a device from Ray")
+    if options.stage_bytes < 1:
+        raise SicShareError(f"stage_bytes={options.stage_bytes} should be >= 1")
+    if options.retries < 0:
+        raise SicShareError(f"retries={options.retries} should be >= 0")
 
 
 def _clear_dataset(folder: Path) -> None:
@@ -420,6 +525,259 @@ def _check_existing(folder: Path, model: object, options: ExportOptions, slide_m
         )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One slide to export, as the driver hands it to whoever embeds it.
+
+    The pseudonym is made by the driver: whoever embeds the slide (a device
+    process, a Ray task on another machine) never needs the holder secret.
+    """
+
+    source: str  # local path or fsspec URL
+    name: str  # the file name, for messages (they stay with the holder)
+    stem: str
+    slide_id: str
+    mpp: float | None
+    size: int  # bytes of the file: the largest slides go first
+
+
+@dataclass
+class _SlideResult:
+    """What became of one job (sent back from device processes and Ray tasks)."""
+
+    slide_id: str
+    name: str
+    status: str  # "exported", "empty" (no tissue, nothing written) or "failed"
+    message: str = ""
+    patches: int = 0
+    seconds: float = 0.0  # busy time: planning, reading, embedding, writing
+    stream_seconds: float = 0.0
+    loader_wait: float = 0.0
+    device: str = ""
+
+
+class _SlideExporter:
+    """Plan, read, embed and write slides on one device.
+
+    The work of the single-process export, of one ``--devices`` process and of
+    one Ray task alike, so every path writes the same bytes for a slide.
+    """
+
+    def __init__(self, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
+                 device: str, encoders: list | None = None) -> None:
+        from sic_share.encoders import create_encoder
+
+        self.options = options
+        self.folders = folders
+        self.classes = classes
+        self.device = device
+        if encoders is None:
+            encoders = []
+            for spec in options.models:
+                name, _, weights = spec.partition("=")
+                encoders.append(create_encoder(name, weights=weights or options.weights, layer=options.layer,
+                                               device=device))
+        self.encoders = encoders
+        # A model that works below the target resolution (handcrafted sees a 256 px patch at 64 px)
+        # lets the reader use a coarser pyramid level: fewer pixels to decode.
+        self.read_mpp = max(options.target_mpp,
+                            min(options.target_mpp * options.size_px / encoder.input_size for encoder in encoders))
+
+    def plan(self, job: _Job, path: Path) -> _Plan | SlideProblem:
+        """The slide's grid and labels; a SlideProblem (a warning) when it has no patch to write.
+
+        Raises SlideError or LabelError for a slide that cannot be exported.
+        """
+        from sic_share.annotations import geojson_labels, mask_labels, patch_labels
+        from sic_share.slides import make_grid, open_slide
+
+        options = self.options
+        for folder in self.folders:  # leftovers of a killed run on this slide (never another shard's)
+            for stale in (folder / SLIDES_DIR).glob(f".{job.slide_id}.parquet.*.tmp"):
+                stale.unlink(missing_ok=True)
+        with open_slide(path, mpp=job.mpp) as reader:
+            grid = make_grid(reader, target_mpp=options.target_mpp, size_px=options.size_px,
+                             stride_px=options.stride_px, min_tissue=options.min_tissue)
+            slide_size = (int(reader.dimensions[0]), int(reader.dimensions[1]))
+            # Read from the coarsest level that still gives every model its input size.
+            level = reader.best_level_for_downsample(self.read_mpp / grid.level0_mpp)
+            if level > grid.level:
+                grid = replace(grid, level=level, level_size=round(grid.level0_size / reader.level_downsamples[level]))
+            labels = None
+            if options.masks or options.annotations:
+                pattern = options.masks or options.annotations
+                label_path = Path(pattern.format(stem=job.stem))
+                if not label_path.exists():
+                    raise LabelError(f"{label_path} does not exist: every slide needs its ground truth "
+                                     f"({pattern!r} with {{stem}} = {job.stem!r})")
+                load = mask_labels if options.masks else geojson_labels
+                raster = load(label_path, reader.dimensions, classes=self.classes)
+                if self.classes is None:
+                    self.classes = tuple(raster.classes)  # the first slide fixes the class list
+                elif tuple(raster.classes) != self.classes:
+                    raise LabelError(f"{label_path} has classes {raster.classes}, other slides "
+                                     f"{self.classes}: pass --classes to fix the order")
+                labels = patch_labels(raster, grid.coords, grid.level0_size, threshold=options.label_threshold)
+        if grid.n_candidates == 0:
+            return SlideProblem(job.name, f"smaller than one {options.size_px} px patch at {options.target_mpp} "
+                                "µm/px; nothing written (check --mpp, or lower --patch-size or --target-mpp)")
+        if len(grid.coords) == 0:
+            return SlideProblem(job.name, f"no tissue: none of {grid.n_candidates} grid positions has tissue >= "
+                                f"{options.min_tissue}; nothing written (lower --min-tissue if that is wrong)")
+        stride0 = grid.stride_px * grid.target_mpp / grid.level0_mpp
+        block = max(1, int(math.sqrt(options.batch_size)))
+        return _Plan(path, job.stem, job.slide_id, grid, labels, _regions(grid.coords, stride0, block), slide_size,
+                     mpp=job.mpp)
+
+    def run(self, job: _Job, path: Path, progress: Callable[[int], None] | None = None) -> _SlideResult:
+        """Plan and stream one slide; failures come back as a result, never raised."""
+        start = time.perf_counter()
+        result = _SlideResult(job.slide_id, job.name, "exported", device=self.device)
+        try:
+            plan = self.plan(job, path)
+        except (SlideError, LabelError) as exc:
+            result.status, result.message = "failed", str(exc)
+            result.seconds = time.perf_counter() - start
+            return result
+        if isinstance(plan, SlideProblem):
+            result.status, result.message = "empty", plan.problem
+            result.seconds = time.perf_counter() - start
+            return result
+        state = ExportProgress(1, 0, len(plan.grid.coords), 0, 0.0, 0.0)
+        problems: list[str] = []
+        last = [0]
+
+        def tick(s: ExportProgress) -> None:
+            if progress and s.patches_done > last[0]:
+                progress(s.patches_done - last[0])
+                last[0] = s.patches_done
+
+        try:
+            self.stream([plan], state, tick, lambda p: None, lambda p, message: problems.append(message))
+        except SicShareError as exc:
+            problems.append(str(exc))
+        if problems:
+            result.status, result.message = "failed", problems[0]
+        result.patches = state.patches_done
+        result.stream_seconds = state.seconds
+        result.loader_wait = state.loader_wait
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def stream(
+        self,
+        plans: list[_Plan],
+        state: ExportProgress,
+        progress: Callable[[ExportProgress], None] | None,
+        finished: Callable[[int], None],
+        failed: Callable[[int, str], None],
+    ) -> None:
+        """Read every plan's regions through one DataLoader, embed them with every model, write the rows.
+
+        ``finished(p)`` is called when plan ``p``'s files are in place, ``failed(p, message)`` when
+        it could not be read (its files are discarded). ``state`` is updated after every region.
+        """
+        import torch
+        from torch.utils.data import DataLoader
+
+        options, device, encoders = self.options, self.device, self.encoders
+        dataset = _RegionDataset(plans, {p: plan.mpp for p, plan in enumerate(plans)})
+        cpus = os.cpu_count() or 1
+        workers = options.workers if options.workers is not None else max(0, min(4, cpus - 1))
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            pin_memory=device.startswith("cuda"),
+            worker_init_fn=_worker_init if workers > 0 else None,
+            collate_fn=_as_is,
+        )
+        classes = self.classes or ()
+        writers: dict[int, list[SlideWriter]] = {}
+        aborted: set[int] = set()
+
+        def open_writers(p: int) -> list[SlideWriter]:
+            plan = plans[p]
+            g = plan.grid
+            patching = Patching(g.size_px, g.level0_size, float(g.level0_mpp), float(g.target_mpp), g.stride_px)
+            return [
+                SlideWriter(folder / SLIDES_DIR / f"{plan.slide_id}.parquet", slide_id=plan.slide_id,
+                            metadata=SlideMetadata(encoder.info(), patching, classes, options.dtype,
+                                                   slide_size=plan.slide_size))
+                for encoder, folder in zip(encoders, self.folders)
+            ]
+
+        def finish(p: int) -> None:
+            for writer in writers.pop(p, []):
+                writer.close()
+            state.slides_done += 1
+            finished(p)
+
+        def abort(p: int, message: str) -> None:
+            for writer in writers.pop(p, []):
+                writer.abort()
+            aborted.add(p)
+            failed(p, message)
+
+        def embed(p: int, idx: np.ndarray, patches: torch.Tensor) -> None:
+            plan = plans[p]
+            batch = patches.to(device, non_blocking=True)
+            labels = plan.labels[idx] if plan.labels is not None else None
+            for encoder, writer in zip(encoders, writers[p]):
+                embedding = encoder(batch).float().cpu().numpy()
+                writer.write(plan.grid.coords[idx], embedding, tissue=plan.grid.tissue[idx], labels=labels)
+            state.patches_done += len(idx)
+
+        remaining = {p: len(plan.regions) for p, plan in enumerate(plans)}
+        pending: list[tuple[np.ndarray, torch.Tensor]] = []  # regions of the current slide not yet embedded
+        pending_rows = 0
+        stream_start = time.perf_counter() - state.seconds
+        iterator = iter(loader) if plans else iter(())
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    p, idx, patches = next(iterator)
+                except StopIteration:
+                    break
+                state.loader_wait += time.perf_counter() - t0
+                remaining[p] -= 1
+                if p in aborted:
+                    continue
+                if idx is None:
+                    pending, pending_rows = [], 0
+                    abort(p, patches)
+                    continue
+                if p not in writers:
+                    writers[p] = open_writers(p)
+                pending.append((idx, patches))
+                pending_rows += len(idx)
+                last = remaining[p] == 0
+                # Forward exactly batch_size patches at a time (the remainder at the slide's end):
+                # constant shapes let torch's allocator reuse its blocks instead of fragmenting.
+                while pending_rows >= options.batch_size or (last and pending_rows):
+                    take = min(options.batch_size, pending_rows)
+                    all_idx = np.concatenate([i for i, _ in pending])
+                    all_patches = pending[0][1] if len(pending) == 1 else torch.cat([t for _, t in pending])
+                    embed(p, all_idx[:take], all_patches[:take])
+                    pending = [(all_idx[take:], all_patches[take:])] if take < pending_rows else []
+                    pending_rows -= take
+                if last:
+                    finish(p)
+                state.seconds = time.perf_counter() - stream_start
+                if progress:
+                    progress(state)
+        finally:
+            for p in list(writers):
+                for writer in writers.pop(p):
+                    writer.abort()
+            del iterator  # shuts persistent workers down
+        state.seconds = time.perf_counter() - stream_start
+
+
 def export_slides(
     slides: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -431,8 +789,9 @@ def export_slides(
 
     Parameters
     ----------
-    slides : iterable of path-like
-        Slide files or folders of them.
+    slides : iterable of path-like or str
+        Slide files or folders of them; fsspec URLs (``s3://bucket/prefix/``,
+        ``https://host/slide.svs``) are staged into a bounded local folder first.
     out_dir : path-like
         Dataset folder for a single model; with several models, one sub-folder
         per model (``<out_dir>/<model-slug>``), all on the same grid.
@@ -451,220 +810,138 @@ def export_slides(
     ``batch_size`` patches are read in one call and cropped, so overlapping
     patches (50 % overlap reads each pixel four times patch by patch) are read
     once. Memory does not grow with slide size: rows stream to Parquet.
-    """
-    import torch
-    from torch.utils.data import DataLoader
 
-    from sic_share.encoders import create_encoder
-    from sic_share.annotations import geojson_labels, mask_labels, patch_labels
-    from sic_share.slides import make_grid, open_slide
+    Three ways to run, one result: in this process (every slide planned, then
+    all streamed through one DataLoader); ``devices`` (one process and encoder
+    per device, fed largest slide first from one queue); ``ray`` (one Ray task
+    per slide, retried when its worker dies). Each slide is planned, batched
+    and written by the same code (:class:`_SlideExporter`) in all three, so a
+    slide's Parquet file has the same bytes whichever path wrote it. Slide
+    pseudonyms are always made here, in the driver.
+    """
+    from sic_share.export import _engine, _parts
 
     options = options or ExportOptions()
     _check_options(options)
     _fix_mmap_threshold()  # inherited by the forked loader workers
     start = time.perf_counter()
     report = ExportReport()
-    device = _resolve_device(options.device)
-    report.device = device
-    encoders = []
-    for spec in options.models:
-        name, _, weights = spec.partition("=")
-        encoders.append(create_encoder(name, weights=weights or options.weights, layer=options.layer, device=device))
+    engine = options.devices is not None or options.ray is not None
+    if options.devices is not None:
+        devices = _engine.resolve_devices(options.devices, options.device)
+        report.device = ",".join(devices)
+        device = "cpu"  # the driver only reads the models' descriptions
+    elif options.ray is not None:
+        _engine.check_ray(options)
+        devices, device = [], "cpu"
+        report.device = "ray"
+    else:
+        devices, device = [], _resolve_device(options.device)
+        report.device = device
+    sources = select_shard(_find_sources(slides), options.shard)  # a wrong path fails before models load
+    exporter = _SlideExporter(options, [], tuple(options.classes) if options.classes else None, device)
     out = Path(out_dir)
-    if len(encoders) == 1:
+    if len(options.models) == 1:
         report.datasets = {options.models[0]: out}
     else:
         slugs = [_model_slug(name) for name in options.models]
         if len(set(slugs)) != len(slugs):
             raise EncoderError(f"models {options.models} give clashing folder names {slugs}")
         report.datasets = {name: out / slug for name, slug in zip(options.models, slugs)}
+    exporter.folders = list(report.datasets.values())
 
-    paths = select_shard(find_slides(slides), options.shard)
     mpp_table = _read_mpp_csv(options.mpp_csv) if options.mpp_csv else {}
     secret = holder_secret(options.secret_path)
     slide_map = SlideMap.beside(options.secret_path)
-    for encoder, folder in zip(encoders, report.datasets.values()):
+    for encoder, folder in zip(exporter.encoders, report.datasets.values()):
         if options.force:
             _clear_dataset(folder)
         else:
             _check_existing(folder, encoder.info(), options, slide_map)
+        if options.shard is None or options.shard[1] == 1:
+            _parts.clear_parts(folder)  # a whole run supersedes the parts of an earlier sharded one
 
-    def fail(slide: Path, exc: Exception) -> None:
-        if options.fail_fast:
-            raise exc
-        report.problems.append(SlideProblem(slide.name, str(exc)))
-
-    # A model that works below the target resolution (handcrafted sees a 256 px patch at
-    # 64 px) lets the reader use a coarser pyramid level: fewer pixels to decode.
-    read_mpp = max(options.target_mpp,
-                   min(options.target_mpp * options.size_px / encoder.input_size for encoder in encoders))
-
-    # -- plan: grids and labels; skip slides already complete for every model --
-    classes = tuple(options.classes) if options.classes else None
-    plans: list[_Plan] = []
-    mpp_of: dict[int, float | None] = {}
-    for path in paths:
-        stem = source_stem(path.name)
+    jobs: list[_Job] = []
+    shard_ids: list[str] = []  # every slide of this run's list (this shard's share), done or not
+    empty_ids: set[str] = set()  # slides with no patch to write
+    for source in sources:
+        stem = source_stem(source.name)
         report.stems.append(stem)
         slide_id = pseudonym(stem, secret)
+        shard_ids.append(slide_id)
         if all((folder / SLIDES_DIR / f"{slide_id}.parquet").exists() for folder in report.datasets.values()):
             report.skipped += 1
             continue
-        for folder in report.datasets.values():  # leftovers of a killed run on this slide (never another shard's)
-            for stale in (folder / SLIDES_DIR).glob(f".{slide_id}.parquet.*.tmp"):
-                stale.unlink(missing_ok=True)
         mpp = options.mpp if options.mpp is not None else mpp_table.get(stem)
-        try:
-            with open_slide(path, mpp=mpp) as reader:
-                grid = make_grid(reader, target_mpp=options.target_mpp, size_px=options.size_px,
-                                 stride_px=options.stride_px, min_tissue=options.min_tissue)
-                slide_size = (int(reader.dimensions[0]), int(reader.dimensions[1]))
-                # Read from the coarsest level that still gives every model its input size.
-                level = reader.best_level_for_downsample(read_mpp / grid.level0_mpp)
-                if level > grid.level:
-                    grid = replace(grid, level=level,
-                                   level_size=round(grid.level0_size / reader.level_downsamples[level]))
-                labels = None
-                if options.masks or options.annotations:
-                    pattern = options.masks or options.annotations
-                    label_path = Path(pattern.format(stem=stem))
-                    if not label_path.exists():
-                        raise LabelError(f"{label_path} does not exist: every slide needs its ground truth "
-                                         f"({pattern!r} with {{stem}} = {stem!r})")
-                    load = mask_labels if options.masks else geojson_labels
-                    raster = load(label_path, reader.dimensions, classes=classes)
-                    if classes is None:
-                        classes = tuple(raster.classes)  # the first slide fixes the class list
-                    elif tuple(raster.classes) != classes:
-                        raise LabelError(f"{label_path} has classes {raster.classes}, other slides "
-                                         f"{classes}: pass --classes to fix the order")
-                    labels = patch_labels(raster, grid.coords, grid.level0_size, threshold=options.label_threshold)
-        except (SlideError, LabelError) as exc:
-            fail(path, exc)
-            continue
-        if grid.n_candidates == 0:
-            report.warnings.append(SlideProblem(
-                path.name, f"smaller than one {options.size_px} px patch at {options.target_mpp} µm/px; nothing "
-                "written (check --mpp, or lower --patch-size or --target-mpp)"))
-            continue
-        if len(grid.coords) == 0:
-            report.warnings.append(SlideProblem(
-                path.name, f"no tissue: none of {grid.n_candidates} grid positions has tissue >= "
-                f"{options.min_tissue}; nothing written (lower --min-tissue if that is wrong)"))
-            continue
-        stride0 = grid.stride_px * grid.target_mpp / grid.level0_mpp
-        block = max(1, int(math.sqrt(options.batch_size)))
-        mpp_of[len(plans)] = mpp
-        plans.append(_Plan(path, stem, slide_id, grid, labels, _regions(grid.coords, stride0, block), slide_size))
+        jobs.append(_Job(str(source.location), source.name, stem, slide_id, mpp, source.size))
 
-    # the holder's private map (never in a dataset): pseudonym -> slide name and file
-    SlideMap.beside(options.secret_path).record(
-        [(plan.slide_id, plan.stem, str(plan.path)) for plan in plans])
+    def fail(name: str, exc: Exception) -> None:
+        if options.fail_fast:
+            raise exc
+        report.problems.append(SlideProblem(name, str(exc)))
 
-    # -- stream --
-    dataset = _RegionDataset(plans, mpp_of)
-    cpus = os.cpu_count() or 1
-    workers = options.workers if options.workers is not None else max(0, min(4, cpus - 1))
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        pin_memory=device.startswith("cuda"),
-        worker_init_fn=_worker_init if workers > 0 else None,
-        collate_fn=_as_is,
-    )
-    classes = classes or ()
-    writers: dict[int, list[SlideWriter]] = {}
-    failed: set[int] = set()
-    done = 0
-    patches_total = sum(len(plan.grid.coords) for plan in plans)
-    state = ExportProgress(len(plans), 0, patches_total, 0, 0.0, 0.0)
-
-    def open_writers(p: int) -> list[SlideWriter]:
-        plan = plans[p]
-        g = plan.grid
-        patching = Patching(g.size_px, g.level0_size, float(g.level0_mpp), float(g.target_mpp), g.stride_px)
-        return [
-            SlideWriter(folder / SLIDES_DIR / f"{plan.slide_id}.parquet", slide_id=plan.slide_id,
-                        metadata=SlideMetadata(encoder.info(), patching, classes, options.dtype,
-                                               slide_size=plan.slide_size))
-            for encoder, folder in zip(encoders, report.datasets.values())
-        ]
-
-    def finish(p: int) -> None:
-        nonlocal done
-        for writer in writers.pop(p, []):
-            writer.close()
-        done += 1
-        report.exported += 1
-
-    def abort(p: int, message: str) -> None:
-        for writer in writers.pop(p, []):
-            writer.abort()
-        failed.add(p)
-        fail(plans[p].path, SlideError(message))
-
-    def embed(p: int, idx: np.ndarray, patches: torch.Tensor) -> None:
-        plan = plans[p]
-        batch = patches.to(device, non_blocking=True)
-        labels = plan.labels[idx] if plan.labels is not None else None
-        for encoder, writer in zip(encoders, writers[p]):
-            embedding = encoder(batch).float().cpu().numpy()
-            writer.write(plan.grid.coords[idx], embedding, tissue=plan.grid.tissue[idx], labels=labels)
-        state.patches_done += len(idx)
-
-    remaining = {p: len(plan.regions) for p, plan in enumerate(plans)}
-    pending: list[tuple[np.ndarray, torch.Tensor]] = []  # regions of the current slide not yet embedded
-    pending_rows = 0
+    remote = any(_is_url(job.source) for job in jobs)
     stream_start = time.perf_counter()
-    iterator = iter(loader) if plans else iter(())
-    try:
-        while True:
-            t0 = time.perf_counter()
+    if not engine and not remote:
+        # -- one process: plan every slide, then stream them all through one DataLoader --
+        plans: list[_Plan] = []
+        for job in jobs:
             try:
-                p, idx, patches = next(iterator)
-            except StopIteration:
-                break
-            state.loader_wait += time.perf_counter() - t0
-            remaining[p] -= 1
-            if p in failed:
+                plan = exporter.plan(job, Path(job.source))
+            except (SlideError, LabelError) as exc:
+                fail(job.name, exc)
                 continue
-            if idx is None:
-                pending, pending_rows = [], 0
-                abort(p, patches)
+            if isinstance(plan, SlideProblem):
+                report.warnings.append(plan)
+                empty_ids.add(job.slide_id)
                 continue
-            if p not in writers:
-                writers[p] = open_writers(p)
-            pending.append((idx, patches))
-            pending_rows += len(idx)
-            last = remaining[p] == 0
-            # Forward exactly batch_size patches at a time (the remainder at the slide's end):
-            # constant shapes let torch's allocator reuse its blocks instead of fragmenting.
-            while pending_rows >= options.batch_size or (last and pending_rows):
-                take = min(options.batch_size, pending_rows)
-                all_idx = np.concatenate([i for i, _ in pending])
-                all_patches = pending[0][1] if len(pending) == 1 else torch.cat([t for _, t in pending])
-                embed(p, all_idx[:take], all_patches[:take])
-                pending = [(all_idx[take:], all_patches[take:])] if take < pending_rows else []
-                pending_rows -= take
-            if last:
-                finish(p)
-                state.slides_done = done
-            state.seconds = time.perf_counter() - stream_start
-            if progress:
-                progress(state)
-    finally:
-        for p in list(writers):
-            for writer in writers.pop(p):
-                writer.abort()
-        del iterator  # shuts persistent workers down
-    report.patches = state.patches_done
+            plans.append(plan)
+        # the holder's private map (never in a dataset): pseudonym -> slide name and file
+        slide_map.record([(plan.slide_id, plan.stem, str(plan.path)) for plan in plans])
+        state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
+        stream_start = time.perf_counter()
+
+        def finished(p: int) -> None:
+            report.exported += 1
+
+        def failed(p: int, message: str) -> None:
+            fail(plans[p].path.name, SlideError(message))
+
+        exporter.stream(plans, state, progress, finished, failed)
+        report.patches = state.patches_done
+        report.stream_seconds = time.perf_counter() - stream_start
+        report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
+    else:
+        # -- per slide: in this process (slides from URLs), one process per device, or Ray tasks --
+        slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
+        if options.masks or options.annotations:
+            if exporter.classes is None:
+                raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
+                                 "slides are labelled apart and must share one class list")
+        jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
+        run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress)
+        if options.ray is not None:
+            results = run.ray()
+        elif devices:
+            results = run.devices(devices)
+        else:
+            results = run.here(exporter)
+        for result in results:
+            if result.status == "exported":
+                report.exported += 1
+            elif result.status == "empty":
+                report.warnings.append(SlideProblem(result.name, result.message))
+                empty_ids.add(result.slide_id)
+            else:
+                fail(result.name, SlideError(result.message))
+            report.patches += result.patches
+        report.stream_seconds = run.wall_seconds
+        report.loader_wait_fraction = run.loader_wait_fraction
+        report.workers = run.worker_stats
+    if options.shard is not None and options.shard[1] > 1:
+        for encoder, folder in zip(exporter.encoders, report.datasets.values()):
+            _parts.write_part(folder, options.shard, encoder.info(), options, exporter.classes, shard_ids, empty_ids)
     report.seconds = time.perf_counter() - start
-    report.stream_seconds = time.perf_counter() - stream_start
-    report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
     return report
 
 

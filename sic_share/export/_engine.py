@@ -1,0 +1,560 @@
+"""Running the export at cohort scale: one process per device, Ray tasks, slides staged from URLs.
+
+The driver (:func:`~sic_share.export.export_slides`) finds the slides, makes
+their pseudonyms, skips the ones already done and hands the rest out as jobs,
+largest first; whoever runs a job plans, reads, embeds and writes that one
+slide with :class:`~sic_share.export._pipeline._SlideExporter`, the same code
+as the single-process export. What a job carries is all a worker sees: the
+slide's path or URL, its pseudonym, the export settings and the output folder;
+never the holder secret, the slide map or the signing key.
+
+No scheduler of our own: ``--devices`` is a queue in one machine, Ray does the
+rest (placement, retries of a dead worker's slide).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from sic_share.errors import EncoderError, SicShareError, SlideError
+from sic_share.export._pipeline import (
+    ExportOptions,
+    ExportProgress,
+    WorkerStats,
+    _is_url,
+    _Job,
+    _SlideExporter,
+    _SlideResult,
+)
+
+__all__ = ["EngineRun", "check_ray", "parse_devices", "resolve_devices"]
+
+_PROGRESS_EVERY_S = 0.25
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+def parse_devices(text: str) -> list[str]:
+    """``all``, GPU indices (``0,1,3`` or ``cuda:0,cuda:1``) or ``cpu`` entries (``cpu,cpu``).
+
+    Returns the entries as torch device names (``cuda:0``, ``cpu``), or ``["all"]``.
+    Only the syntax is checked here; :func:`resolve_devices` checks the GPUs exist.
+    """
+    items = [item.strip().lower() for item in str(text).split(",")]
+    bad = f"--devices {text!r} should be all, GPU indices such as 0,1,3, or cpu entries such as cpu,cpu"
+    if items == ["all"]:
+        return ["all"]
+    devices = []
+    for item in items:
+        if item == "cpu":
+            devices.append("cpu")
+        elif re.fullmatch(r"(cuda:)?\d{1,3}", item):
+            devices.append(f"cuda:{int(item.rpartition(':')[2])}")
+        else:
+            raise SicShareError(bad)
+    gpus = [d for d in devices if d != "cpu"]
+    if len(gpus) != len(set(gpus)):
+        raise SicShareError(f"--devices {text!r} names a GPU twice: give each index once")
+    return devices
+
+
+def resolve_devices(text: str, device: str = "auto") -> list[str]:
+    """The torch devices of ``--devices``, checked against the GPUs torch sees (and ``--device``)."""
+    import torch
+
+    devices = parse_devices(text)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices == ["all"]:
+        if device == "cpu":
+            raise SicShareError("--device cpu and --devices all disagree: give --devices cpu,cpu for CPU workers")
+        if count == 0:
+            raise EncoderError("--devices all found no GPU (torch sees none): give --devices cpu,cpu for CPU "
+                               "workers, or leave --devices out")
+        return [f"cuda:{i}" for i in range(count)]
+    for entry in devices:
+        if entry.startswith("cuda:") and int(entry[5:]) >= count:
+            seen = f"{count} GPU(s), 0-{count - 1}" if count else "no GPU"
+            raise EncoderError(f"--devices {text}: GPU {entry[5:]} does not exist (torch sees {seen})")
+    if device == "cpu" and any(d != "cpu" for d in devices) or device.startswith("cuda") and "cpu" in devices:
+        raise SicShareError(f"--device {device} and --devices {text} disagree: give one of them")
+    return devices
+
+
+def _device_worker(wid: int, device: str, threads: int, options: ExportOptions, folders: list[Path],
+                   classes: tuple[str, ...] | None, inbox, outbox) -> None:
+    """One ``--devices`` process: load the models on its device, then export the slides it is handed."""
+    import torch
+
+    from sic_share._failures import describe_failure
+    from sic_share.export._pipeline import _fix_mmap_threshold
+
+    _fix_mmap_threshold()
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    try:
+        exporter = _SlideExporter(options, folders, classes, device)
+    except SicShareError as exc:
+        outbox.put(("error", wid, str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - told as one line by the driver
+        outbox.put(("error", wid, describe_failure(exc)))
+        return
+    outbox.put(("ready", wid, None))
+    while (item := inbox.get()) is not None:
+        job, path = item
+        pending, last = [0], [time.perf_counter()]
+
+        def progress(n: int) -> None:
+            pending[0] += n
+            if time.perf_counter() - last[0] >= _PROGRESS_EVERY_S:
+                outbox.put(("progress", wid, pending[0]))
+                pending[0], last[0] = 0, time.perf_counter()
+
+        outbox.put(("done", wid, exporter.run(job, Path(path), progress)))
+
+
+# --- staging slides from URLs ---------------------------------------------------------------------
+
+
+def _download(job: _Job, root: Path) -> Path:
+    """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix)."""
+    import fsspec
+
+    from sic_share._failures import describe_failure
+
+    folder = root / job.slide_id
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / job.name
+    part = folder / f".{job.name}.part"
+    try:
+        fs, path = fsspec.core.url_to_fs(job.source)
+        fs.get_file(path, str(part))
+        os.replace(part, target)
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SlideError(f"{job.source} does not exist (any more): check the URL") from None
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network, disk: one sentence
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SlideError(f"{job.source} could not be staged: {describe_failure(exc)}") from None
+    return target
+
+
+class Stager:
+    """Copies slides from URLs into a local folder ahead of their use, within a byte budget.
+
+    A background thread downloads the URL jobs in the order given (the order in
+    which they will be used) while the staged-but-unreleased bytes stay within
+    ``max_bytes`` (a slide larger than the budget is staged alone); each file is
+    deleted on :meth:`release`. So staging overlaps embedding, and the disk
+    holds at most the budget (plus one oversized slide).
+
+    Parameters
+    ----------
+    jobs : list of _Job
+        Jobs in the order they will be asked for; local ones are ignored.
+    folder : str or None
+        Where to stage; a temporary folder (removed on :meth:`close`) inside it,
+        or inside the system's temporary folder.
+    max_bytes : int
+    """
+
+    def __init__(self, jobs: list[_Job], folder: str | None, max_bytes: int) -> None:
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=folder))
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.peak = 0  # most bytes staged at once
+        self._order = [job for job in jobs if _is_url(job.source)]
+        self._cond = threading.Condition()
+        self._ready: dict[str, Path | SlideError] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sic-share-stager", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for job in self._order:
+            with self._cond:
+                while not self._closed and self.used > 0 and self.used + job.size > self.max_bytes:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self.used += job.size
+                self.peak = max(self.peak, self.used)
+            try:
+                outcome: Path | SlideError = _download(job, self.root)
+            except SlideError as exc:
+                outcome = exc
+            with self._cond:
+                if isinstance(outcome, SlideError):
+                    self.used -= job.size
+                self._ready[job.slide_id] = outcome
+                self._cond.notify_all()
+
+    def poll(self, job: _Job) -> Path | SlideError | None:
+        """The staged file, the reason it could not be staged, or None while it is on its way."""
+        if not _is_url(job.source):
+            return Path(job.source)
+        with self._cond:
+            return self._ready.get(job.slide_id)
+
+    def wait(self, job: _Job) -> Path:
+        """Block until ``job``'s slide is staged; raises SlideError when it cannot be."""
+        if not _is_url(job.source):
+            return Path(job.source)
+        with self._cond:
+            while job.slide_id not in self._ready:
+                self._cond.wait()
+            outcome = self._ready[job.slide_id]
+        if isinstance(outcome, SlideError):
+            raise outcome
+        return outcome
+
+    def release(self, job: _Job) -> None:
+        """Delete ``job``'s staged file and free its bytes for the next slides."""
+        if not _is_url(job.source):
+            return
+        with self._cond:
+            outcome = self._ready.pop(job.slide_id, None)
+            if isinstance(outcome, Path):
+                shutil.rmtree(outcome.parent, ignore_errors=True)
+                self.used -= job.size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+def _ray_address(address: str) -> tuple[str, int] | None:
+    """(host, port) to check before connecting, or None for ``auto``/``local``/the default."""
+    if address in ("auto", "local"):
+        return None
+    match = re.fullmatch(r"(?:ray://)?\[?([A-Za-z0-9_.:-]+?)\]?:(\d{1,5})", address)
+    if not match:
+        raise SicShareError(f"Ray address {address!r} should be auto, HEAD:6379 or ray://HEAD:10001")
+    return match[1], int(match[2])
+
+
+def check_ray(options: ExportOptions) -> None:
+    """Ray is installed and the cluster's address answers; one line otherwise."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SicShareError("--ray needs Ray, which is not installed: pip install 'sic-share[ray]'") from None
+    address = options.ray or "local"
+    where = _ray_address(address)
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise SicShareError("--ray ray://... needs Ray Client: pip install 'ray[client]', or run the export on "
+                                "the head node with --ray auto") from None
+    if where is not None:
+        try:
+            socket.create_connection(where, timeout=5).close()
+        except OSError as exc:
+            raise SicShareError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): check the "
+                                "address and that 'ray start --head' runs there") from None
+
+
+_EXPORTERS: dict[tuple, _SlideExporter] = {}  # per Ray worker process: models stay loaded between slides
+
+
+def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
+               device: str, stage_dir: str | None) -> _SlideResult:
+    """One Ray task: stage the slide if it is a URL, export it, delete the staged copy."""
+    key = (tuple(options.models), options.weights, options.layer, device, tuple(map(str, folders)), classes)
+    exporter = _EXPORTERS.get(key)
+    if exporter is None:
+        _EXPORTERS.clear()
+        exporter = _EXPORTERS[key] = _SlideExporter(options, folders, classes, device)
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    stager = None
+    try:
+        if _is_url(job.source):
+            stager = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=stage_dir))
+            try:
+                path = _download(job, stager)
+            except SlideError as exc:
+                return _SlideResult(job.slide_id, job.name, "failed", str(exc), device=where)
+        else:
+            path = Path(job.source)
+        result = exporter.run(job, path)
+    finally:
+        if stager is not None:
+            shutil.rmtree(stager, ignore_errors=True)
+    result.device = where
+    return result
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+class EngineRun:
+    """Hands jobs out (in this process, to device processes, or to Ray) and gathers their results.
+
+    After a run: ``wall_seconds`` (first job handed out to last result),
+    ``worker_stats`` (per worker: slides, patches, busy seconds) and the mean
+    ``loader_wait_fraction``.
+    """
+
+    def __init__(self, jobs: list[_Job], options: ExportOptions, folders: list[Path],
+                 classes: tuple[str, ...] | None, progress: Callable[[ExportProgress], None] | None) -> None:
+        self.jobs = jobs
+        self.options = options
+        self.folders = folders
+        self.classes = classes
+        self.progress = progress
+        self.state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
+        self.results: list[_SlideResult] = []
+        self.worker_stats: dict[str, WorkerStats] = {}
+        self.wall_seconds = 0.0
+        self.loader_wait_fraction = 0.0
+        self._start = self._last = time.perf_counter()
+        self._stream = 0.0
+        self._wait = 0.0
+
+    def _stop(self) -> bool:
+        return self.options.fail_fast and any(r.status == "failed" for r in self.results)
+
+    def _tell(self) -> None:
+        self.state.seconds = time.perf_counter() - self._start
+        if self.progress:
+            self.progress(self.state)
+
+    def _record(self, result: _SlideResult, device: str | None = None) -> None:
+        device = device or result.device or "?"
+        self.results.append(result)
+        stats = self.worker_stats.setdefault(device, WorkerStats())
+        if result.status == "exported":
+            stats.slides += 1
+        stats.patches += result.patches
+        stats.busy_seconds += result.seconds
+        self._stream += result.stream_seconds
+        self._wait += result.loader_wait
+        self.state.slides_done += 1
+        self.state.patches_done += result.patches if device not in self.state.devices else 0
+        self._last = time.perf_counter()
+        self._tell()
+
+    def _finish(self) -> list[_SlideResult]:
+        self.wall_seconds = max(0.0, self._last - self._start)  # first job handed out to last result in
+        for stats in self.worker_stats.values():
+            stats.wall_seconds = self.wall_seconds
+        self.loader_wait_fraction = self._wait / self._stream if self._stream else 0.0
+        return self.results
+
+    def here(self, exporter: _SlideExporter) -> list[_SlideResult]:
+        """One slide after another in this process; slides from URLs are staged ahead."""
+        device = exporter.device
+        stager = Stager(self.jobs, self.options.stage_dir, self.options.stage_bytes)
+        self.stager = stager
+        self._start = time.perf_counter()
+        try:
+            for job in self.jobs:
+                if self._stop():
+                    break
+                try:
+                    path = stager.wait(job)
+                except SlideError as exc:
+                    self._record(_SlideResult(job.slide_id, job.name, "failed", str(exc)), device)
+                    continue
+
+                def tick(n: int) -> None:
+                    self.state.patches_done += n
+                    self._tell()
+
+                before = self.state.patches_done
+                result = exporter.run(job, path, tick)
+                stager.release(job)
+                self.state.patches_done = before  # _record adds the slide's patches once
+                self._record(result, device)
+        finally:
+            stager.close()
+        return self._finish()
+
+    def devices(self, devices: list[str]) -> list[_SlideResult]:
+        """One process per device (spawned: CUDA needs it), fed from one queue, largest slide first.
+
+        A process that dies takes only its current slide with it (reported as
+        failed; a rerun redoes it); the others go on with the queue.
+        """
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        cpus = os.cpu_count() or 1
+        n_cpu = sum(d == "cpu" for d in devices)
+        names = [d if d != "cpu" or n_cpu == 1 else f"cpu#{i}" for i, d in enumerate(devices)]
+        # CPU workers share the cores; a GPU worker keeps a few threads for its own work
+        threads = [max(1, cpus // max(1, n_cpu)) if d == "cpu" else max(1, min(4, cpus // len(devices)))
+                   for d in devices]
+        outbox = ctx.Queue()
+        inboxes = [ctx.Queue() for _ in devices]
+        procs = [ctx.Process(target=_device_worker, name=f"sic-share-export-{name}",
+                             args=(wid, device, threads[wid], self.options, self.folders, self.classes,
+                                   inboxes[wid], outbox))
+                 for wid, (device, name) in enumerate(zip(devices, names))]
+        stager = Stager(self.jobs, self.options.stage_dir, self.options.stage_bytes)
+        self.stager = stager
+        todo = deque(self.jobs)
+        idle: list[int] = []
+        busy: dict[int, _Job] = {}
+        alive = set(range(len(devices)))
+        inflight = dict.fromkeys(range(len(devices)), 0)
+        started = False
+        for wid, name in enumerate(names):
+            self.state.devices[name] = 0
+            self.worker_stats[name] = WorkerStats()
+        try:
+            for proc in procs:
+                proc.start()
+            while (todo or busy) and alive and not self._stop():
+                try:
+                    kind, wid, payload = outbox.get(timeout=0.2)
+                except queue.Empty:
+                    kind = None
+                if kind == "error":
+                    raise SicShareError(f"{names[wid]}: {payload}")
+                if kind == "ready":
+                    idle.append(wid)
+                elif kind == "progress":
+                    inflight[wid] += payload
+                    self.state.devices[names[wid]] += payload
+                    self.state.patches_done += payload
+                    self._tell()
+                elif kind == "done":
+                    job = busy.pop(wid)
+                    stager.release(job)
+                    self.state.devices[names[wid]] += payload.patches - inflight[wid]
+                    self.state.patches_done += payload.patches - inflight[wid]
+                    inflight[wid] = 0
+                    self._record(payload, names[wid])
+                    idle.append(wid)
+                for wid in list(alive):  # a process that died (killed, out of memory) loses its slide only
+                    if not procs[wid].is_alive() and procs[wid].exitcode is not None:
+                        alive.discard(wid)
+                        if wid in idle:
+                            idle.remove(wid)
+                        if wid in busy:
+                            job = busy.pop(wid)
+                            stager.release(job)
+                            self._record(_SlideResult(
+                                job.slide_id, job.name, "failed",
+                                f"{job.source}: the export process on {names[wid]} died (exit code "
+                                f"{procs[wid].exitcode}) while exporting it; run the export again to redo it"),
+                                names[wid])
+                while idle and todo:
+                    staged = stager.poll(todo[0])
+                    if staged is None:
+                        break  # still downloading: hand it out when it arrives
+                    job = todo.popleft()
+                    if isinstance(staged, SlideError):
+                        self._record(_SlideResult(job.slide_id, job.name, "failed", str(staged)), "staging")
+                        continue
+                    if not started:
+                        self._start, started = time.perf_counter(), True
+                    wid = idle.pop(0)
+                    busy[wid] = job
+                    inboxes[wid].put((job, str(staged)))
+            if todo and not alive and not self._stop():
+                raise SicShareError(f"every export process died; {len(todo)} slide(s) were not exported: "
+                                    "run the export again to redo them")
+        finally:
+            for wid in alive:
+                try:
+                    inboxes[wid].put(None)
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + (2 if self._stop() else 30)
+            for proc in procs:
+                proc.join(timeout=max(0.1, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=5)
+            stager.close()
+        return self._finish()
+
+    def ray(self) -> list[_SlideResult]:
+        """One Ray task per slide, retried on another worker when its worker dies.
+
+        Connects to ``options.ray`` (or ``$RAY_ADDRESS``, or starts a local Ray)
+        unless this process is connected already; disconnects only from what it
+        connected to. A task asks for one GPU when the cluster has GPUs (and the
+        device is ``auto`` or ``cuda``), else for CPUs: one to embed plus its
+        loader workers.
+        """
+        import logging
+
+        import ray
+
+        from sic_share._failures import describe_failure
+
+        options = self.options
+        connected = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=None if options.ray in ("", "local") else options.ray, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SicShareError(f"cannot connect to Ray ({options.ray}): "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            connected = True
+        try:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if options.device.startswith("cuda") and not gpus:
+                raise EncoderError("--device cuda was asked for, but the Ray cluster has no GPU: use --device cpu "
+                                   "or auto")
+            use_gpu = gpus >= 1 and options.device != "cpu"
+            workers = options.workers if options.workers is not None else (4 if use_gpu else 0)
+            task_options = replace(options, workers=workers)
+            remote = ray.remote(_ray_slide).options(
+                num_cpus=1 + workers if not use_gpu else max(1, workers), num_gpus=1 if use_gpu else 0,
+                max_retries=options.retries, retry_exceptions=False, name="sic-share-export-slide")
+            device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
+            self._start = time.perf_counter()
+            refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
+                    for job in self.jobs}
+            pending = list(refs)
+            while pending and not self._stop():
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in done:
+                    job = refs[ref]
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = getattr(exc, "cause", None) or exc
+                        result = _SlideResult(job.slide_id, job.name, "failed",
+                                              f"{job.source}: {describe_failure(cause)}", device="ray")
+                    except ray.exceptions.RayError as exc:
+                        result = _SlideResult(job.slide_id, job.name, "failed",
+                                              f"{job.source}: its Ray worker was lost {options.retries + 1} time(s) "
+                                              f"({type(exc).__name__}); run the export again to redo it",
+                                              device="ray")
+                    self._record(result)
+                self._tell()
+            for ref in pending:
+                ray.cancel(ref, force=True)
+        finally:
+            if connected:
+                ray.shutdown()
+        return self._finish()
