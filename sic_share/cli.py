@@ -870,14 +870,15 @@ def _method_options(method: str, **given: object) -> None:
                                 f"drop {flag} or add --method {takers[0]}")
 
 
-def _seed_colors(seeds: str) -> dict | None:
-    """The class colours of a QuPath seeds file, so every output draws a class as QuPath (and the app) does."""
+def _seed_colors(seeds: str | None) -> dict | None:
+    """The class colours of a QuPath seeds file by class name, so every output draws a class as QuPath (and the
+    app) does; :func:`sic_share.viz.colors_for` matches them to the classes drawn."""
     from sic_share._jsonstore import read_bounded
     from sic_share.sic._seeds import MAX_SEEDS_BYTES
     from sic_share.viz import seeds_file_colors
 
-    path = Path(seeds)
-    if not path.is_file():  # inline indices carry no colours
+    path = Path(seeds) if seeds else None
+    if path is None or not path.is_file():  # inline indices carry no colours
         return None
     return seeds_file_colors(read_bounded(path, MAX_SEEDS_BYTES, "seeds")) or None
 
@@ -914,7 +915,14 @@ def sic(
     Example: sic-share sic demo-lab/cmu-lite0 --seeds seeds.geojson --classes Dermis,Epidermis --out cmu.geojson --out cmu.png
     """
     from sic_share.sic import locate_slide, run_sic
-    from sic_share.viz import confidence_scale, format_for, uncertain_regions, write_confidence_png, write_result
+    from sic_share.viz import (
+        colors_for,
+        confidence_scale,
+        format_for,
+        uncertain_regions,
+        write_confidence_png,
+        write_result,
+    )
     from sic_share.viz._common import check_target
 
     _method_options(method, rule=rule, score=score)
@@ -954,7 +962,7 @@ def sic(
     title = (f"slide {result.slide.slide_id}: {result.method} from {n_seeded} seeded patches, "
              f"{result.slide.metadata.model.id}")
     size = result.slide.metadata.slide_size
-    colors = _seed_colors(seeds)
+    colors = colors_for(result.classes, _seed_colors(seeds))
     for path, kind in zip(out_paths, kinds):
         write_result(path, kind, slide_id=result.slide.slide_id, coords=result.slide.coords, labels=result.labels,
                      classes=result.classes, patch_size=result.patch_size, tiles=tiles, colors=colors,
@@ -1062,6 +1070,7 @@ def umap_map(
     method: MethodOption = "auto",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to draw on the map (as for 'sic').")] = None,
     result: Annotated[Optional[Path], typer.Option("--result", help="A 'sic' labels file (.parquet/.csv), drawn beside the map.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="The seeds' class names in index order, as for 'sic' (the same order gives the same colours); not with --result, which names its classes.")] = None,
     tissuumaps: Annotated[Optional[Path], typer.Option("--tissuumaps", hidden=True, help="Old name of --out FILE.tissuumaps.csv (any .csv name).")] = None,
     max_side: Annotated[int, typer.Option("--max-side", help="Longest side of the map in pixels.")] = 1500,
     seed: Annotated[int, typer.Option("--random-state", help="random_state: the same colours every run.", min=0, max=2**32 - 1)] = 0,
@@ -1085,13 +1094,17 @@ def umap_map(
                             f"{len(csvs)} .tissuumaps.csv were given: give one --out FILE.png "
                             "(and one --out FILE.tissuumaps.csv)")
     out_path, tissuumaps = pngs[0], (csvs[0] if csvs else None)
+    if classes is not None and result is not None:
+        raise SicShareError("--classes and --result both name the classes: drop --classes (the result names its own)")
+    names = tuple(c.strip() for c in classes.split(",")) if classes else None
+    colours = _seed_colors(seeds)  # a QuPath seeds file's class colours, as 'sic' and the app draw them
     projection = _projection(method)
     located = locate_slide(dataset, slide, hub, unsigned=unsigned, allow_rollback=allow_rollback)
     _note(located.note)
     bar, update = _progress("mapping the embeddings")
     with bar:
         made = write_embedding_map(located, out_path, slide_id=slide, hub=hub, method=projection, seeds=seeds,
-                                   result=result, tissuumaps=tissuumaps, max_side=max_side, random_state=seed,
+                                   result=result, classes=names, colors=colours, tissuumaps=tissuumaps, max_side=max_side, random_state=seed,
                                    progress=update)
     note = made.seeds.summary() if made.seeds is not None else None
     if note:

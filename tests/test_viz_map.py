@@ -384,3 +384,57 @@ def test_the_map_reports_its_steps_for_a_progress_bar(regions, tmp_path):
     write_embedding_map(regions, tmp_path / "m.png", method="pca", max_side=64,
                         progress=lambda step, done, total: steps.append((step.split()[0], done, total)))
     assert steps == [("reading", 0, 3), ("PCA", 1, 3), ("drawing", 2, 3), ("done", 3, 3)]
+
+
+def test_a_qupath_seeds_files_colours_are_the_maps_and_the_same_as_sics(cli, regions, tmp_path):
+    """One class, one colour: umap draws a seeds file's QuPath colours as sic's PNG does (class names matched
+    without regard to case); --classes orders the palette as sic's does; --classes with --result is one line."""
+    import json
+
+    from sic_share.dataset import read_slide
+
+    data = read_slide(regions / "slides" / "s0.parquet")
+    colours = {"Stroma": [10, 200, 30], "Lesion": [120, 20, 160]}
+    picks = {"Stroma": np.flatnonzero(data.labels == 0)[:3], "Lesion": np.flatnonzero(data.labels == 1)[:3]}
+    seeds = tmp_path / "seeds.geojson"
+    seeds.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [int(data.coords[i, 0]), int(data.coords[i, 1])]},
+         "properties": {"objectType": "annotation", "classification": {"name": name, "color": colours[name]}}}
+        for name, rows in picks.items() for i in rows]}))
+
+    def drawn(path: Path) -> set[tuple[int, int, int]]:
+        return {rgb for _, rgb in Image.open(path).convert("RGB").getcolors(1 << 20)}
+
+    result = cli("umap", regions, "--method", "pca", "--seeds", seeds, "--out", tmp_path / "map.png")
+    assert result.code == 0, result.err
+    assert {tuple(c) for c in colours.values()} <= drawn(tmp_path / "map.png")  # seeds and legend in QuPath's colours
+    assert cli("sic", regions, "--seeds", seeds, "--classes", "stroma,lesion", "--out", tmp_path / "sic.png").code == 0
+    assert {tuple(c) for c in colours.values()} <= drawn(tmp_path / "sic.png")
+
+    # without a seeds file's colours, --classes gives the palette in the order sic gives it
+    csv_seeds = tmp_path / "seeds.csv"
+    csv_seeds.write_text("x,y,label\n" + "".join(f"{data.coords[i, 0]},{data.coords[i, 1]},{name}\n"
+                                                 for name, rows in picks.items() for i in rows))
+    by_order = {}
+    for order in ("Stroma,Lesion", "Lesion,Stroma"):
+        name = order.replace(",", "-")
+        assert cli("umap", regions, "--method", "pca", "--seeds", csv_seeds, "--classes", order, "--out",
+                   tmp_path / f"{name}-map.png").code == 0
+        assert cli("sic", regions, "--seeds", csv_seeds, "--classes", order, "--out", tmp_path / f"{name}.png").code == 0
+        image = Image.open(tmp_path / f"{name}.png")
+        overlay = np.asarray(image.convert("RGBA"))[: int(image.text["overlay_height"])]
+        sic_colours = {tuple(p[:3]) for p in overlay.reshape(-1, 4) if p[3] == 255}
+        assert len(sic_colours) == 2 and sic_colours <= drawn(tmp_path / f"{name}-map.png"), order
+        # at a seed, the map's disc has the colour sic gives that seed's class (seeds keep their class)
+        scale = float(image.text["level0_per_pixel"])
+        for rows in picks.values():
+            x, y = (data.coords[rows[0]] / scale).astype(int)
+            disc = Image.open(tmp_path / f"{name}-map.png").convert("RGB").getpixel((int(x), int(y)))
+            assert disc == tuple(overlay[y, x, :3]), (order, disc)
+        by_order[order] = {n: tuple(overlay[tuple((data.coords[r[0]] / scale).astype(int)[::-1])][:3])
+                           for n, r in picks.items()}
+    assert by_order["Stroma,Lesion"]["Stroma"] == by_order["Lesion,Stroma"]["Lesion"]  # the palette follows the order
+    labels = tmp_path / "labels.csv"
+    assert cli("sic", regions, "--seeds", csv_seeds, "--classes", "Stroma,Lesion", "--out", labels).code == 0
+    assert_one_line_error(cli("umap", regions, "--method", "pca", "--result", labels, "--classes", "Stroma,Lesion",
+                              "--out", tmp_path / "x.png"), "--classes", "--result")

@@ -11,7 +11,7 @@ from sic_share.viz._exports import (
 )
 from sic_share.viz._geojson import class_geometries, qupath_geojson, write_geojson
 from sic_share.viz._confidence import ConfidenceScale, UncertainRegion, confidence_scale, uncertain_regions
-from sic_share.viz._palette import OKABE_ITO, class_colors, hex_color, seeds_file_colors
+from sic_share.viz._palette import OKABE_ITO, class_colors, colors_for, hex_color, seeds_file_colors
 from sic_share.viz._render import render_confidence, render_overlay, write_confidence_png, write_png
 from sic_share.viz._embedding_map import (
     METHODS,
@@ -32,6 +32,7 @@ __all__ = [
     "uncertain_regions",
     "class_colors",
     "class_geometries",
+    "colors_for",
     "format_for",
     "hex_color",
     "seeds_file_colors",

@@ -585,6 +585,8 @@ def write_embedding_map(
     method: str = "umap",
     seeds: str | os.PathLike[str] | Mapping[int, str | int] | None = None,
     result: str | os.PathLike[str] | None = None,
+    classes: Sequence[str] | None = None,
+    colors: Mapping[str, Any] | None = None,
     tissuumaps: str | os.PathLike[str] | None = None,
     max_side: int = 1500,
     random_state: int | None = 0,
@@ -615,6 +617,12 @@ def write_embedding_map(
     result : path-like, optional
         A labels file written by ``sic-share sic`` (Parquet or CSV), drawn as
         a panel beside the map.
+    classes : sequence of str, optional
+        The seeds' class names in index order, as ``sic --classes`` takes them (the
+        palette follows that order). Not with ``result``, which names its classes.
+    colors : mapping, optional
+        Class colours by name (a QuPath seeds file's, :func:`sic_share.viz.seeds_file_colors`),
+        matched to the classes without regard to case; classes without one take the palette's.
     tissuumaps : path-like, optional
         Also write a TissUUmaps CSV here: ``x, y, color`` and the 3-D
         coordinates ``umap_1, umap_2, umap_3`` (``pca_1..3`` with PCA).
@@ -650,12 +658,17 @@ def write_embedding_map(
     patch has a row. In TissUUmaps, load it as markers with ``x``/``y`` as
     coordinates and ``color`` as the colour column. Seeds are mapped with the
     dataset's ground-truth class names when they use them (as ``sic-share
-    sic`` does), or the result's names when a result is given, so that a
-    class has one colour in both.
+    sic`` does), or the result's names when a result is given, or ``classes``,
+    so that a class has one colour in both; with ``colors`` (``sic-share umap``
+    passes a seeds file's) a class has the colour it has in QuPath, in the app and
+    in every output of ``sic-share sic`` with the same seeds.
     """
     from sic_share.sic import load_slide, map_seeds, read_seeds
+    from sic_share.viz._palette import colors_for
 
     method = check_method(method)
+    if classes is not None and result is not None:
+        raise SicShareError("classes were given with a result, which names its own classes: drop the classes")
     check_target(out_png)
     if tissuumaps is not None:
         check_target(tissuumaps)
@@ -667,22 +680,22 @@ def write_embedding_map(
     step("reading the slide", 0, 3)
     slide, where = load_slide(dataset, slide_id, hub)
     patch = float(slide.metadata.patching.level0_size_px)
-    classes: tuple[str, ...] = ()
+    names: tuple[str, ...] = tuple(classes or ())
     result_labels = None
     if result is not None:
-        result_labels, classes = read_result(result, slide_id=slide.slide_id, coords=slide.coords,
-                                             classes=slide.metadata.classes)
+        result_labels, names = read_result(result, slide_id=slide.slide_id, coords=slide.coords,
+                                           classes=slide.metadata.classes)
     mapped = None
     if seeds is not None:
-        mapped = read_seeds(seeds, slide.coords, patch, classes) if classes else map_seeds(seeds, slide, None, strict=False)
-        classes = mapped.classes
+        mapped = read_seeds(seeds, slide.coords, patch, names) if names else map_seeds(seeds, slide, None, strict=False)
+        names = mapped.classes
     step(f"{method.upper()} of {len(slide)} patches", 1, 3)
     rgb, coords3 = embedding_rgb(slide.embeddings, method=method, random_state=random_state,
                                  n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
     step("drawing", 2, 3)
     image = render_embedding_map(coords=slide.coords, rgb=rgb, patch_size=patch, max_side=max_side,
                                  background=background, seeds=None if mapped is None else mapped.labels,
-                                 result=result_labels, classes=classes,
+                                 result=result_labels, classes=names, colors=colors_for(names, colors),
                                  title=f"slide {slide.slide_id}: {slide.embeddings.shape[1]}-d embeddings of "
                                        f"{slide.metadata.model.id} by {method.upper()} to RGB"
                                        + (" | right: the result" if result_labels is not None else ""))

@@ -8,7 +8,7 @@ from typing import Any
 
 from sic_share.errors import SicShareError
 
-__all__ = ["OKABE_ITO", "class_colors", "hex_color", "seeds_file_colors"]
+__all__ = ["OKABE_ITO", "class_colors", "colors_for", "hex_color", "seeds_file_colors"]
 
 #: Okabe & Ito (2008), colour-blind safe; vermillion first so that a binary "positive" is reddish.
 OKABE_ITO: tuple[tuple[int, int, int], ...] = (
@@ -157,3 +157,17 @@ def seeds_file_colors(text: str | bytes) -> dict[str, tuple[int, int, int]]:
         elif isinstance(value, tuple):
             out[cls["name"]] = value
     return out
+
+
+def colors_for(classes: Sequence[str], given: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The colours in ``given`` (a seeds file's, by class name) for the classes named, matched as seeds are.
+
+    Class names match without regard to case (``--classes dermis`` takes the colour of a seeds
+    file's ``Dermis``), as :func:`sic_share.sic.read_seeds` matches them; colours of classes not
+    named are dropped. Returns ``{class: colour}`` for :func:`class_colors`, or None when none match.
+    """
+    if not given:
+        return None
+    by_name = {str(name).casefold(): colour for name, colour in given.items()}
+    found = {name: by_name[name.casefold()] for name in classes if name.casefold() in by_name}
+    return found or None
