@@ -97,7 +97,8 @@ def create_method(name: str = DEFAULT_METHOD, *, n_classes: int | None = None, r
 _HERE = "sic_share.sic._methods"
 register_method("spreading", "label spreading over embedding and grid neighbours (scikit-learn LabelSpreading)",
                 f"{_HERE}:SeedLabelSpreading",
-                ("n_neighbors", "alpha", "grid_weight", "background", "trim", "normalize", "n_components", "smooth"))
+                ("n_neighbors", "alpha", "grid_weight", "background", "trim", "regional", "normalize", "n_components",
+                 "smooth"))
 register_method("sic", "Seeded Iterative Clustering (the paper's method; rules structure, paper, authors)",
                 "sic_share.sic._sic:SeededIterativeClustering",
                 ("rule", "score", "normalize", "n_components", "max_rounds", "smooth"))

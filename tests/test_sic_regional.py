@@ -1,0 +1,82 @@
+"""Issue 23: when a patch's neighbours cannot see the classes, the default uses the slide's regional structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from sklearn.metrics import f1_score
+
+from sic_share.errors import SeedError
+from sic_share.sic import FAMILIES, SeedLabelSpreading, create_method, draw_seeds
+from sic_share.sic._families import FAINT_LEVELS
+from sic_share.sic._methods import GRAPH_SAMPLE
+from sic_share.sic._regional import HOMOPHILY_MIN, homophily
+
+
+def test_the_faint_shift_family_and_its_held_out_draw_follow_the_issue():
+    slide = FAMILIES["faint_shift"](4)
+    other = FAMILIES["faint_shift_2"](4)
+    assert 1200 <= slide.y.size < 2400 and 0.09 <= slide.y.mean() <= 0.31 and slide.X.shape[1] in (256, 384, 512)
+    assert slide.X.shape != other.X.shape or not np.array_equal(slide.y, other.y)  # another random stream
+    assert len(FAINT_LEVELS) == 3
+    # per patch the shift is small against the noise: the lesion's mean is well inside one patch's noise radius
+    X = slide.X.astype(np.float64)
+    shift = np.linalg.norm(X[slide.y == 1].mean(axis=0) - X[slide.y == 0].mean(axis=0))
+    noise = np.linalg.norm(X[slide.y == 0] - X[slide.y == 0].mean(axis=0), axis=1).mean()
+    assert shift < 0.25 * noise
+
+
+def test_homophily_by_hand():
+    # a 4-cycle 0-1-2-3-0, labels 0 0 1 1: edges 0-1 and 2-3 agree, 1-2 and 3-0 do not; chance 1/2
+    graph = sparse.csr_matrix((np.ones(8), ([0, 1, 1, 2, 2, 3, 3, 0], [1, 0, 2, 1, 3, 2, 0, 3])), shape=(4, 4))
+    assert homophily(graph, np.array([0, 0, 1, 1])) == pytest.approx(0.0)
+    assert homophily(graph, np.array([0, 1, 0, 1])) == pytest.approx(-1.0)
+    assert homophily(graph, np.array([0, 0, 0, 0])) == 1.0
+    whole = sparse.csr_matrix((np.ones(4), ([0, 1, 2, 3], [1, 0, 3, 2])), shape=(4, 4))
+    assert homophily(whole, np.array([0, 0, 1, 1])) == pytest.approx(1.0)
+
+
+def test_the_default_uses_the_regional_structure_where_neighbours_are_a_mix_and_only_there():
+    faint = FAMILIES["faint_shift"](2, n_patches=900)
+    seeds = draw_seeds(faint.y, 3, random_state=0)
+    est = create_method("spreading", random_state=0).fit(faint.X, seeds, faint.coords)
+    plain = create_method("spreading", random_state=0, regional=False).fit(faint.X, seeds, faint.coords)
+    assert est.homophily_ < HOMOPHILY_MIN and est.regional_ and not plain.regional_
+    assert plain.labels_.mean() < 0.5 * faint.y.mean()  # the collapse of the issue: the spread stops near the seeds
+    assert f1_score(faint.y, est.labels_) > f1_score(faint.y, plain.labels_) + 0.4
+    assert (est.labels_[seeds >= 0] == seeds[seeds >= 0]).all() and est.confidence_[seeds >= 0].min() == 1.0
+    assert est.components_.shape == (6, faint.X.shape[1]) and est.proba_.shape == (900, 2)
+
+    clear = FAMILIES["shapes"](4, n_patches=900)
+    seeds = draw_seeds(clear.y, 3, random_state=0)
+    est = create_method("spreading", random_state=0).fit(clear.X, seeds, clear.coords)
+    assert est.homophily_ > 0.9 and not est.regional_
+    assert np.array_equal(est.labels_, create_method("spreading", random_state=0, regional=False)
+                          .fit(clear.X, seeds, clear.coords).labels_)
+
+
+def test_without_coords_or_with_more_classes_there_is_no_regional_step():
+    faint = FAMILIES["faint_shift"](2, n_patches=900)
+    seeds = draw_seeds(faint.y, 3, random_state=0)
+    assert not SeedLabelSpreading(random_state=0).fit(faint.X, seeds).regional_
+    three = np.where(seeds == 0, 2 * (np.arange(900) % 2), seeds)  # class 0 seeds split into classes 0 and 2
+    est = SeedLabelSpreading(random_state=0, regional=True).fit(faint.X, three, faint.coords)
+    assert not est.regional_ and est.n_classes_ == 3
+
+
+def test_regional_is_checked_and_belongs_to_spreading():
+    faint = FAMILIES["faint_shift"](2, n_patches=400)
+    seeds = draw_seeds(faint.y, 1, random_state=0)
+    with pytest.raises(SeedError, match="regional='always' should be 'auto', True or False"):
+        SeedLabelSpreading(regional="always").fit(faint.X, seeds, faint.coords)
+    with pytest.raises(SeedError, match="option regional applies to method 'spreading' only"):
+        create_method("sic", regional=True)
+
+
+def test_a_large_slide_judges_the_anchors_graph_and_spreads_regionally():
+    faint = FAMILIES["faint_shift"](5, n_patches=GRAPH_SAMPLE + 1500)
+    seeds = draw_seeds(faint.y, 3, random_state=0)
+    est = create_method("spreading", random_state=0).fit(faint.X, seeds, faint.coords)
+    assert est.regional_ and est.homophily_ < HOMOPHILY_MIN
+    assert f1_score(faint.y, est.labels_) > 0.5
