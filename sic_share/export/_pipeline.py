@@ -217,10 +217,23 @@ class _Source:
     size: int
 
 
+def _remote_failure(exc: BaseException) -> str:
+    """One sentence for a failed read of a slide URL (S3 error codes first: s3fs turns 403s into PermissionError)."""
+    from sic_share._failures import _s3_code, describe_failure, exception_chain
+
+    chain = exception_chain(exc)
+    for link in chain:
+        code = _s3_code(link)
+        if code and not code.isdigit():
+            return describe_failure(link)
+    if any(isinstance(link, PermissionError) for link in chain):
+        return ("the server denied access (403): check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) "
+                "and that they may read it")
+    return describe_failure(exc)
+
+
 def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
     import fsspec
-
-    from sic_share._failures import describe_failure
 
     try:
         fs, path = fsspec.core.url_to_fs(url)
@@ -234,7 +247,7 @@ def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
     except SicShareError:
         raise
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network: told as one sentence
-        raise SlideError(f"{url} cannot be read: {describe_failure(exc)}") from None
+        raise SlideError(f"{url} cannot be read: {_remote_failure(exc)}") from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found = []
     for entry in entries:
@@ -881,6 +894,9 @@ def export_slides(
         report.problems.append(SlideProblem(name, str(exc)))
 
     remote = any(_is_url(job.source) for job in jobs)
+    # the holder's private map (never in a dataset): pseudonym -> slide name and file, for every slide
+    # handed out (a failed one too: sign names a missing slide by its pseudonym)
+    slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
     stream_start = time.perf_counter()
     if not engine and not remote:
         # -- one process: plan every slide, then stream them all through one DataLoader --
@@ -896,8 +912,6 @@ def export_slides(
                 empty_ids.add(job.slide_id)
                 continue
             plans.append(plan)
-        # the holder's private map (never in a dataset): pseudonym -> slide name and file
-        slide_map.record([(plan.slide_id, plan.stem, str(plan.path)) for plan in plans])
         state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
         stream_start = time.perf_counter()
 
@@ -913,7 +927,6 @@ def export_slides(
         report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
     else:
         # -- per slide: in this process (slides from URLs), one process per device, or Ray tasks --
-        slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
         if options.masks or options.annotations:
             if exporter.classes is None:
                 raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
@@ -937,7 +950,8 @@ def export_slides(
             report.patches += result.patches
         report.stream_seconds = run.wall_seconds
         report.loader_wait_fraction = run.loader_wait_fraction
-        report.workers = run.worker_stats
+        if engine:
+            report.workers = run.worker_stats
     if options.shard is not None and options.shard[1] > 1:
         for encoder, folder in zip(exporter.encoders, report.datasets.values()):
             _parts.write_part(folder, options.shard, encoder.info(), options, exporter.classes, shard_ids, empty_ids)

@@ -1,0 +1,333 @@
+"""Export at cohort scale (issue 22): --devices, --ray, slides from URLs, shard parts merged at sign.
+
+The three ways to run (one process, one process per device, Ray tasks) must
+write the same bytes for the same slide; a killed Ray worker's slide is redone
+elsewhere; slides on S3 (moto on loopback, authentication enforced) or HTTP are
+staged within a byte budget and removed; ``sign`` after ``--shard`` runs signs
+only a complete dataset cut with one set of settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("openslide")
+
+from conftest import BUCKET, DATA, assert_one_line_error, slide_image, write_pyramid  # noqa: E402
+from sic_share.dataset import slide_files  # noqa: E402
+
+CMU = DATA / "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """The real Aperio slide and two synthetic pyramids of different sizes (largest first matters)."""
+    folder = tmp_path_factory.mktemp("cohort")
+    (folder / CMU.name).symlink_to(CMU)
+    for i, side in enumerate((1536, 2560)):
+        image = slide_image((side, side), (256, 256, side - 256, side - 256), seed=i)
+        write_pyramid(folder / f"patient-{i}.tif", image, levels=3, mpp=0.5)
+    return folder
+
+
+def parquet_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in slide_files(folder)}
+
+
+def signed_digests(folder: Path) -> list[tuple[str, int, str]]:
+    import json
+
+    predicate = json.loads((folder / "manifest.json").read_text())["predicate"]
+    return sorted((f["name"], f["size"], f["sha256"]) for f in predicate["files"])
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> str:
+    """One holder secret for the module, so that every path gives the slides the same pseudonyms."""
+    from sic_share.privacy import holder_secret
+
+    path = tmp_path_factory.mktemp("secret") / "holder.secret"
+    holder_secret(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(cohort, secret, tmp_path_factory) -> dict[str, bytes]:
+    """The single-process export of the cohort: what every other path must reproduce byte for byte."""
+    from sic_share.export import ExportOptions, export_slides
+
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    report = export_slides([cohort], out, ExportOptions(workers=0, batch_size=16, secret_path=secret))
+    assert report.exported == 3 and not report.problems
+    return parquet_bytes(out)
+
+
+# --- the three paths give one dataset -----------------------------------------------------------
+
+
+def test_devices_write_the_same_bytes_and_sign_the_same_files(tmp_path, cli, cohort, reference, secret):
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    one = cli("export", cohort, "--out", tmp_path / "one", "--workers", "0", "--batch-size", "16", "--secret", secret)
+    assert one.code == 0, one.err
+    two = cli("export", cohort, "--out", tmp_path / "two", "--workers", "0", "--batch-size", "16",
+              "--devices", "cpu,cpu", "--secret", secret)
+    assert two.code == 0, two.err
+    assert "signed lab-a/two@1" in two.out and "on cpu,cpu" in two.out
+    assert "cpu#0:" in two.out and "cpu#1:" in two.out  # each device worker says what it did
+    assert parquet_bytes(tmp_path / "two") == reference == parquet_bytes(tmp_path / "one")
+    # the manifests list the same files, sizes and digests (manifest.json itself differs by name and time)
+    assert signed_digests(tmp_path / "two") == signed_digests(tmp_path / "one")
+    again = cli("export", cohort, "--out", tmp_path / "two", "--workers", "0", "--batch-size", "16",
+                "--devices", "cpu,cpu", "--secret", secret)
+    assert again.code == 0 and "skipped 3 already done" in again.out
+
+
+def test_ray_writes_the_same_bytes_and_the_driver_signs_once(tmp_path, cli, cohort, reference, secret, ray_cluster):
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    args = ("--workers", "0", "--batch-size", "16", "--ray", "local", "--secret", secret)
+    result = cli("export", cohort, "--out", tmp_path / "r", *args)
+    assert result.code == 0, result.err
+    assert "signed lab-a/r@1" in result.out and "exported 3 slides" in result.out
+    assert parquet_bytes(tmp_path / "r") == reference
+    again = cli("export", cohort, "--out", tmp_path / "r", *args)
+    assert again.code == 0 and "skipped 3 already done" in again.out and "signed" not in again.out
+
+
+def _ray_task_pids() -> list[int]:
+    """Ray workers running an export task (Ray titles them after the task: ray::sic-share-export-slide)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::") and b"export" in title:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_ray_worker_still_gives_a_complete_verifying_dataset(tmp_path, cli, cohort, reference, secret,
+                                                                      ray_cluster, home):
+    from sic_share.export import ExportOptions, export_and_sign
+
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    out = tmp_path / "killed"
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = export_and_sign([cohort], out, ExportOptions(workers=0, batch_size=16, ray="local",
+                                                                                secret_path=secret))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.time() + 60
+    while time.time() < deadline and killed is None and thread.is_alive():
+        pids = _ray_task_pids()
+        if pids and list(out.glob("slides/.*.tmp")):  # a task is writing a slide: kill its worker
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    thread.join(timeout=240)
+    assert killed, "no Ray task was seen writing a slide"
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["result"].report
+    assert report.exported == 3 and not report.problems, report.problems
+    assert parquet_bytes(out) == reference
+    assert sorted(p.name for p in (out / "slides").iterdir()) == sorted(reference)  # no temporary leftovers
+    assert cli("trust", "add", home / "config" / "keys" / "lab-a.pub", "--publisher", "lab-a").code == 0
+    assert cli("verify", out).code == 0
+
+
+# --- shard parts, merged by one sign ------------------------------------------------------------
+
+
+def test_shards_sign_once_when_every_part_is_in(tmp_path, cli, cohort, reference, secret):
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    out = tmp_path / "sharded"
+    first = cli("export", cohort, "--out", out, "--shard", "0/2", "--workers", "0", "--batch-size", "16",
+                "--secret", secret)
+    assert first.code == 0, first.err
+    assert (tmp_path / "sharded.parts" / "0-of-2.json").exists()
+    early = cli("sign", out)
+    assert_one_line_error(early, "shard 1/2 has not finished", "--shard 1/2")
+    assert not (out / "manifest.json").exists()
+    second = cli("export", cohort, "--out", out, "--shard", "1/2", "--workers", "0", "--batch-size", "16",
+                 "--secret", secret)
+    assert second.code == 0, second.err
+    signed = cli("sign", out)
+    assert signed.code == 0, signed.err
+    assert "3 slides" in signed.out
+    assert parquet_bytes(out) == reference
+    names = set(os.listdir(tmp_path / "sharded.parts"))
+    assert names == {"0-of-2.json", "1-of-2.json"}
+    # the parts hold pseudonyms and statuses, never a slide's name
+    blob = b"".join((tmp_path / "sharded.parts" / n).read_bytes() for n in names)
+    assert b"cmu_small_region" not in blob and b"patient-" not in blob
+
+
+def test_sign_refuses_a_shard_cut_with_other_settings(tmp_path, cli, cohort):
+    out = tmp_path / "mixed"
+    assert cli("export", cohort, "--out", out, "--shard", "0/2", "--workers", "0").code == 0
+    # the second shard starts before the first wrote anything it could check against: simulate by a new folder
+    other = tmp_path / "other"
+    assert cli("export", cohort, "--out", other, "--shard", "1/2", "--workers", "0", "--stride", "64").code == 0
+    for path in (other / "slides").iterdir():
+        path.rename(out / "slides" / path.name)
+    (tmp_path / "other.parts" / "1-of-2.json").rename(tmp_path / "mixed.parts" / "1-of-2.json")
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    result = cli("sign", out)
+    assert_one_line_error(result, "shard 1/2 was cut with stride 64", "shard 0/2 with 128")
+    assert not (out / "manifest.json").exists()
+
+
+def test_sign_refuses_a_slide_of_a_shard_that_failed(tmp_path, cli, cohort):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in cohort.iterdir():
+        (folder / p.name).symlink_to(p.resolve())
+    (folder / "broken.svs").write_text("not a slide")
+    out = tmp_path / "ds"
+    for i in range(2):
+        cli("export", folder, "--out", out, "--shard", f"{i}/2", "--workers", "0")  # broken.svs fails: exit 1
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    result = cli("sign", out)
+    assert_one_line_error(result, "failed in that run", "rerun export --shard")
+    assert not (out / "manifest.json").exists()
+    # the slide's pseudonym is what the line names; 'slides lookup' tells the holder which file it is
+    slide_id = result.err.split("slide ")[1].split()[0]
+    assert "broken" in cli("slides", "lookup", slide_id).out
+
+
+# --- slides from URLs ---------------------------------------------------------------------------
+
+
+def test_slides_on_s3_are_staged_within_the_budget_and_removed(tmp_path, as_user, cohort, reference, secret,
+                                                                monkeypatch):
+    import fsspec
+
+    from sic_share.export import ExportOptions, export_slides
+    from sic_share.export import _engine
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for path in sorted(cohort.iterdir()):
+        fs.put_file(str(path.resolve()), f"{BUCKET}/lab-a/cohort/{path.name}")
+    as_user("reader")
+    peaks = []
+    real_close = _engine.Stager.close
+
+    def close(self):
+        peaks.append((self.peak, self.max_bytes, self.root))
+        real_close(self)
+
+    monkeypatch.setattr(_engine.Stager, "close", close)
+    budget = 1 << 20  # 1 MiB, less than any slide: each is staged alone, the next once the last is released
+    sizes = [p.stat().st_size for p in cohort.iterdir()]
+    stage = tmp_path / "stage"
+    report = export_slides([f"s3://{BUCKET}/lab-a/cohort/"], tmp_path / "s3", ExportOptions(
+        workers=0, batch_size=16, stage_dir=str(stage), stage_bytes=budget, secret_path=secret))
+    assert report.exported == 3 and not report.problems, report.problems
+    assert parquet_bytes(tmp_path / "s3") == reference
+    [(peak, limit, root)] = peaks
+    assert 0 < peak <= max(sizes) and limit == budget
+    assert not root.exists() and list(stage.iterdir()) == []  # every staged file removed
+
+
+def test_slides_over_http_and_on_devices(tmp_path, cohort, reference, secret):
+    from sic_share.export import ExportOptions, export_slides
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cohort))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = [f"{base}/{p.name}" for p in sorted(cohort.iterdir())]
+        report = export_slides(urls, tmp_path / "web", ExportOptions(workers=0, batch_size=16, devices="cpu,cpu",
+                                                                    stage_dir=str(tmp_path / "stage"),
+                                                                    secret_path=secret))
+    finally:
+        server.shutdown()
+    assert report.exported == 3 and not report.problems, report.problems
+    assert parquet_bytes(tmp_path / "web") == reference
+    assert list((tmp_path / "stage").iterdir()) == []
+
+
+# --- bad input: one clear line, non-zero exit, nothing half-written -------------------------------
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("gpu0", "should be all, GPU indices"),
+    ("0,0", "names a GPU twice"),
+    ("all", "found no GPU"),
+    ("7", "GPU 7 does not exist"),
+])
+def test_bad_devices_are_one_line(tmp_path, cli, value, fragment):
+    import torch
+
+    if torch.cuda.is_available() and value in ("all", "7"):
+        pytest.skip("this machine has GPUs")
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--devices", value, "--no-sign")
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_ray_without_ray_names_the_extra(tmp_path, cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as when it is not installed
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "local", "--no-sign")
+    assert_one_line_error(result, "pip install 'sic-share[ray]'")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path, cli):
+    pytest.importorskip("ray")
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "127.0.0.1:1", "--no-sign")
+    assert_one_line_error(result, "cannot reach the Ray cluster at 127.0.0.1:1")
+    bad = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "not an address", "--no-sign")
+    assert_one_line_error(bad, "should be auto, HEAD:6379")
+    both = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "local", "--devices", "cpu,cpu", "--no-sign")
+    assert_one_line_error(both, "--devices or --ray, not both")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_s3_slides_with_bad_credentials_or_a_dead_endpoint_are_one_line(tmp_path, cli, as_user, monkeypatch):
+    import s3fs
+
+    as_user("lab-a", secret="wrong")
+    refused = cli("export", f"s3://{BUCKET}/lab-a/cohort/", "--out", tmp_path / "ds", "--no-sign")
+    assert_one_line_error(refused, f"s3://{BUCKET}/lab-a/cohort/", "credentials")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    missing = cli("export", f"s3://{BUCKET}/lab-a/cohort/x.svs", "--out", tmp_path / "ds", "--no-sign")
+    assert_one_line_error(missing, "no S3 credentials")
+    as_user("lab-a")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    dead = cli("export", f"s3://{BUCKET}/lab-a/cohort/", "--out", tmp_path / "ds", "--no-sign")
+    assert_one_line_error(dead, "cannot reach")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_missing_shard_part_at_sign_is_one_line(tmp_path, cli, cohort):
+    out = tmp_path / "ds"
+    assert cli("export", cohort, "--out", out, "--shard", "1/3", "--workers", "0").code == 0
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    assert_one_line_error(cli("sign", out), "shard 0/3 has not finished")
+    assert not (out / "manifest.json").exists()
