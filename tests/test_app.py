@@ -163,6 +163,11 @@ def test_session_loop_matches_run_sic_and_undoes(dataset, tmp_path):
 
     with pytest.raises(SessionError, match="already a class"):
         session.add_class("Normal")
+    with pytest.raises(SessionError, match="already a class"):
+        session.rename_class(1, "NORMAL")
+    session.rename_class(0, "Normal")  # a class may change only the case of its own name
+    assert session.classes[0] == "Normal"
+    session.undo()
     with pytest.raises(SessionError, match="not on this slide"):
         session.add_seeds([10_000], 0)
     with pytest.raises(SessionError, match="not one of"):

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, LOCAL_PUBLISHER, make_dataset, sign_local
+from conftest import DATA, LITE0, LOCAL_PUBLISHER, REPO, make_dataset, sign_local
 from sic_share.dataset import ModelInfo, Patching, SlideMetadata, write_slide
 from sic_share.signing import TrustStore
 
 CHROMIUM = "/usr/bin/chromium"
+DEMO_SEEDS = REPO / "demo" / "cmu_seeds.geojson"
 pytest.importorskip("starlette")
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
@@ -254,6 +255,7 @@ def test_image_mode_shows_real_tiles_under_the_annotation(browser, with_image):
     assert 'Width="2220"' in dzi and 'Height="2967"' in dzi
     page, errors = open_page(browser, app.url)
     page.wait_for_function("sicApp.tilesLoaded > 0", timeout=20_000)
+    assert page.locator(".displayregion").count() == 1  # with an image the navigator shows it
     tiles = [r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
              if "/tiles/slide_files/" in r]
     assert tiles
@@ -276,20 +278,14 @@ def test_image_mode_shows_real_tiles_under_the_annotation(browser, with_image):
 
 
 @pytest.fixture(scope="module")
-def first_use(tmp_path_factory, local_key):
-    """A small pixel-free dataset whose classes are the demo's (Dermis, Epidermis), as a new user opens it."""
-    root = tmp_path_factory.mktemp("app-first-use")
-    xs, ys = np.arange(128, 128 * 20, 128), np.arange(128, 128 * 16, 128)
-    coords = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.int32)
-    truth = (coords[:, 1] > 128 * 8).astype(np.int8)
-    emb = np.random.default_rng(1).normal(0, 1, (len(coords), 16)) + truth[:, None] * 4
-    meta = SlideMetadata(ModelInfo("test-model", 16, "test"), Patching(256, 256, 0.5, 0.5, 128), ("Dermis", "Epidermis"))
-    write_slide(root / "skin" / "slides" / "k0.parquet", slide_id="k0", metadata=meta, coords=coords,
-                embeddings=emb, labels=truth)
-    home = root / "home"
-    dataset = signed_for(home, root / "skin", local_key)
+def demo_app(tmp_path_factory, local_key, real_cmu):
+    """The app on the demo's dataset: the real slide embedded by EfficientNet-Lite0 (137 patches x 1280),
+    exported once per test session (conftest's ``real_cmu``), opened as a new user opens it."""
+    home = tmp_path_factory.mktemp("app-demo") / "home"
+    TrustStore(home / "config" / "trust.json").add(local_key.public, LOCAL_PUBLISHER)
+    dataset = real_cmu[LITE0]
     app = App([dataset], home)
-    yield app, dataset, home, truth
+    yield app, dataset, home
     code, _ = app.stop()
     assert code == 0
 
@@ -306,92 +302,143 @@ def class_rgb(page) -> dict[str, tuple[int, int, int]]:
     return {c["name"]: tuple(c["rgb"]) for c in page.evaluate("sicApp.classes")}
 
 
-def test_first_use_loop_with_real_mouse_events_and_one_colour_per_class(browser, first_use, tmp_path):
+def demo_seeds() -> list[tuple[str, int, int]]:
+    """The demo's six clicks (demo/cmu_seeds.geojson, as QuPath exports them): (class, x, y) in level-0 pixels."""
+    features = json.loads(DEMO_SEEDS.read_text())["features"]
+    return [(f["properties"]["classification"]["name"], *f["geometry"]["coordinates"]) for f in features]
+
+
+def png_colours(path: Path) -> set[tuple[int, int, int]]:
+    """The colours of the part of a PNG that lies over the slide (not its legend band)."""
     from PIL import Image
 
-    app, dataset, home, truth = first_use
+    image = Image.open(path)
+    top = int(image.text["overlay_height"])
+    pixels = np.asarray(image.convert("RGBA"))[:top].reshape(-1, 4)
+    return {tuple(int(v) for v in p[:3]) for p in np.unique(pixels[pixels[:, 3] == 255], axis=0)}
+
+
+def test_first_use_loop_on_the_demos_dataset_with_real_mouse_events(browser, demo_app, tmp_path):
+    """Open, rename, pick a class, click the demo's six seeds, read where to click next, undo, export: on the real
+    slide's Lite0 embeddings, with the counts, the least certain places and the colours of 'sic-share sic'."""
+    from sic_share.dataset import read_slide, slide_files
+
+    app, dataset, home = demo_app
+    coords = read_slide(slide_files(dataset)[0]).coords.astype(np.int64)
     page, errors = open_page(browser, app.url)
-    # the dataset's classes, a first-use line, the keys listed; no image: no "map over the slide" switch
-    assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis"]
+    # the dataset's classes, a first-use line, the keys listed; no image: no navigator box, no map switch
+    assert page.locator("#classes li .name").all_text_contents() == ["other", "epidermis"]
     assert "Pick a class" in page.text_content("#hint") and "click the tissue" in page.text_content("#hint")
     assert "Ctrl" in page.text_content("#shortcuts") and "double-click" in page.text_content("#shortcuts")
     assert page.locator("#message").text_content() == ""
     assert not page.locator("#show-map").is_visible() and not page.locator("#map-toggle").is_visible()
+    assert page.locator(".displayregion").count() == 0  # OpenSeadragon's navigator would be an empty dark box
+    assert "the counts are those of 'sic-share sic'" in page.text_content("#about-counts")
 
-    # pick a class, click the tissue (real mouse events), twice per class
+    # rename both classes by a real double-click on the name
     revision = page.evaluate("sicApp.revision")
-    dermis, epidermis = np.flatnonzero(truth == 0), np.flatnonzero(truth == 1)
-    for cls, patch in ((0, dermis[5]), (1, epidermis[5]), (0, dermis[40]), (1, epidermis[40])):
-        pick_class(page, cls)
-        click_patch(page, int(patch))
+    for index, name in ((0, "Dermis"), (1, "Epidermis")):
+        page.locator("#classes li").nth(index).locator(".name").dblclick()
+        editor = page.locator("#classes input.rename")
+        editor.wait_for(timeout=5_000)
+        editor.fill(name)
+        editor.press("Enter")
         revision += 1
         wait_revision(page, revision)
-    assert page.evaluate(f"[sicApp.seeds[{dermis[5]}], sicApp.seeds[{epidermis[5]}]]") == [0, 1]
-    assert page.evaluate("sicApp.overlayCounts()") == {"Dermis": int((truth == 0).sum()),
-                                                         "Epidermis": int((truth == 1).sum())}
-    # the embedding map is drawn on the annotation's own patch cells: both layers cover the same cells
-    assert page.evaluate("sicApp.layerPixel('map', 0)[3]") == 255
-
-    # rename by a real double-click on the name, then undo it
-    page.locator("#classes li").nth(1).locator(".name").dblclick()
-    editor = page.locator("#classes input.rename")
-    editor.wait_for(timeout=5_000)
-    editor.fill("Epidermis (basal)")
-    editor.press("Enter")
-    revision += 1
-    wait_revision(page, revision)
-    assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis (basal)"]
-    page.click("#undo")
-    revision += 1
-    wait_revision(page, revision)
     assert page.locator("#classes li .name").all_text_contents() == ["Dermis", "Epidermis"]
+
+    # pick a class, click the tissue: the demo's six seeds, each on the patch whose centre is nearest
+    names = ["Dermis", "Epidermis"]
+    clicked = []
+    for name, x, y in demo_seeds():
+        patch = int(np.argmin(((coords - (x, y)) ** 2).sum(axis=1)))
+        pick_class(page, names.index(name))
+        click_patch(page, patch)
+        revision += 1
+        wait_revision(page, revision)
+        clicked.append((patch, names.index(name)))
+    assert page.evaluate(f"[{', '.join(f'sicApp.seeds[{p}]' for p, _ in clicked)}]") == [c for _, c in clicked]
+
+    # the CLI with the demo's own seeds file: the same counts (the app clusters the 1280-d embeddings of a
+    # slide this small, as sic does), and the least certain place the hint names and the dashed box marks
+    out = tmp_path / "cli"
+    out.mkdir()
+    report = json.loads(run_cli(home, "sic", dataset, "--seeds", DEMO_SEEDS, "--classes", "Dermis,Epidermis", "--out",
+                                out / "qupath.png", "--json"))
+    counts = page.evaluate("sicApp.overlayCounts()")
+    assert counts == report["counts"] and sum(counts.values()) == 137
+    assert {c["name"]: c["count"] for c in page.evaluate("sicApp.classes")} == counts
+    first = report["least_certain"]["regions"][0]
+    assert page.evaluate("sicApp.least.regions") == report["least_certain"]["regions"]
+    hint = page.text_content("#hint")
+    assert f"around x={first['x']}, y={first['y']}" in hint and "%" not in hint
+    box = page.locator(".next-mark").bounding_box()
+    px, py = page.evaluate(f"sicApp.slidePointOf({first['patch']})")
+    assert box["x"] <= px <= box["x"] + box["width"] and box["y"] <= py <= box["y"] + box["height"]
+
+    # the confidence layer: the least certain fifth in yellow, a legend with its numbers; clear elsewhere
+    page.check("#show-confidence")
+    legend = page.text_content("#confidence-legend")
+    assert "least certain 5% (7 patches): confidence" in legend and "toss-up" in legend
+    assert page.evaluate(f"sicApp.layerPixel('confidence', {first['patch']})")[:3] == [255, 214, 0]
+    marked = page.evaluate("[...Array(sicApp.n).keys()].filter((i) => sicApp.layerPixel('confidence', i)[3] > 0)")
+    assert len(marked) == sum(report["least_certain"]["counts"]) <= 0.21 * 137  # not "almost entirely dark"
+    page.click("#show-next")  # zooms to the box: larger, in the middle of the view
+    page.wait_for_timeout(1200)
+    zoomed, view = page.locator(".next-mark").bounding_box(), page.locator("#slide").bounding_box()
+    assert zoomed["width"] > 1.3 * box["width"]
+    assert abs(zoomed["x"] + zoomed["width"] / 2 - (view["x"] + view["width"] / 2)) < 0.1 * view["width"]
+
+    # undo the last click (Ctrl+Z), redo it
+    page.keyboard.press("Control+z")
+    wait_revision(page, revision + 1)
+    assert page.evaluate(f"sicApp.seeds[{clicked[-1][0]}]") == -1
+    page.keyboard.press("Control+Shift+Z")
+    wait_revision(page, revision + 2)
+    revision += 2
+    assert page.evaluate("sicApp.overlayCounts()") == counts
 
     # export from the page (named by the method) and the same seeds through the CLI: one colour per class
     colours = class_rgb(page)
     assert len(set(colours.values())) == 2
+    method = page.evaluate("sicApp.info.methods[0].name")
+    exported = download(page, "button[data-export=png]", tmp_path)
+    assert exported.name == f"{page.evaluate('sicApp.info.slide_id')}-{method}.png"
     geojson = download(page, "button[data-export=geojson]:not([data-tiles])", tmp_path)
-    assert geojson.name == f"k0-{page.evaluate('sicApp.info.methods[0].name')}.geojson"
     seeds_csv = download(page, "#save-seeds-csv", tmp_path)
-    out = tmp_path / "cli"
-    out.mkdir()
-    run_cli(home, "sic", dataset, "--seeds", seeds_csv, "--classes", "Dermis,Epidermis", "--out", out / "k0.geojson",
-            "--out", out / "k0.png", "--out", out / "k0.tissuumaps.csv")
-    for path in (geojson, out / "k0.geojson"):
+    run_cli(home, "sic", dataset, "--seeds", seeds_csv, "--classes", "Dermis,Epidermis", "--out", out / "k.png",
+            "--out", out / "k.geojson", "--out", out / "k.tissuumaps.csv")
+    assert png_colours(exported) == png_colours(out / "k.png") == set(colours.values())
+    for path in (geojson, out / "k.geojson"):
         drawn = {f["properties"]["classification"]["name"]: tuple(f["properties"]["classification"]["color"])
                  for f in json.loads(path.read_text())["features"]}
         assert drawn == colours, path
-    rows = (out / "k0.tissuumaps.csv").read_text().splitlines()
+    rows = (out / "k.tissuumaps.csv").read_text().splitlines()
     header = rows[0].split(",")
     tissuumaps = {r.split(",")[header.index("class")]: r.split(",")[header.index("color")] for r in rows[1:]}
     assert tissuumaps == {n: "#%02x%02x%02x" % c for n, c in colours.items()}
-    png = {rgb for _, rgb in Image.open(out / "k0.png").convert("RGB").getcolors(1 << 20)}
-    assert set(colours.values()) <= png
-    # the page draws each patch in its class's colour
-    assert tuple(page.evaluate(f"sicApp.layerPixel('overlay', {dermis[0]})")[:3]) == colours["Dermis"]
+    assert tuple(page.evaluate(f"sicApp.layerPixel('overlay', {clicked[0][0]})")[:3]) == colours[demo_seeds()[0][0]]
 
-    # a QuPath seeds file's colours are honoured (and exported)
-    x, y = page.evaluate(f"[sicApp.coords[{2 * dermis[60]}], sicApp.coords[{2 * dermis[60]} + 1]]")
-    qupath = tmp_path / "qupath.geojson"
-    qupath.write_text(json.dumps({"type": "FeatureCollection", "features": [{
-        "type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
-        "properties": {"objectType": "annotation", "classification": {"name": "Dermis", "color": [10, 200, 30]}}}]}))
-    page.set_input_files("#load-seeds", str(qupath))
+    # the demo's QuPath seeds file, loaded in the page: its colours, which the CLI's PNG of that file has too
+    page.set_input_files("#load-seeds", str(DEMO_SEEDS))
     revision += 1
     wait_revision(page, revision)
-    assert class_rgb(page)["Dermis"] == (10, 200, 30)
-    exported = json.loads(download(page, "button[data-export=geojson]:not([data-tiles])", tmp_path).read_text())
-    assert {tuple(f["properties"]["classification"]["color"]) for f in exported["features"]
-            if f["properties"]["classification"]["name"] == "Dermis"} == {(10, 200, 30)}
+    qupath = {f["properties"]["classification"]["name"]: tuple(f["properties"]["classification"]["color"])
+              for f in json.loads(DEMO_SEEDS.read_text())["features"]}
+    assert class_rgb(page) == qupath and page.evaluate("sicApp.overlayCounts()") == counts
+    assert png_colours(out / "qupath.png") == set(qupath.values())
+    assert png_colours(download(page, "button[data-export=png]", tmp_path)) == set(qupath.values())
 
     # clear all seeds (one undo step); a reload says the session was kept
     page.click("#clear-seeds")
     revision += 1
     wait_revision(page, revision)
     assert page.evaluate("[...sicApp.seeds].every((c) => c === -1)") and "Pick a class" in page.text_content("#hint")
+    assert page.locator(".next-mark").is_hidden()
     page.click("#undo")
     wait_revision(page, revision + 1)
     page.reload()
     page.wait_for_function("window.sicApp && sicApp.ready && sicApp.viewerOpen", timeout=20_000)
-    assert "Session restored: 5 seeds" in page.text_content("#hint")
+    assert "Session restored: 6 seeds" in page.text_content("#hint")
     assert errors == []
     page.close()

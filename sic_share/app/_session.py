@@ -266,16 +266,17 @@ class Session:
         c = self._class_index(class_index)
         s = self._state
         old_name, old_colour = s.classes[c]
-        name = old_name if name.strip() == old_name else self._new_name(name)
+        name = old_name if name.strip() == old_name else self._new_name(name, besides=c)
         colour = _chosen(name, color) if color else old_colour  # a palette colour follows the new name
         classes = tuple((name, colour) if i == c else pair for i, pair in enumerate(s.classes))
         self._change(_State(s.seed_index, s.seed_class, classes, s.method, s.rule))
 
-    def _new_name(self, name: Any) -> str:
+    def _new_name(self, name: Any, besides: int | None = None) -> str:
+        """A checked class name; ``besides`` is the class being renamed (its name may change case only)."""
         text = str(name or "").strip()
         if not text or len(text) > 64:
             raise SessionError("a class name should be 1-64 characters")
-        if text.casefold() in {n.casefold() for n in self.classes}:
+        if text.casefold() in {n.casefold() for i, n in enumerate(self.classes) if i != besides}:
             raise SessionError(f"there is already a class {text!r}: choose another name")
         return text
 
