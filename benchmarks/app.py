@@ -6,8 +6,9 @@ For each size: a synthetic float16 slide (Gaussian clusters on a square patch gr
 
 - warm re-read of the embedding matrix from the app's cache (memory map, every page
   touched) against ``numpy.load`` of the same matrix, and the Parquet read it replaces;
-- click to overlay, server side: one seed added and the method re-run on the cached
-  working matrix (``Session.add_seeds`` + ``outcome``), p50/p95 over 30 clicks;
+- click to overlay, server side: one seed added, the method re-run on the cached
+  working matrix and the page's answer made (``Session.add_seeds`` + ``response``: labels,
+  counts, the confidence tiers and the places to seed next), p50/p95 over 30 clicks;
 - at sizes with a Parquet file (``--browser-max``): app start (warm cache) to the first
   interactive view in headless Chromium, and click to overlay end to end (mouse click
   on the slide to the redrawn overlay, the page's own measure), p95 over 20 clicks.
@@ -78,7 +79,7 @@ def server_clicks(session: Session, truth: np.ndarray, clicks: int, method: str)
         c = (0, 3)[i % 2]
         t = time.perf_counter()
         session.add_seeds([int(rng.choice(seeds[c]))], 0 if c == 0 else 1)
-        session.outcome()
+        session.response()  # what the server sends: labels, counts, the confidence tiers and places to seed next
         times.append(time.perf_counter() - t)
     return times
 

@@ -371,10 +371,11 @@ def test_first_use_loop_on_the_demos_dataset_with_real_mouse_events(browser, dem
     first = report["least_certain"]["regions"][0]
     assert page.evaluate("sicApp.least.regions") == report["least_certain"]["regions"]
     hint = page.text_content("#hint")
-    assert f"around x={first['x']}, y={first['y']}" in hint and "%" not in hint
-    box = page.locator(".next-mark").bounding_box()
+    assert f"the ringed one is at x={first['x']}, y={first['y']}" in hint and "%" not in hint
+    box, ring = page.locator(".next-mark").bounding_box(), page.locator(".next-spot").bounding_box()
     px, py = page.evaluate(f"sicApp.slidePointOf({first['patch']})")
     assert box["x"] <= px <= box["x"] + box["width"] and box["y"] <= py <= box["y"] + box["height"]
+    assert abs(ring["x"] + ring["width"] / 2 - px) < 2 and abs(ring["y"] + ring["height"] / 2 - py) < 2
 
     # the confidence layer: the least certain fifth in yellow, a legend with its numbers; clear elsewhere
     page.check("#show-confidence")

@@ -1,4 +1,5 @@
-"""Screenshots of ``sic-share app`` for docs/app.md: the pixel-free mode and the --image mode.
+"""Screenshots of ``sic-share app`` for docs/app.md: the pixel-free mode (with and without the confidence
+layer) and the --image mode.
 
 Run: ``.venv/bin/python docs/figures/app_screenshots.py`` (needs the app extra, Playwright,
 /usr/bin/chromium and OpenSlide). The dataset is made here from the real slide
@@ -78,18 +79,24 @@ def main() -> None:
                         for i in patches:
                             x, y = page.evaluate(f"sicApp.slidePointOf({int(i)})")
                             page.mouse.click(x, y)
-                    page.wait_for_function("sicApp.revision >= 4", timeout=60_000)
+                    page.wait_for_function("sicApp.revision >= 5", timeout=60_000)
                     page.wait_for_load_state("networkidle")
                     page.wait_for_timeout(800)
                     x, y = page.evaluate(f"sicApp.scatterPointOf({int(dark[0])})")
                     page.mouse.move(x, y)
                     page.wait_for_timeout(300)
                     page.screenshot(path=str(out / name))
+                    print(f"wrote {out / name}")
+                    if not extra:  # the confidence layer, its legend and the place to click next
+                        page.mouse.move(5, 5)
+                        page.check("#show-confidence")
+                        page.wait_for_timeout(500)
+                        page.screenshot(path=str(out / "app_confidence.png"))
+                        print(f"wrote {out / 'app_confidence.png'}")
                     browser.close()
             finally:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=30)
-            print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

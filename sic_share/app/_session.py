@@ -358,6 +358,8 @@ class Session:
         with self._prepare_lock:
             state = self._state
             try:
+                import scipy.ndimage  # noqa: F401 - the confidence layer's regions: 0.3 s on the first click else
+
                 prepare_method(self.methods[state.method], state.rule, self._X, random_state=self.random_state,
                                coords=self.slide.coords, prepared=self._prepared)
             except Exception:  # noqa: BLE001 - the first fit repeats the work and reports what went wrong

@@ -80,8 +80,8 @@ def _check(confidence: Any) -> np.ndarray:
     values = np.asarray(confidence)
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
         raise SicShareError(f"confidence of shape {values.shape} should be one number per patch")
-    values = values.astype(np.float32)
-    if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+    values = values.astype(np.float32, copy=False)
+    if values.size and not (0 <= values.min() and values.max() <= 1):  # NaN fails both
         raise SicShareError("confidence should hold finite numbers in [0, 1], one per patch")
     return values
 
@@ -216,7 +216,7 @@ def uncertain_regions(coords: Any, scale: ConfidenceScale, confidence: Any, *, t
     """
     from scipy import ndimage
 
-    points = np.asarray(coords, np.float64)
+    points = np.asarray(coords)
     conf = _check(confidence)
     if len(points) != scale.n_patches or conf.size != scale.n_patches:
         raise SicShareError(f"coords ({len(points)}), confidence ({conf.size}) and the scale ({scale.n_patches}) "
@@ -237,11 +237,12 @@ def uncertain_regions(coords: Any, scale: ConfidenceScale, confidence: Any, *, t
     out = []
     for k in order.tolist():
         members = marked[region == k]
-        xy = points[members]
+        xy = points[members].astype(np.float64)
         nearest = members[int(np.argmin(((xy - xy.mean(axis=0)) ** 2).sum(axis=1)))]
         x0, y0 = xy.min(axis=0)
         x1, y1 = xy.max(axis=0)
-        out.append(UncertainRegion(int(nearest), int(round(points[nearest, 0])), int(round(points[nearest, 1])),
+        out.append(UncertainRegion(int(nearest), int(round(float(points[nearest, 0]))),
+                                   int(round(float(points[nearest, 1]))),
                                    int(members.size), (int(x0), int(y0), int(x1), int(y1)),
                                    float(conf[members].mean())))
     return out

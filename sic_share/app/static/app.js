@@ -115,8 +115,9 @@
       text = `${m.message[0].toUpperCase()}${m.message.slice(1)}: the annotation appears once two classes have seeds.`;
     } else if (S.least && S.least.regions.length) {
       const r = S.least.regions[0];
-      text = `Least sure now: the dashed box (${r.patches} patch${r.patches === 1 ? "" : "es"} around x=${r.x}, ` +
-        `y=${r.y}). A seed there, with the class it should be, helps most; or click wherever the annotation is wrong.`;
+      text = `Least sure now: the dashed box (${r.patches} patch${r.patches === 1 ? "" : "es"}; the ringed one is at ` +
+        `x=${r.x}, y=${r.y}). A seed there, with the class it should be, helps most; or click wherever the annotation ` +
+        "is wrong.";
     } else {
       text = "Click where the annotation is wrong, with the class it should be: it updates after each click.";
     }
@@ -264,6 +265,7 @@
   const layers = {};
   let hoverMark = null;
   let nextMark = null;
+  let nextSpot = null;  // the patch the hint names, inside the box
 
   function makeLayer(width, height) {
     const canvas = document.createElement("canvas");
@@ -319,6 +321,9 @@
       nextMark.className = "next-mark"; nextMark.hidden = true;
       nextMark.innerHTML = "<span>next</span>";
       viewer.addOverlay({ element: nextMark, location: new OpenSeadragon.Rect(0, 0, g.stride / S.W, g.stride / S.W) });
+      nextSpot = document.createElement("div");
+      nextSpot.className = "next-spot"; nextSpot.hidden = true;
+      viewer.addOverlay({ element: nextSpot, location: new OpenSeadragon.Rect(0, 0, g.stride / S.W, g.stride / S.W) });
       applyOpacity();
       drawOverlay(); drawSeeds(); drawConfidence(); drawNext();
       S.viewerOpen = true;
@@ -419,8 +424,12 @@
   function drawNext() {
     if (!nextMark) return;
     const box = nextBox();
-    nextMark.hidden = !box || !$("show-next-box").checked;
-    if (box) viewer.updateOverlay(nextMark, box);
+    nextMark.hidden = nextSpot.hidden = !box || !$("show-next-box").checked;
+    if (!box) return;
+    viewer.updateOverlay(nextMark, box);
+    const r = S.least.regions[0], g = S.grid;
+    const x = g.x0 + S.col[r.patch] * g.stride, y = g.y0 + S.row[r.patch] * g.stride;
+    viewer.updateOverlay(nextSpot, new OpenSeadragon.Rect(x / S.W, y / S.W, g.stride / S.W, g.stride / S.W));
   }
 
   function drawSeeds() {
