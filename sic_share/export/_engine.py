@@ -41,6 +41,7 @@ from sic_share.export._pipeline import (
 __all__ = ["EngineRun", "check_ray", "parse_devices", "resolve_devices"]
 
 _PROGRESS_EVERY_S = 0.25
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -102,6 +103,12 @@ def _device_worker(wid: int, device: str, threads: int, options: ExportOptions, 
 
     _fix_mmap_threshold()
     torch.set_num_threads(threads)
+    try:
+        import pyarrow
+
+        pyarrow.set_cpu_count(threads)
+    except (ImportError, ValueError):
+        pass
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     try:
@@ -331,6 +338,8 @@ class EngineRun:
         self.wall_seconds = 0.0
         self.loader_wait_fraction = 0.0
         self._start = self._last = time.perf_counter()
+        self._epoch = time.time()  # the same instant as _start, on the clock workers on other machines share
+        self._first: dict[str, float] = {}
         self._stream = 0.0
         self._wait = 0.0
 
@@ -346,6 +355,8 @@ class EngineRun:
         device = device or result.device or "?"
         self.results.append(result)
         stats = self.worker_stats.setdefault(device, WorkerStats())
+        if result.started:
+            self._first[device] = min(self._first.get(device, result.started), result.started)
         if result.status == "exported":
             stats.slides += 1
         stats.patches += result.patches
@@ -359,8 +370,10 @@ class EngineRun:
 
     def _finish(self) -> list[_SlideResult]:
         self.wall_seconds = max(0.0, self._last - self._start)  # first job handed out to last result in
-        for stats in self.worker_stats.values():
+        for device, stats in self.worker_stats.items():
             stats.wall_seconds = self.wall_seconds
+            if device in self._first:
+                stats.startup_seconds = min(self.wall_seconds, max(0.0, self._first[device] - self._epoch))
         self.loader_wait_fraction = self._wait / self._stream if self._stream else 0.0
         return self.results
 
@@ -369,7 +382,7 @@ class EngineRun:
         device = exporter.device
         stager = Stager(self.jobs, self.options.stage_dir, self.options.stage_bytes)
         self.stager = stager
-        self._start = time.perf_counter()
+        self._start, self._epoch = time.perf_counter(), time.time()
         try:
             for job in self.jobs:
                 if self._stop():
@@ -426,8 +439,19 @@ class EngineRun:
             self.state.devices[name] = 0
             self.worker_stats[name] = WorkerStats()
         try:
-            for proc in procs:
-                proc.start()
+            for proc, n in zip(procs, threads):
+                # Every thread pool of a child (OpenMP, BLAS, torch) sized before it imports numpy or torch:
+                # CPU workers that each used every core would fight over them (measured: 0.65 x one process).
+                saved = {var: os.environ.get(var) for var in _THREAD_VARS}
+                os.environ.update(dict.fromkeys(_THREAD_VARS, str(n)))
+                try:
+                    proc.start()
+                finally:
+                    for var, value in saved.items():
+                        if value is None:
+                            os.environ.pop(var, None)
+                        else:
+                            os.environ[var] = value
             while (todo or busy) and alive and not self._stop():
                 try:
                     kind, wid, payload = outbox.get(timeout=0.2)
@@ -472,7 +496,7 @@ class EngineRun:
                         self._record(_SlideResult(job.slide_id, job.name, "failed", str(staged)), "staging")
                         continue
                     if not started:
-                        self._start, started = time.perf_counter(), True
+                        self._start, self._epoch, started = time.perf_counter(), time.time(), True
                     wid = idle.pop(0)
                     busy[wid] = job
                     inboxes[wid].put((job, str(staged)))
@@ -531,7 +555,7 @@ class EngineRun:
                 num_cpus=1 + workers if not use_gpu else max(1, workers), num_gpus=1 if use_gpu else 0,
                 max_retries=options.retries, retry_exceptions=False, name="sic-share-export-slide")
             device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
-            self._start = time.perf_counter()
+            self._start, self._epoch = time.perf_counter(), time.time()
             refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
                     for job in self.jobs}
             pending = list(refs)

@@ -186,6 +186,7 @@ class WorkerStats:
     patches: int = 0
     busy_seconds: float = 0.0  # planning, reading, embedding, writing its slides
     wall_seconds: float = 0.0  # from the first slide handed out to the last one done
+    startup_seconds: float = 0.0  # from the first slide handed out to this worker beginning its first slide
 
     @property
     def busy_fraction(self) -> float:
@@ -567,6 +568,7 @@ class _SlideResult:
     stream_seconds: float = 0.0
     loader_wait: float = 0.0
     device: str = ""
+    started: float = 0.0  # time.time() when the worker began the slide (after its start-up)
 
 
 class _SlideExporter:
@@ -645,7 +647,7 @@ class _SlideExporter:
     def run(self, job: _Job, path: Path, progress: Callable[[int], None] | None = None) -> _SlideResult:
         """Plan and stream one slide; failures come back as a result, never raised."""
         start = time.perf_counter()
-        result = _SlideResult(job.slide_id, job.name, "exported", device=self.device)
+        result = _SlideResult(job.slide_id, job.name, "exported", device=self.device, started=time.time())
         try:
             plan = self.plan(job, path)
         except (SlideError, LabelError) as exc:
@@ -933,7 +935,9 @@ def export_slides(
                                  "slides are labelled apart and must share one class list")
         jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
         run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress)
-        if options.ray is not None:
+        if not jobs:
+            results = []  # every slide done: no process, no Ray
+        elif options.ray is not None:
             results = run.ray()
         elif devices:
             results = run.devices(devices)
