@@ -35,6 +35,14 @@ def test_patches_as_sure_as_the_surest_are_never_marked():
     conf[:3] = 0.2
     scale = confidence_scale(conf)
     assert scale.counts == (3, 0) and (scale.tier[3:] == -1).all()
+    assert scale.legend()[0] == "least certain 3% (3 patches): confidence 0.20-0.20"
+
+
+def test_ties_make_a_tier_larger_and_its_legend_says_how_large():
+    conf = np.full(100, 0.6, np.float32)
+    conf[:12] = 0.0  # SIC's patches in a cluster without seeds all have confidence 0
+    scale = confidence_scale(conf)
+    assert scale.counts[0] == 12 and scale.legend()[0] == "least certain 12% (12 patches): confidence 0.00-0.00"
 
 
 def test_bad_confidence_is_one_sentence():

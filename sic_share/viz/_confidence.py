@@ -43,7 +43,8 @@ class ConfidenceScale:
         The cumulative shares asked for (:data:`TIERS`).
     limits : tuple of float
         Per tier, the highest confidence in it (the tier holds the patches of confidence
-        at most this value and above the previous tier's limit).
+        at most this value and above the previous tier's limit; an empty tier repeats
+        the previous limit).
     counts : tuple of int
         Patches in each tier (ties can make a tier a little larger than its share).
     n_patches : int
@@ -59,12 +60,13 @@ class ConfidenceScale:
     lowest: float = 0.0
 
     def legend(self) -> list[str]:
-        """One line per tier, then one for the rest: what each colour of the layer means, with its numbers."""
+        """One line per tier, then one for the rest: what each colour of the layer means, with its numbers
+        (the share of the patches each tier holds, its patch count and confidence range)."""
         lines = []
         low = self.lowest
-        for k, (share, limit, count) in enumerate(zip(self.shares, self.limits, self.counts)):
+        for k, (limit, count) in enumerate(zip(self.limits, self.counts)):
             what = "least certain" if k == 0 else "next"
-            part = share - (self.shares[k - 1] if k else 0.0)
+            part = count / max(self.n_patches, 1)  # the share it holds (ties can make it more than asked)
             lines.append(f"{what} {part:.0%} ({count} patch{'es' * (count != 1)}): confidence {low:.2f}-{limit:.2f}")
             low = limit
         rest = self.n_patches - sum(self.counts)
@@ -120,14 +122,17 @@ def confidence_scale(confidence: Any, shares: Sequence[float] = TIERS) -> Confid
     top = float(conf.max())
     limits, counts = [], []
     below = np.zeros(n, bool)
+    reached = lowest = float(conf.min())
     for share in wanted:
-        limit = float(values[min(n, max(1, int(np.ceil(share * n)))) - 1])
-        inside = (conf <= limit) & (conf < top) & ~below
+        cut = float(values[min(n, max(1, int(np.ceil(share * n)))) - 1])
+        inside = (conf <= cut) & (conf < top) & ~below
         tier[inside] = len(limits)
         below |= inside
-        limits.append(limit)
+        if inside.any():  # the highest confidence the tier holds (below ``cut`` when the surest are left out)
+            reached = float(conf[inside].max())
+        limits.append(reached)
         counts.append(int(inside.sum()))
-    return ConfidenceScale(tier, wanted, tuple(limits), tuple(counts), n, float(values[0]))
+    return ConfidenceScale(tier, wanted, tuple(limits), tuple(counts), n, lowest)
 
 
 @dataclass(frozen=True)
