@@ -216,6 +216,12 @@ def test_sign_refuses_a_slide_of_a_shard_that_failed(tmp_path, cli, cohort):
 # --- slides from URLs ---------------------------------------------------------------------------
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no line per request on stderr
+        pass
+
+
+
 def test_slides_on_s3_are_staged_within_the_budget_and_removed(tmp_path, as_user, cohort, reference, secret,
                                                                 monkeypatch):
     import fsspec
@@ -250,8 +256,7 @@ def test_slides_on_s3_are_staged_within_the_budget_and_removed(tmp_path, as_user
 def test_slides_over_http_and_on_devices(tmp_path, cohort, reference, secret):
     from sic_share.export import ExportOptions, export_slides
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cohort))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(_QuietHandler, directory=str(cohort))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -322,6 +327,22 @@ def test_s3_slides_with_bad_credentials_or_a_dead_endpoint_are_one_line(tmp_path
     s3fs.S3FileSystem.clear_instance_cache()
     dead = cli("export", f"s3://{BUCKET}/lab-a/cohort/", "--out", tmp_path / "ds", "--no-sign")
     assert_one_line_error(dead, "cannot reach")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_unreachable_or_missing_http_slide_is_one_line(tmp_path, cli, cohort):
+    handler = functools.partial(_QuietHandler, directory=str(cohort))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        missing = cli("export", f"http://127.0.0.1:{port}/nope.svs", "--out", tmp_path / "ds", "--no-sign")
+        assert_one_line_error(missing, f"http://127.0.0.1:{port}/nope.svs does not exist")
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = cli("export", f"http://127.0.0.1:{port}/nope.svs", "--out", tmp_path / "ds", "--no-sign")
+    assert_one_line_error(dead, f"cannot reach http://127.0.0.1:{port}")
     assert not (tmp_path / "ds").exists()
 
 

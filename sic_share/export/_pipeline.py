@@ -233,6 +233,22 @@ def _remote_failure(exc: BaseException) -> str:
     return describe_failure(exc)
 
 
+def _check_reachable(url: str) -> None:
+    """fsspec's HTTP filesystem reports a server that does not answer as a missing file: tell them apart."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=5).close()
+    except OSError as exc:
+        raise SlideError(f"cannot reach {parts.scheme}://{parts.netloc} for {url} ({exc.strerror or exc}): check "
+                         "the URL and that the server runs") from None
+
+
 def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
     import fsspec
 
@@ -244,6 +260,7 @@ def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
         else:
             entries = [info]
     except FileNotFoundError:
+        _check_reachable(url)
         raise SlideError(f"{url} does not exist: give slide files or folders holding them") from None
     except SicShareError:
         raise
