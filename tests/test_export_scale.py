@@ -291,6 +291,13 @@ def test_bad_devices_are_one_line(tmp_path, cli, value, fragment):
     assert not (tmp_path / "ds").exists()
 
 
+def test_devices_with_masks_need_the_class_list(tmp_path, cli):
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--devices", "cpu,cpu", "--no-sign",
+                 "--masks", str(DATA / "{stem}_epidermis.png"))
+    assert_one_line_error(result, "need --classes")
+    assert not list((tmp_path / "ds").glob("slides/*"))
+
+
 def test_ray_without_ray_names_the_extra(tmp_path, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as when it is not installed
     result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "local", "--no-sign")

@@ -871,6 +871,10 @@ def export_slides(
         devices, device = [], _resolve_device(options.device)
         report.device = device
     sources = select_shard(_find_sources(slides), options.shard)  # a wrong path fails before models load
+    if (options.masks or options.annotations) and not options.classes and (
+            engine or any(isinstance(source.location, str) for source in sources)):
+        raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
+                         "slides are labelled apart and must share one class list")
     exporter = _SlideExporter(options, [], tuple(options.classes) if options.classes else None, device)
     out = Path(out_dir)
     if len(options.models) == 1:
@@ -946,10 +950,6 @@ def export_slides(
         report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
     else:
         # -- per slide: in this process (slides from URLs), one process per device, or Ray tasks --
-        if options.masks or options.annotations:
-            if exporter.classes is None:
-                raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
-                                 "slides are labelled apart and must share one class list")
         jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
         run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress)
         if not jobs:
