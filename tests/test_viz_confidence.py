@@ -26,7 +26,7 @@ def test_tiers_mark_the_least_certain_shares_whatever_the_values():
     lines = scale.legend()
     assert lines[0] == "least certain 5% (10 patches): confidence 0.01-0.03"
     assert lines[1] == "next 15% (30 patches): confidence 0.03-0.10"
-    assert lines[2] == "the other 160 patches: clear (confidence above 0.10)"
+    assert lines[2] == "the other 160 patches: surer (confidence above 0.10)"
 
 
 def test_patches_as_sure_as_the_surest_are_never_marked():
@@ -89,6 +89,9 @@ def test_the_png_marks_the_tiers_in_yellow_and_numbers_the_regions(tmp_path):
     top_left = layer[: int(5 * cell), : int(5 * cell)]
     assert (top_left[..., 3] > 0).mean() > 0.9  # the corner is marked
     assert ((layer[..., :3] == 255).all(axis=2) & (layer[..., 3] == 255)).any()  # a white disc (a number)
+    # the surer patches are a faint grey, so the tissue's outline shows on a PNG of its own
+    middle = layer[int(15 * cell):int(20 * cell), int(15 * cell):int(20 * cell)]
+    assert (middle[..., 3] > 0).all() and (middle[..., 3] < 100).mean() > 0.6  # some are in the next 15 %
     band = np.asarray(image.convert("RGB"))[image.info["overlay_height"]:]
     assert (band < 60).all(axis=2).sum() > 100  # the legend's text
     bare = render_confidence(coords=coords, confidence=conf, patch_size=256, max_side=600)

@@ -70,7 +70,7 @@ class ConfidenceScale:
             lines.append(f"{what} {part:.0%} ({count} patch{'es' * (count != 1)}): confidence {low:.2f}-{limit:.2f}")
             low = limit
         rest = self.n_patches - sum(self.counts)
-        lines.append(f"the other {rest} patches: clear (confidence above {low:.2f})")
+        lines.append(f"the other {rest} patches: surer (confidence above {low:.2f})")
         return lines
 
     def to_json(self) -> dict[str, Any]:

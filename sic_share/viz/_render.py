@@ -165,9 +165,11 @@ def render_confidence(
     Returns
     -------
     PIL.Image.Image
-        RGBA, clear where the method is surer: the least certain 5 % of the patches
-        opaque yellow, the next 15 % half-transparent yellow (:func:`confidence_scale`),
-        and a numbered white disc at the patch to seed in each region.
+        RGBA: the least certain 5 % of the patches opaque yellow, the next 15 %
+        half-transparent yellow (:func:`confidence_scale`), the other patches a faint
+        grey (so that the tissue's outline shows on its own; over the class overlay it
+        barely tints), no patch clear, and a numbered white disc at the patch to seed
+        in each region.
 
     Notes
     -----
@@ -187,9 +189,9 @@ def render_confidence(
     size = check_patch_size(patch_size)
     check_max_side(max_side)
     scale = confidence_scale(conf)
-    pixels = pixel_index(data.coords, size, max_side, slide_size, drawn=np.flatnonzero(scale.tier >= 0))
-    lut = np.array([*TIER_COLORS, (0, 0, 0, 0)], np.uint8)
-    tier = np.where(pixels.index >= 0, scale.tier[np.maximum(pixels.index, 0)], len(TIER_COLORS))
+    pixels = pixel_index(data.coords, size, max_side, slide_size)
+    lut = np.array([*TIER_COLORS, _SURER, (0, 0, 0, 0)], np.uint8)
+    tier = np.where(pixels.index >= 0, scale.tier[np.maximum(pixels.index, 0)], len(TIER_COLORS) + 1)
     image = Image.fromarray(lut[np.where(tier < 0, len(TIER_COLORS), tier)], "RGBA")
     found = uncertain_regions(data.coords, scale, conf, top=regions) if regions else []
     if found:
@@ -202,7 +204,7 @@ def render_confidence(
                          outline=(0, 0, 0, 255), width=max(1, round(radius / 6)))
             draw.text((x, y), str(k), fill=(0, 0, 0, 255), font=font, anchor="mm")
     if legend or title:
-        keys = [(line, _on_white(colour)) for line, colour in zip(scale.legend(), [*TIER_COLORS, (0, 0, 0, 0)])]
+        keys = [(line, _on_white(colour)) for line, colour in zip(scale.legend(), [*TIER_COLORS, _SURER])]
         notes = ["confidence: the chosen class's probability minus the next one's (0: a toss-up, 1: sure)"]
         if found:
             notes.insert(0, f"1{'-' + str(len(found)) if len(found) > 1 else ''}: the largest groups of marked "
@@ -211,6 +213,9 @@ def render_confidence(
                             background=(255, 255, 255, 255))
     image.info["level0_per_pixel"] = pixels.scale
     return image
+
+
+_SURER = (128, 128, 128, 48)  # the patches outside the tiers: a faint grey, the tissue's outline
 
 
 def _on_white(rgba: Sequence[int]) -> tuple[int, int, int]:
