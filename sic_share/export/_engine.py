@@ -501,7 +501,7 @@ class EngineRun:
                     busy[wid] = job
                     inboxes[wid].put((job, str(staged)))
             if todo and not alive and not self._stop():
-                raise SicShareError(f"every export process died; {len(todo)} slide(s) were not exported: "
+                raise SicShareError(f"every export process died (exit codes {[p.exitcode for p in procs]}); {len(todo)} slide(s) were not exported: "
                                     "run the export again to redo them")
         finally:
             for wid in alive:
@@ -511,6 +511,8 @@ class EngineRun:
                     pass
             deadline = time.monotonic() + (2 if self._stop() else 30)
             for proc in procs:
+                if proc.pid is None:
+                    continue  # never started
                 proc.join(timeout=max(0.1, deadline - time.monotonic()))
                 if proc.is_alive():
                     proc.terminate()

@@ -89,7 +89,9 @@ class ExportOptions:
     devices : str or None
         ``all`` (every GPU), GPU indices ``0,1,3``, or ``cpu`` entries (``cpu,cpu``: two
         CPU workers): one process and encoder per entry, fed from one queue of
-        slides, largest first. None: this process, on ``device``.
+        slides, largest first. None: this process, on ``device``. The processes
+        are spawned (CUDA needs it), so a script that calls this must guard its
+        top level with ``if __name__ == "__main__":``.
     ray : str or None
         Run one Ray task per slide: ``local`` connects to ``$RAY_ADDRESS`` or starts
         a Ray on this machine for the run; otherwise a cluster address (``auto``,
