@@ -180,6 +180,17 @@ def test_shards_sign_once_when_every_part_is_in(tmp_path, cli, cohort, reference
     assert b"cmu_small_region" not in blob and b"patient-" not in blob
 
 
+def test_a_shard_that_lost_the_race_for_the_slide_map_still_resumes(tmp_path, cli, cohort, home):
+    """Shards that start together each rewrite slide-map.json, and the last write wins; a rerun must not then
+    take the other shards' slides for slides made with another secret."""
+    out = tmp_path / "ds"
+    assert cli("export", cohort, "--out", out, "--shard", "0/2", "--workers", "0").code == 0
+    (home / "config" / "keys" / "slide-map.json").unlink()  # as if shard 1's write had replaced shard 0's
+    result = cli("export", cohort, "--out", out, "--shard", "1/2", "--workers", "0")
+    assert result.code == 0, result.err
+    assert len(slide_files(out)) == 3
+
+
 def test_sign_refuses_a_shard_cut_with_other_settings(tmp_path, cli, cohort):
     out = tmp_path / "mixed"
     assert cli("export", cohort, "--out", out, "--shard", "0/2", "--workers", "0").code == 0

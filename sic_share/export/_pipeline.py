@@ -505,7 +505,8 @@ def _clear_dataset(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _check_existing(folder: Path, model: object, options: ExportOptions, slide_map: SlideMap) -> None:
+def _check_existing(folder: Path, model: object, options: ExportOptions, slide_map: SlideMap,
+                    ours: set[str] = frozenset()) -> None:
     """Refuse to add slides to a dataset made with other settings, or with another holder secret.
 
     Resuming is only safe when every setting that shapes the rows is the same: the
@@ -549,7 +550,9 @@ def _check_existing(folder: Path, model: object, options: ExportOptions, slide_m
                 f"{folder} holds a dataset made with {setting} {old}, this run asks for {new}: "
                 "export into a new --out, or pass --force to replace it"
             )
-    known = {entry.slide_id for entry in slide_map.entries()}
+    # this run's own slides (every shard's) count as known even if the map lost them: shards that start
+    # together each rewrite the map, and the last one's write wins
+    known = {entry.slide_id for entry in slide_map.entries()} | set(ours)
     strangers = [path.stem for path in existing if path.stem not in known]
     if strangers:
         raise DatasetError(
@@ -872,7 +875,8 @@ def export_slides(
     else:
         devices, device = [], _resolve_device(options.device)
         report.device = device
-    sources = select_shard(_find_sources(slides), options.shard)  # a wrong path fails before models load
+    every = _find_sources(slides)  # a wrong path fails before models load
+    sources = select_shard(every, options.shard)
     if (options.masks or options.annotations) and not options.classes and (
             engine or any(isinstance(source.location, str) for source in sources)):
         raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
@@ -891,11 +895,12 @@ def export_slides(
     mpp_table = _read_mpp_csv(options.mpp_csv) if options.mpp_csv else {}
     secret = holder_secret(options.secret_path)
     slide_map = SlideMap.beside(options.secret_path)
+    ours = {pseudonym(source_stem(source.name), secret) for source in every}
     for encoder, folder in zip(exporter.encoders, report.datasets.values()):
         if options.force:
             _clear_dataset(folder)
         else:
-            _check_existing(folder, encoder.info(), options, slide_map)
+            _check_existing(folder, encoder.info(), options, slide_map, ours)
         if options.shard is None or options.shard[1] == 1:
             _parts.clear_parts(folder)  # a whole run supersedes the parts of an earlier sharded one
 
