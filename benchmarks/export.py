@@ -116,6 +116,7 @@ report = export_slides(cfg["slides"], cfg["out"], options)
 seconds = time.perf_counter() - start
 print(json.dumps({"patches": report.patches, "seconds": seconds, "problems": [p.problem for p in report.problems],
                   "exported": report.exported, "engine": report.stream_seconds,
+                  "loader_wait": report.loader_wait_fraction,
                   "workers": {k: [w.slides, w.patches, w.busy_seconds, w.wall_seconds, w.startup_seconds]
                               for k, w in report.workers.items()}}))
 """
@@ -178,7 +179,8 @@ def scale(args, models: list[str]) -> None:
                 print(_line(f"{model} --devices all ({gpus} GPUs)", every, one, None))
                 for name, (slides, patches, busy, wall, _) in sorted(every["workers"].items()):
                     print(f"    {name}: {patches / max(busy, 1e-9):.0f} patches/s while busy, busy {busy / wall:.0%}")
-                print(f"    scaling 1 -> {gpus} GPUs: {(every['patches'] / every['seconds']) / (one['patches'] / one['seconds']):.2f} x")
+                print(f"    scaling 1 -> {gpus} GPUs: {(every['patches'] / every['seconds']) / (one['patches'] / one['seconds']):.2f} x; "
+                      f"loader wait {one['loader_wait']:.0%} (1 GPU), {every['loader_wait']:.0%} (all; target < 10 %)")
             try:
                 import ray  # noqa: F401
             except ImportError:
