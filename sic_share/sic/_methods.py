@@ -36,7 +36,7 @@ from sic_share.sic._confidence import check_smooth, finish_labels
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._kmeans import check_embeddings, check_seeds
 from sic_share.sic._project import project
-from sic_share.sic._regional import HOMOPHILY_MIN, homophily, regional_projection
+from sic_share.sic._regional import HOMOPHILY_MIN, REGIONAL_BACKGROUNDS, homophily, regional_projection
 from sic_share.sic._spread import filled_proba, spread_labels
 from sic_share.sic._trim import unseeded_part
 from sic_share.sic._registry import DEFAULT_METHOD, MethodInfo, create_method, list_methods, method_info
@@ -245,7 +245,7 @@ class SeedLabelSpreading(_SeedMethod):
     grid_weight : float >= 0, default=2.0
         Weight of a grid edge relative to an embedding edge; 0 leaves space out.
         (7 neighbours and 2.0 were chosen on the tuning families, docs/sic.md.)
-    background : "auto" or float in [0, 1), default="auto"
+    background : "auto", float in [0, 1) or tuple of them, default="auto"
         Two classes only: the weight of each patch's link to a private negative node,
         so that a patch no seed explains leans to the first class (everything else).
         "auto" spreads with 0.001, 0.002, 0.004 and 0.008 and keeps the one whose
@@ -253,7 +253,8 @@ class SeedLabelSpreading(_SeedMethod):
         plus that of the patch grid (large slides: 0.001-0.004, the anchors' own
         labels and graph; :mod:`sic_share.sic._spread`); the weights are scaled by
         the positive seeds (x0.5 for one, x2 for five or more: more seeds, more
-        positive mass to hold back). The weight used is ``background_``.
+        positive mass to hold back). A tuple is "auto" among its weights. The
+        weight used is ``background_``.
     trim : bool, default=True
         Two classes: when every positive seed fell in one distinct part of the
         positive class and that is unlikely by chance (:mod:`sic_share.sic._trim`),
@@ -262,10 +263,10 @@ class SeedLabelSpreading(_SeedMethod):
     regional : "auto" or bool, default="auto"
         Two classes with ``coords``: spread again on the slide's regional structure
         (:mod:`sic_share.sic._regional`: principal axes of grid-neighbourhood means,
-        the projected patches smoothed along the grid) when the labels agree too
-        little along the edges of the embedding graph to trust it (``homophily_`` <
-        0.45, chance-corrected). True always does, False never. ``regional_`` says
-        whether it did.""" + _COMMON_DOC.format(
+        the projected patches smoothed along the grid, background weights a quarter
+        of the usual ones) when the labels agree too little along the edges of the
+        embedding graph to trust it (``homophily_`` < 0.45, chance-corrected). True
+        always does, False never. ``regional_`` says whether it did.""" + _COMMON_DOC.format(
         smooth="0.5", more=" and the graph's sample on large slides") + _SPREAD_DOC + """
     Notes
     -----
@@ -318,8 +319,9 @@ class SeedLabelSpreading(_SeedMethod):
             raise SeedError(f"alpha={self.alpha!r} should be in (0, 1)")
         if not (isinstance(self.grid_weight, int | float) and self.grid_weight >= 0):
             raise SeedError(f"grid_weight={self.grid_weight!r} should be a number >= 0")
-        if self.background != "auto" and not (isinstance(self.background, int | float) and 0 <= self.background < 1):
-            raise SeedError(f"background={self.background!r} should be 'auto' or a weight in [0, 1)")
+        weights = self.background if isinstance(self.background, tuple) and self.background else (self.background,)
+        if self.background != "auto" and not all(isinstance(w, int | float) and 0 <= w < 1 for w in weights):
+            raise SeedError(f"background={self.background!r} should be 'auto', a weight in [0, 1) or a tuple of them")
         if not isinstance(self.trim, bool | np.bool_):
             raise SeedError(f"trim={self.trim!r} should be True or False")
         if not (self.regional == "auto" or isinstance(self.regional, bool | np.bool_)):
@@ -417,7 +419,9 @@ class SeedLabelSpreading(_SeedMethod):
         Z, components = regional_projection(X, seeds, grid, walk if walk is not None else grid_walk(grid),
                                             normalize=self.normalize,
                                             random_state=check_random_state(self.random_state))
-        inner = clone(self).set_params(regional=False, n_components=None, normalize=False).fit(Z, seeds, coords)
+        background = REGIONAL_BACKGROUNDS if self.background == "auto" else self.background
+        inner = clone(self).set_params(regional=False, n_components=None, normalize=False, background=background)
+        inner.fit(Z, seeds, coords)
         for name in ("labels_", "proba_", "confidence_", "background_", "trimmed_"):
             setattr(self, name, getattr(inner, name))
         self.components_, self.regional_ = components, True

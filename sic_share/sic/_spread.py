@@ -121,7 +121,7 @@ def _spread_once(graph: sparse.csr_matrix, labels: np.ndarray, k: int, alpha: fl
 
 
 def spread_labels(graph: sparse.csr_matrix, labels: np.ndarray, k: int, *, alpha: float,
-                  background: float | str,
+                  background: float | str | tuple[float, ...],
                   judge: Callable[[np.ndarray], np.ndarray] | None = None,
                   space: sparse.csr_matrix | None = None,
                   candidates: tuple[float, ...] = BACKGROUNDS) -> tuple[np.ndarray, float]:
@@ -136,8 +136,11 @@ def spread_labels(graph: sparse.csr_matrix, labels: np.ndarray, k: int, *, alpha
     likely class of each node. Seeded nodes keep their class either way. ``space``,
     a graph over the same nodes (the patch grid), adds its normalized cut of those
     labels to the criterion: a labelling must also be compact on the slide.
-    Rows of a node no label reached are zero.
+    Rows of a node no label reached are zero. A tuple ``background`` is ``"auto"``
+    among those weights instead of ``candidates`` (the regional step's, :mod:`sic_share.sic._regional`).
     """
+    if isinstance(background, tuple):
+        candidates, background = background, "auto"
     if k != 2 or background != "auto":
         weight = float(background) if background != "auto" else 0.0
         return _spread_once(graph, labels, k, alpha, weight), weight
