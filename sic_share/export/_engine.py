@@ -38,7 +38,7 @@ from sic_share.export._pipeline import (
     _SlideResult,
 )
 
-__all__ = ["EngineRun", "check_ray", "parse_devices", "resolve_devices"]
+__all__ = ["EngineRun", "Stager", "check_ray", "parse_devices", "resolve_devices"]
 
 _PROGRESS_EVERY_S = 0.25
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -334,6 +334,7 @@ class EngineRun:
         self.progress = progress
         self.state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
         self.results: list[_SlideResult] = []
+        self.stager: Stager | None = None  # the run's stager, while it runs (here and devices)
         self.worker_stats: dict[str, WorkerStats] = {}
         self.wall_seconds = 0.0
         self.loader_wait_fraction = 0.0
