@@ -80,3 +80,12 @@ def test_a_large_slide_judges_the_anchors_graph_and_spreads_regionally():
     est = create_method("spreading", random_state=0).fit(faint.X, seeds, faint.coords)
     assert est.regional_ and est.homophily_ < HOMOPHILY_MIN
     assert f1_score(faint.y, est.labels_) > 0.5
+
+
+def test_a_tuple_of_background_weights_is_auto_among_them():
+    slide = FAMILIES["shapes"](4, n_patches=600)
+    seeds = draw_seeds(slide.y, 3, random_state=0)
+    est = SeedLabelSpreading(random_state=0, background=(0.0003, 0.0007)).fit(slide.X, seeds, slide.coords)
+    assert est.background_ in (0.0003, 0.0007)
+    with pytest.raises(SeedError, match="a tuple of them"):
+        SeedLabelSpreading(background=(0.001, 2.0)).fit(slide.X, seeds)
