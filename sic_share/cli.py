@@ -7,6 +7,7 @@ Domain errors become one red line on stderr and exit code 1 (usage errors exit
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -674,7 +675,7 @@ def export(
     secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a dataset in --out made with other settings (default: refuse).")] = False,
     devices: Annotated[Optional[str], typer.Option("--devices", help="One encoder per device, fed from one queue of slides (largest first): all (every GPU), GPU indices 0,1,3, or cpu,cpu for CPU workers.")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray, one task per slide, retried when a worker dies (needs sic-share[ray]): local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray, one task per slide, retried when a worker dies (needs sic-share[ray]): bare --ray or local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
     stage_dir: Annotated[Optional[Path], typer.Option("--stage-dir", help="Where slides given as URLs are staged (default: a temporary folder).")] = None,
     stage_gib: Annotated[float, typer.Option("--stage-gib", help="Most GiB of staged slides on disk at once.")] = 20.0,
 ) -> None:
@@ -1246,7 +1247,7 @@ def main() -> None:
     packages) are told by :func:`sic_share._failures.describe_failure`. ``--debug``
     (anywhere on the line, before or after the command) shows the traceback instead.
     """
-    args = _fold_choices(sys.argv[1:])
+    args = _bare_ray(_fold_choices(sys.argv[1:]))
     if "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args:
         args.remove("--debug")
         _state["debug"] = True
@@ -1287,6 +1288,32 @@ def _fold_choices(args: list[str]) -> list[str]:
             elif i + 1 < len(folded):
                 folded[i + 1] = folded[i + 1].lower()
     return folded
+
+
+_RAY_ADDRESS = re.compile(r"(local|auto|ray://.*|\[?[A-Za-z0-9_.:-]+\]?:\d{1,5})", re.IGNORECASE)
+
+
+def _bare_ray(args: list[str]) -> list[str]:
+    """``export --ray`` with no address means ``--ray local`` (Typer has no options with an optional value).
+
+    ``--ray`` is bare when nothing follows it, when an option (``-...``) follows,
+    or when what follows is not shaped like an address (local, auto, HOST:PORT,
+    ray://...) but is a slide: an existing path or a URL of another scheme. So
+    ``export --ray slides/ --out ds`` runs locally, while ``--ray typo`` still
+    reaches the address check and fails there with one line.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    out = list(args)
+    for i in reversed(range(end)):
+        if out[i] != "--ray":
+            continue
+        nxt = out[i + 1] if i + 1 < end else None
+        bare = (nxt is None or nxt.startswith("-")
+                or not _RAY_ADDRESS.fullmatch(nxt) and (bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", nxt))
+                                                         or Path(nxt).exists()))
+        if bare:
+            out.insert(i + 1, "local")
+    return out
 
 
 _TYPE_NAMES = {"Path": "PATH", "str": "TEXT", "int": "INT", "float": "NUMBER"}

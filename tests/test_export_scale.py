@@ -316,6 +316,29 @@ def test_ray_without_ray_names_the_extra(tmp_path, cli, monkeypatch):
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.parametrize("args", [
+    ("--ray",),  # last on the line
+    ("--ray", "--no-sign"),  # followed by an option
+    ("--ray", str(CMU)),  # followed by a slide: a path is no Ray address
+])
+def test_bare_ray_means_a_local_ray(tmp_path, cli, monkeypatch, args):
+    monkeypatch.setitem(sys.modules, "ray", None)  # proves --ray was taken as given: the Ray check runs
+    rest = [a for a in ("--out", tmp_path / "ds", "--no-sign") if a not in args]
+    result = cli("export", *([] if str(CMU) in args else [CMU]), *rest, *args)
+    assert_one_line_error(result, "pip install 'sic-share[ray]'")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bare_ray_is_local_and_explicit_forms_stay(tmp_path, cli):
+    pytest.importorskip("ray")
+    bare = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "--devices", "cpu,cpu", "--no-sign")
+    assert_one_line_error(bare, "--devices or --ray, not both")  # parsed as --ray local, not --ray --devices
+    explicit = cli("export", CMU, "--out", tmp_path / "ds", "--ray=127.0.0.1:1", "--no-sign")
+    assert_one_line_error(explicit, "cannot reach the Ray cluster at 127.0.0.1:1")
+    assert "bare --ray or local" in " ".join(cli("export", "--help").out.split())
+    assert not (tmp_path / "ds").exists()
+
+
 def test_unreachable_ray_address_is_one_line(tmp_path, cli):
     pytest.importorskip("ray")
     result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "127.0.0.1:1", "--no-sign")
