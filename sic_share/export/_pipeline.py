@@ -550,8 +550,8 @@ def _check_existing(folder: Path, model: object, options: ExportOptions, slide_m
                 f"{folder} holds a dataset made with {setting} {old}, this run asks for {new}: "
                 "export into a new --out, or pass --force to replace it"
             )
-    # this run's own slides (every shard's) count as known even if the map lost them: shards that start
-    # together each rewrite the map, and the last one's write wins
+    # this run's own slides (every shard's) count as known even where the map lacks them: a map written
+    # before records were locked (or on a file system without locks) may have lost a concurrent shard's
     known = {entry.slide_id for entry in slide_map.entries()} | set(ours)
     strangers = [path.stem for path in existing if path.stem not in known]
     if strangers:

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +24,44 @@ from sic_share._jsonstore import STATE_LIMIT, atomic_write_bytes, read_bounded
 from sic_share._paths import keys_dir
 from sic_share.errors import SicShareError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["SlideEntry", "SlideMap"]
 
 _MIN_PREFIX = 4
+_LOCK_TIMEOUT_S = 60.0
+_LOCK_POLL_S = 0.02
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _where(location: str) -> str:
+    """How the map records where a slide was: an absolute local path, or its URL without secrets.
+
+    A URL stays a URL (``Path(url)`` would mangle ``s3://b/x.svs`` into
+    ``<cwd>/s3:/b/x.svs``), with its user name and password, query string and
+    fragment removed: a presigned URL (S3 ``X-Amz-Signature``, a GCS signature,
+    an Azure SAS ``sig=``) carries its credential in the query, and a
+    ``https://user:pass@host/`` URL in its user part. What stays (scheme, host,
+    port, path) names the object for the holder without being able to open it;
+    a presigned URL expires anyway. fsspec chains (``simplecache::s3://...``)
+    are cleaned link by link; ``file://`` is a local path.
+    """
+    text = os.fspath(location)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if not any(_URL.match(link) for link in text.split("::")):
+        return str(Path(text).resolve())
+    links = []
+    for link in text.split("::"):
+        if _URL.match(link):
+            parts = urllib.parse.urlsplit(link)
+            host = parts.netloc.rpartition("@")[2]
+            link = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+        links.append(link)
+    return "::".join(links)
 
 
 @dataclass(frozen=True)
@@ -46,7 +86,11 @@ class SlideMap:
     -----
     Keyed by slide id: one name has one id per holder secret, so a holder who uses
     two secrets finds both ids under the name. Writes are atomic (temporary file,
-    then rename) and the file is created with mode 0600.
+    then rename) and the file is created with mode 0600. :meth:`record` reads,
+    merges and writes under an exclusive ``flock`` on ``.slide-map.json.lock``
+    beside the map, so processes that record at once (``export --shard`` tasks
+    started together on one file system) keep each other's entries; where the
+    file system has no locks, records are made unlocked (the last write wins).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -71,16 +115,52 @@ class SlideMap:
         return sorted((SlideEntry(sid, **row) for sid, row in self._load().items()), key=lambda e: (e.name, e.slide_id))
 
     def record(self, pairs: list[tuple[str, str, str]]) -> None:
-        """Record ``(slide_id, source stem, file path)`` triples (a no-op for an empty list)."""
+        """Record ``(slide_id, source stem, file path or URL)`` triples (a no-op for an empty list).
+
+        A local path is recorded absolute; a URL as a URL without its credentials,
+        query string or fragment (see :func:`_where`).
+        """
         if not pairs:
             return
-        slides = self._load()
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for slide_id, name, path in pairs:
-            slides[slide_id] = {"name": name, "path": str(Path(path).resolve()), "seen": now}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"slides": slides}, indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write_bytes(self.path, body, mode=0o600)
+        with self._locked():
+            slides = self._load()
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for slide_id, name, path in pairs:
+                slides[slide_id] = {"name": name, "path": _where(path), "seen": now}
+            body = json.dumps({"slides": slides}, indent=1, sort_keys=True).encode() + b"\n"
+            atomic_write_bytes(self.path, body, mode=0o600)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the exclusive lock of the map's read-modify-write (waits up to a minute for another holder)."""
+        if fcntl is None:
+            yield
+            return
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SicShareError(f"cannot open the slide map's lock {lock} ({exc.strerror}): check the folder's "
+                                "permissions") from None
+        try:
+            deadline = time.monotonic() + _LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SicShareError(
+                            f"the slide map {self.path} has been locked by another process for over "
+                            f"{_LOCK_TIMEOUT_S:g} s: wait for the other export or import to finish, then run again"
+                        ) from None
+                    time.sleep(_LOCK_POLL_S)
+                except OSError:
+                    break  # a file system without locks: record unlocked
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def names(self) -> list[str]:
         """Every source name recorded (what ``audit`` must not find in a dataset)."""
@@ -104,7 +184,8 @@ class SlideMap:
         from sic_share.privacy._pseudonym import source_stem
 
         stem = source_stem(text)
-        by_name = [e for e in entries if e.name == stem or Path(e.path).name == text or e.path == text]
+        where = _where(text) if text else text
+        by_name = [e for e in entries if e.name == stem or Path(e.path).name == text or e.path in (text, where)]
         if by_name:
             return by_name
         starting = [e for e in entries if text and e.slide_id.startswith(text.lower())]
