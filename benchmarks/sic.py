@@ -19,7 +19,8 @@ Prints, each with its baseline measured in this run and PASS/MISS against the ta
 2. the default method's time on 100k x 1024 and 1M x 1024 float16 synthetic embeddings
    (targets < 1 s and < 10 s), its peak extra memory (tracemalloc, in a child process;
    target < 1.5 x the float32 matrix), and the time of its neighbour graph at each size
-   (it must not grow quadratically);
+   (it must not grow quadratically); and its time on a 100k-patch ``faint_shift`` slide,
+   where its regional step runs (issue 23), with and without that step;
 3. the authors' path time on a 10k-row subset of the 100k data, extrapolated linearly.
 
 Needs the benchmark-only package: ``pip install -e '.[bench]'`` (active-semi-supervised-clustering).
@@ -68,6 +69,25 @@ peak = tracemalloc.get_traced_memory()[1] - base
 tracemalloc.stop()
 print(json.dumps({"fit": fit, "cast": cast, "peak": peak, "f32": n * dim * 4, "f1": f1_score(s.y, m.labels_),
                   "graph": getattr(m, "graph_seconds_", None), "edges": getattr(m, "graph_edges_", None)}))
+"""
+
+_FAINT = r"""
+import json, sys, time
+import numpy as np
+from sic_share.sic import FAMILIES, create_method, draw_seeds
+from sklearn.metrics import f1_score
+n = int(sys.argv[1])
+s = FAMILIES["faint_shift"](30, n_patches=n)
+X = s.X.astype(np.float16)
+seeds = draw_seeds(s.y, 3, random_state=0)
+w = FAMILIES["faint_shift"](31, n_patches=2000)  # warm-up
+create_method("spreading", random_state=0).fit(w.X, draw_seeds(w.y, 3, random_state=0), w.coords)
+out = {"dim": int(X.shape[1])}
+for regional in (False, "auto"):
+    t = time.perf_counter()
+    m = create_method("spreading", random_state=0, regional=regional).fit(X, seeds, s.coords)
+    out[str(regional)] = {"fit": time.perf_counter() - t, "f1": f1_score(s.y, m.labels_), "ran": bool(m.regional_)}
+print(json.dumps(out))
 """
 
 _AUTHORS = r"""
@@ -347,6 +367,11 @@ def main() -> None:
         r = _child(_CHILD, str(n), str(DIM), DEFAULT_METHOD)
         print(f"  {DEFAULT_METHOD:9s} {n:>9,} x {DIM}: neighbour graph {r['graph']:.2f} s ({r['edges']:,} edges):"
               " the anchors' graph has 4,096 nodes at any n; each patch searches about 96 of them")
+    r = _child(_FAINT, "100000")
+    off, auto = r["False"], r["auto"]
+    print(f"  {DEFAULT_METHOD:9s}   100,000 x {r['dim']} faint_shift slide (issue 23), where the regional step runs:"
+          f" {auto['fit']:.2f} s, F1 {auto['f1']:.3f} (regional={auto['ran']}); without it {off['fit']:.2f} s,"
+          f" F1 {off['f1']:.3f}")
     sub = 10_000
     a = _child(_AUTHORS, "100000", str(DIM), str(sub), str(Path(__file__).resolve().parent))
     authors_100k = a["authors"] * 100_000 / a["rows"]
