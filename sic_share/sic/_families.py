@@ -16,7 +16,7 @@ on every family; the tests run each family on small slides.
 | ``real`` | EfficientNet-Lite0 (ImageNet) embeddings of real H&E tiles in mosaics | real features |
 | ``real_lite2`` | the same tissues seen by EfficientNet-Lite2, crops and layouts drawn anew | another real network |
 | ``faint_shift`` | a large lesion (10-30 %, two foci) shifted from benign tissue by less than the isotropic noise of a patch | neighbourhoods that cannot see the classes |
-| ``faint_shift_2`` | :func:`faint_shift` drawn from another random stream; no choice ever sees it | the same, held out |
+| ``faint_shift_2`` | :func:`faint_shift` drawn from another random stream; held out | the same, unseen |
 
 Dimensions are 64-1536 and float16 or float32, drawn per slide. The real families
 need the texture pool of :func:`real_texture_pool` (torch, the ``export`` and

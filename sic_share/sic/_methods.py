@@ -299,7 +299,7 @@ class SeedLabelSpreading(_SeedMethod):
     _name = "label spreading"
 
     def __init__(self, *, n_classes: int | None = None, n_neighbors: int = 7, alpha: float = 0.9,
-                 grid_weight: float = 2.0, background: float | str = "auto", trim: bool = True,
+                 grid_weight: float = 2.0, background: float | str | tuple[float, ...] = "auto", trim: bool = True,
                  regional: bool | str = "auto", normalize: bool = False, n_components: int | None = 32,
                  smooth: float = 0.5, random_state=None) -> None:
         self.n_classes = n_classes
@@ -387,8 +387,7 @@ class SeedLabelSpreading(_SeedMethod):
         n = np.asarray(X).shape[0]
         if n <= GRAPH_SAMPLE:
             super().fit(X, seeds, coords)
-            knn, self._knn = self._knn, None
-            self.homophily_ = homophily(knn, self.labels_)
+            self.homophily_ = homophily(self.__dict__.pop("_knn"), self.labels_)
             return self._regional_step(X, seeds, coords, None)
         X, seeds, k, coords, smooth, _ = self._checked(X, seeds, coords)
         if prepared is None:

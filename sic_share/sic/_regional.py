@@ -43,7 +43,15 @@ from threadpoolctl import threadpool_limits
 from sic_share.sic._kmeans import _prepare_chunk, iter_chunks, raise_non_finite
 from sic_share.sic._project import PCA_SAMPLE
 
-__all__ = ["HOMOPHILY_MIN", "REGIONAL_AXES", "REGIONAL_BACKGROUNDS", "REGIONAL_SMOOTH", "homophily", "regional_projection", "smooth_features"]
+__all__ = [
+    "HOMOPHILY_MIN",
+    "REGIONAL_AXES",
+    "REGIONAL_BACKGROUNDS",
+    "REGIONAL_SMOOTH",
+    "homophily",
+    "regional_projection",
+    "smooth_features",
+]
 
 #: Below this homophily of the default's labels on its own graph, neighbourhoods are judged unreliable.
 HOMOPHILY_MIN = 0.45
