@@ -676,6 +676,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace a dataset in --out made with other settings (default: refuse).")] = False,
     devices: Annotated[Optional[str], typer.Option("--devices", help="One encoder per device, fed from one queue of slides (largest first): all (every GPU), GPU indices 0,1,3, or cpu,cpu for CPU workers.")] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray, one task per slide, retried when a worker dies (needs sic-share[ray]): bare --ray or local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
+    via: Annotated[Optional[str], typer.Option("--via", metavar="URL", help="With --ray, for workers that cannot write this machine's disk: a prefix (s3://BUCKET/PREFIX) where each worker uploads its finished slides; they are downloaded into --out and signed here. A rerun collects the slides already there.")] = None,
     stage_dir: Annotated[Optional[Path], typer.Option("--stage-dir", help="Where slides given as URLs are staged (default: a temporary folder).")] = None,
     stage_gib: Annotated[float, typer.Option("--stage-gib", help="Most GiB of staged slides on disk at once.")] = 20.0,
 ) -> None:
@@ -683,10 +684,12 @@ def export(
 
     Example: sic-share export slides/ --out build/crc-lite0 --model efficientnet_lite0.in1k
     """
-    import re
-
     from sic_share.errors import SlideError
 
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(out_dir)):  # Path() has folded s3:// into s3:/
+        raise SicShareError(f"--out {out_dir.as_posix().replace(':/', '://', 1)} is a URL: export writes and "
+                            "signs a dataset in a local folder (then 'sic-share publish' uploads it); give --out DIR, "
+                            "and with --ray --via s3://BUCKET/PREFIX where workers cannot write this machine's disk")
     for path in slides:  # before the export pipeline's imports (torch and the slide readers take seconds)
         if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) and not Path(path).exists():
             raise SlideError(f"{path} does not exist: give slide files or folders holding them")
@@ -711,7 +714,7 @@ def export(
         label_threshold=label_threshold, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
         shard=parse_shard(shard) if shard else None, fail_fast=fail_fast,
         secret_path=str(secret) if secret else None, force=force,
-        devices=devices, ray=ray, stage_dir=str(stage_dir) if stage_dir else None, stage_bytes=int(stage_gib * 2**30),
+        devices=devices, ray=ray, via=via, stage_dir=str(stage_dir) if stage_dir else None, stage_bytes=int(stage_gib * 2**30),
     )
     bar, show = _progress("exporting")
 

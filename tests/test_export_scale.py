@@ -103,6 +103,84 @@ def test_ray_writes_the_same_bytes_and_the_driver_signs_once(tmp_path, cli, coho
     assert again.code == 0 and "skipped 3 already done" in again.out and "signed" not in again.out
 
 
+def test_ray_via_s3_uploads_then_the_driver_collects_and_signs(tmp_path, cli, cohort, reference, secret,
+                                                                ray_cluster, as_user, home):
+    """Workers without the driver's disk put slides under an s3:// prefix; the driver downloads and signs them."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    via = f"s3://{BUCKET}/lab-a/ray-out/{tmp_path.name}"
+    first = sorted(reference)[0]
+    fs.pipe_file(f"{via}/slides/{first}", b"half an upload from nowhere")  # not a slide file: redone, not taken
+    assert cli("keys", "generate", "--publisher", "lab-a").code == 0
+    args = ("--workers", "0", "--batch-size", "16", "--secret", secret, "--via", via, "--ray")  # a bare --ray
+    result = cli("export", cohort, "--out", tmp_path / "r", *args)
+    assert result.code == 0, result.err
+    assert "exported 3 slides" in result.out and "signed lab-a/r@1" in result.out
+    assert parquet_bytes(tmp_path / "r") == reference
+    fs.invalidate_cache()
+    uploaded = {path.rsplit("/", 1)[-1]: fs.cat_file(path) for path in fs.ls(f"{via}/slides")}
+    assert uploaded == reference
+    assert sorted(p.name for p in (tmp_path / "r" / "slides").iterdir()) == sorted(reference)  # no leftovers
+    assert cli("trust", "add", home / "config" / "keys" / "lab-a.pub", "--publisher", "lab-a").code == 0
+    assert cli("verify", tmp_path / "r").code == 0
+    # a driver that died after the workers uploaded: a rerun into a new folder collects them, no Ray task runs
+    again = cli("export", cohort, "--out", tmp_path / "r2", *args)
+    assert again.code == 0, again.err
+    assert "exported 3 slides" in again.out and "--via (earlier run): 3 slides" in again.out
+    assert parquet_bytes(tmp_path / "r2") == reference
+    assert cli("verify", tmp_path / "r2").code == 0
+
+
+def test_ray_via_refuses_slides_cut_with_other_settings(tmp_path, cli, cohort, reference, secret, as_user):
+    pytest.importorskip("ray")
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    via = f"s3://{BUCKET}/lab-a/ray-out/{tmp_path.name}"
+    for name, body in reference.items():
+        fs.pipe_file(f"{via}/slides/{name}", body)
+    result = cli("export", cohort, "--out", tmp_path / "ds", "--ray", "--via", via, "--stride", "64", "--no-sign",
+                 "--secret", secret)
+    assert_one_line_error(result, f"--via {via} holds slide", "made with stride 128, this run asks for 64")
+    assert not list((tmp_path / "ds").glob("slides/*"))
+
+
+def test_bad_via_or_out_url_is_one_line(tmp_path, cli, as_user, monkeypatch):
+    import s3fs
+
+    pytest.importorskip("ray")
+    via = f"s3://{BUCKET}/lab-a/ray-out/{tmp_path.name}"
+    out = tmp_path / "ds"
+    cases = [
+        (("--via", via), "give it with --ray"),
+        (("--ray", "--via", str(tmp_path / "shared")), "should be a URL prefix"),
+    ]
+    for extra, fragment in cases:
+        assert_one_line_error(cli("export", CMU, "--out", out, "--no-sign", *extra), fragment)
+    url_out = cli("export", CMU, "--out", f"s3://{BUCKET}/lab-a/ds", "--ray", "--no-sign")
+    assert_one_line_error(url_out, f"--out s3://{BUCKET}/lab-a/ds is a URL", "--via")
+    as_user("reader")
+    assert_one_line_error(cli("export", CMU, "--out", out, "--ray", "--via", via, "--no-sign"),
+                          f"--via {via} cannot be written", "AccessDenied")
+    as_user("lab-a", secret="wrong")
+    assert_one_line_error(cli("export", CMU, "--out", out, "--ray", "--via", via, "--no-sign"),
+                          f"--via {via} cannot be written", "credentials")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert_one_line_error(cli("export", CMU, "--out", out, "--ray", "--via", via, "--no-sign"),
+                          f"--via {via} cannot be written", "no S3 credentials")
+    as_user("lab-a")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert_one_line_error(cli("export", CMU, "--out", out, "--ray", "--via", via, "--no-sign"),
+                          f"--via {via} cannot be written", "cannot reach")
+    assert not out.exists()
+
+
 def _ray_task_pids() -> list[int]:
     """Ray workers running an export task (Ray titles them after the task: ray::sic-share-export-slide)."""
     pids = []

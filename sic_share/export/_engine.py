@@ -5,8 +5,10 @@ their pseudonyms, skips the ones already done and hands the rest out as jobs,
 largest first; whoever runs a job plans, reads, embeds and writes that one
 slide with :class:`~sic_share.export._pipeline._SlideExporter`, the same code
 as the single-process export. What a job carries is all a worker sees: the
-slide's path or URL, its pseudonym, the export settings and the output folder;
-never the holder secret, the slide map or the signing key.
+slide's path or URL, its pseudonym, the export settings and the output folder
+(or, with ``via``, the URL prefix it uploads its slide to, and the driver's
+``AWS_*`` variables to reach it); never the holder secret, the slide map or the
+signing key.
 
 No scheduler of our own: ``--devices`` is a queue in one machine, Ray does the
 rest (placement, retries of a dead worker's slide).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -38,9 +41,10 @@ from sic_share.export._pipeline import (
     _SlideResult,
 )
 
-__all__ = ["EngineRun", "Stager", "check_ray", "parse_devices", "resolve_devices"]
+__all__ = ["EngineRun", "Stager", "check_ray", "check_via", "parse_devices", "resolve_devices"]
 
 _PROGRESS_EVERY_S = 0.25
+_COLLECTED = "--via (earlier run)"  # the worker named for slides collected from the --via prefix
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -286,18 +290,84 @@ def check_ray(options: ExportOptions) -> None:
 
 _EXPORTERS: dict[tuple, _SlideExporter] = {}  # per Ray worker process: models stay loaded between slides
 
+# What a Ray task needs to reach S3 as the driver does (slides from s3:// URLs, the --via prefix): the
+# variables set on the driver are handed to the tasks; files named by AWS_CONFIG_FILE or a profile are not.
+_AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+             "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS")
+_WRITE_CHECK = ".sic-share-write-check"
+
+
+def _via_fs(via: str):
+    """(filesystem, root path without a trailing slash) of a ``--via`` prefix."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(via)
+    return fs, root.rstrip("/")
+
+
+def check_via(via: str) -> None:
+    """The ``--via`` prefix can be written with this machine's credentials; one line otherwise.
+
+    Writes (and tries to delete) a small ``.sic-share-write-check`` object under
+    the prefix: a listing alone would not tell a read-only credential.
+    """
+    from sic_share.export._pipeline import _remote_failure
+
+    try:
+        fs, root = _via_fs(via)
+        fs.pipe_file(f"{root}/{_WRITE_CHECK}", b"sic-share export --via: this prefix can be written\n")
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions, a bad URL: one sentence
+        raise SicShareError(f"--via {via} cannot be written: {_remote_failure(exc)}") from None
+    try:
+        fs.rm_file(f"{root}/{_WRITE_CHECK}")
+    except Exception:  # noqa: BLE001 - a credential that may write but not delete: the object stays, harmless
+        pass
+
+
+def _via_roots(root: str, folders: list[Path]) -> list[str]:
+    """Where each model's slides go under the prefix: ``root`` for one model, ``root/<model-slug>`` for several."""
+    return [root] if len(folders) == 1 else [f"{root}/{folder.name}" for folder in folders]
+
+
+def _upload(job: _Job, local: list[Path], via: str) -> str | None:
+    """Put a task's finished slide files under the prefix; the reason it could not, or None.
+
+    Each object appears whole or not at all (a single PUT, or a multipart upload
+    completed at its end), so a slide under the prefix is finished.
+    """
+    from sic_share.dataset import SLIDES_DIR
+    from sic_share.export._pipeline import _remote_failure
+
+    try:
+        fs, root = _via_fs(via)
+        for folder, target in zip(local, _via_roots(root, local)):
+            fs.put_file(str(folder / SLIDES_DIR / f"{job.slide_id}.parquet"), f"{target}/slides/{job.slide_id}.parquet")
+    except Exception as exc:  # noqa: BLE001 - told as the slide's failure
+        return f"{job.source}: its slide could not be uploaded to {via}: {_remote_failure(exc)}"
+    return None
+
 
 def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
                device: str, stage_dir: str | None) -> _SlideResult:
-    """One Ray task: stage the slide if it is a URL, export it, delete the staged copy."""
-    key = (tuple(options.models), options.weights, options.layer, device, tuple(map(str, folders)), classes)
+    """One Ray task: stage the slide if it is a URL, export it, delete the staged copy.
+
+    With ``options.via`` the slide is written into a temporary folder on the
+    worker's node and uploaded under the prefix; ``folders`` then only give the
+    number of models.
+    """
+    key = (tuple(options.models), options.weights, options.layer, device, classes)
     exporter = _EXPORTERS.get(key)
     if exporter is None:
         _EXPORTERS.clear()
         exporter = _EXPORTERS[key] = _SlideExporter(options, folders, classes, device)
     where = f"{socket.gethostname()}:{os.getpid()}"
-    stager = None
+    stager = out = None
     try:
+        if options.via is not None:
+            out = Path(tempfile.mkdtemp(prefix="sic-share-out-", dir=stage_dir))
+            exporter.folders = [out / str(i) for i in range(len(folders))]
+        else:
+            exporter.folders = folders
         if _is_url(job.source):
             stager = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=stage_dir))
             try:
@@ -307,9 +377,14 @@ def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: 
         else:
             path = Path(job.source)
         result = exporter.run(job, path)
+        if out is not None and result.status == "exported":
+            problem = _upload(job, exporter.folders, options.via)
+            if problem:
+                result.status, result.message = "failed", problem
     finally:
-        if stager is not None:
-            shutil.rmtree(stager, ignore_errors=True)
+        for folder in (stager, out):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
     result.device = where
     return result
 
@@ -326,11 +401,13 @@ class EngineRun:
     """
 
     def __init__(self, jobs: list[_Job], options: ExportOptions, folders: list[Path],
-                 classes: tuple[str, ...] | None, progress: Callable[[ExportProgress], None] | None) -> None:
+                 classes: tuple[str, ...] | None, progress: Callable[[ExportProgress], None] | None,
+                 *, infos: list | None = None) -> None:
         self.jobs = jobs
         self.options = options
         self.folders = folders
         self.classes = classes
+        self.infos = infos  # each model's ModelInfo: what a slide found under --via must have been made with
         self.progress = progress
         self.state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
         self.results: list[_SlideResult] = []
@@ -521,6 +598,78 @@ class EngineRun:
             stager.close()
         return self._finish()
 
+    def _via_listing(self, fs, roots: list[str]) -> set[str]:
+        """Slide ids with a non-empty file under every model's prefix (finished by an earlier run)."""
+        from sic_share.export._pipeline import _remote_failure
+
+        have: set[str] | None = None
+        for root in roots:
+            try:
+                fs.invalidate_cache(f"{root}/slides")
+                entries = fs.ls(f"{root}/slides", detail=True)
+            except FileNotFoundError:
+                entries = []
+            except Exception as exc:  # noqa: BLE001 - credentials, endpoint: one sentence
+                raise SicShareError(f"--via {self.options.via} cannot be listed: {_remote_failure(exc)}") from None
+            ids = {entry["name"].rsplit("/", 1)[-1][: -len(".parquet")] for entry in entries
+                   if entry["name"].endswith(".parquet") and int(entry.get("size") or 0) > 0}
+            have = ids if have is None else have & ids
+        return have or set()
+
+    def _fetch(self, fs, roots: list[str], job: _Job, *, check: bool) -> _SlideResult | None:
+        """Download a slide's files from the ``--via`` prefix into the output folders.
+
+        Each file is downloaded under a hidden temporary name and renamed into
+        place once every model's file is in, so a slide is in the dataset whole or
+        not at all. With ``check`` (a slide an earlier run left there), its footer
+        must read and its settings match this run's: None means unreadable, redo it;
+        other settings raise one line.
+        """
+        from sic_share.dataset import SLIDES_DIR, read_slide_metadata
+        from sic_share.errors import DatasetError
+        from sic_share.export._pipeline import _remote_failure, _settings_differ
+
+        options, rows, moves, made = self.options, 0, [], []
+        placed = False
+        try:
+            for i, (folder, root) in enumerate(zip(self.folders, roots)):
+                target = folder / SLIDES_DIR / f"{job.slide_id}.parquet"
+                made += [p for p in (folder, target.parent) if not p.exists()]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+                moves.append((tmp, target))
+                fs.get_file(f"{root}/slides/{job.slide_id}.parquet", str(tmp))
+                if not check:
+                    continue
+                try:
+                    meta, rows = read_slide_metadata(tmp)
+                except (SicShareError, OSError, ValueError):
+                    return None  # not a slide file this code wrote whole: export the slide again
+                differs = _settings_differ(meta, self.infos[i], options) if self.infos else None
+                if differs:
+                    setting, old, new = differs
+                    raise DatasetError(
+                        f"--via {options.via} holds slide {job.slide_id} made with {setting} {old}, this run asks "
+                        f"for {new}: give a new --via prefix, or pass --force to export every slide again")
+            for tmp, target in moves:
+                os.replace(tmp, target)
+            placed = True
+        except SicShareError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - credentials, endpoint, disk: the slide's failure
+            return _SlideResult(job.slide_id, job.name, "failed", f"{job.source}: its slide could not be "
+                                f"fetched from {options.via}: {_remote_failure(exc)}", device=_COLLECTED)
+        finally:
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
+            if not placed:
+                for folder in reversed(made):  # what this call created, where it stayed empty
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        pass
+        return _SlideResult(job.slide_id, job.name, "exported", patches=rows, device=_COLLECTED)
+
     def ray(self) -> list[_SlideResult]:
         """One Ray task per slide, retried on another worker when its worker dies.
 
@@ -529,6 +678,11 @@ class EngineRun:
         connected to. A task asks for one GPU when the cluster has GPUs (and the
         device is ``auto`` or ``cuda``), else for CPUs: one to embed plus its
         loader workers.
+
+        With ``options.via``, slides an earlier run left under the prefix are
+        collected first (Ray is not even started when that was all), and each
+        task's slide is downloaded from the prefix as its result comes in. Tasks
+        get the driver's ``AWS_*`` variables when they must reach S3.
         """
         import logging
 
@@ -537,6 +691,20 @@ class EngineRun:
         from sic_share._failures import describe_failure
 
         options = self.options
+        jobs = list(self.jobs)
+        via = None
+        if options.via is not None:
+            fs, root = _via_fs(options.via)
+            via = (fs, _via_roots(root, self.folders))
+            self._start, self._epoch = time.perf_counter(), time.time()
+            done = set() if options.force else self._via_listing(*via)
+            for job in [job for job in jobs if job.slide_id in done]:
+                result = self._fetch(*via, job, check=True)
+                if result is not None:
+                    jobs.remove(job)
+                    self._record(result)
+            if not jobs:
+                return self._finish()
         connected = False
         if not ray.is_initialized():
             try:
@@ -554,13 +722,17 @@ class EngineRun:
             use_gpu = gpus >= 1 and options.device != "cpu"
             workers = options.workers if options.workers is not None else (4 if use_gpu else 0)
             task_options = replace(options, workers=workers)
-            remote = ray.remote(_ray_slide).options(
-                num_cpus=1 + workers if not use_gpu else max(1, workers), num_gpus=1 if use_gpu else 0,
-                max_retries=options.retries, retry_exceptions=False, name="sic-share-export-slide")
+            placement = dict(num_cpus=1 + workers if not use_gpu else max(1, workers), num_gpus=1 if use_gpu else 0,
+                             max_retries=options.retries, retry_exceptions=False, name="sic-share-export-slide")
+            env = {var: os.environ[var] for var in _AWS_VARS if os.environ.get(var)}
+            if env and (via is not None or any(_is_url(job.source) for job in jobs)):
+                placement["runtime_env"] = {"env_vars": env}
+            remote = ray.remote(_ray_slide).options(**placement)
             device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
-            self._start, self._epoch = time.perf_counter(), time.time()
+            if via is None:
+                self._start, self._epoch = time.perf_counter(), time.time()
             refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
-                    for job in self.jobs}
+                    for job in jobs}
             pending = list(refs)
             while pending and not self._stop():
                 done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -577,6 +749,10 @@ class EngineRun:
                                               f"{job.source}: its Ray worker was lost {options.retries + 1} time(s) "
                                               f"({type(exc).__name__}); run the export again to redo it",
                                               device="ray")
+                    if via is not None and result.status == "exported":
+                        fetched = self._fetch(*via, job, check=False)
+                        if fetched.status == "failed":
+                            result.status, result.message = "failed", fetched.message
                     self._record(result)
                 self._tell()
             for ref in pending:

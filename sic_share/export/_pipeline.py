@@ -103,6 +103,14 @@ class ExportOptions:
         staged alone).
     retries : int, default=3
         Ray: times a slide is retried when its worker dies.
+    via : str or None
+        Ray, for workers that cannot write this machine's disk: an fsspec URL
+        prefix (``s3://scratch/crc-r50``) where each task uploads its finished
+        slide (``<via>/slides/<slide_id>.parquet``, ``<via>/<model-slug>/slides/...``
+        with several models); the driver downloads each into the output folder
+        as it is reported, and on a rerun collects the slides already there
+        instead of redoing them. None: tasks write the output folder directly
+        (a folder every node mounts).
     """
 
     models: list[str] = field(default_factory=lambda: ["handcrafted"])
@@ -131,6 +139,7 @@ class ExportOptions:
     stage_dir: str | None = None
     stage_bytes: int = 20 << 30
     retries: int = 3
+    via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -497,6 +506,13 @@ def _check_options(options: ExportOptions) -> None:
         raise SicShareError(f"stage_bytes={options.stage_bytes} should be >= 1")
     if options.retries < 0:
         raise SicShareError(f"retries={options.retries} should be >= 0")
+    if options.via is not None:
+        if options.ray is None:
+            raise SicShareError(f"--via {options.via} is where Ray workers put finished slides: give it with --ray "
+                                "(one process and --devices write --out directly)")
+        if not _is_url(options.via):
+            raise SicShareError(f"--via {options.via} should be a URL prefix every worker can write, e.g. "
+                                "s3://scratch/crc-r50; a folder every node mounts needs no --via: give it as --out")
 
 
 def _clear_dataset(folder: Path) -> None:
@@ -505,22 +521,9 @@ def _clear_dataset(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _check_existing(folder: Path, model: object, options: ExportOptions, slide_map: SlideMap,
-                    ours: set[str] = frozenset()) -> None:
-    """Refuse to add slides to a dataset made with other settings, or with another holder secret.
-
-    Resuming is only safe when every setting that shapes the rows is the same: the
-    model (name, weights digest, layer, preprocessing), the patch grid, the dtype,
-    the class list, and the secret that made the pseudonyms (a slide exported with
-    another secret would appear twice under two ids). Slide ids this holder's slide
-    map does not know were made with another secret, or elsewhere.
-    """
-    from sic_share.dataset import read_slide_metadata
-
-    existing = sorted((folder / SLIDES_DIR).glob("*.parquet"))
-    if not existing:
-        return
-    meta, _ = read_slide_metadata(existing[0])
+def _settings_differ(meta: SlideMetadata, model: object, options: ExportOptions) -> tuple[str, object, object] | None:
+    """The first setting that shapes the rows where a slide file's ``meta`` and this run differ:
+    ``(setting, the file's, this run's)``, or None when the file could be one of this run's."""
     stride = options.stride_px if options.stride_px is not None else options.size_px // 2
     wanted = {
         "model": model,
@@ -546,10 +549,33 @@ def _check_existing(folder: Path, model: object, options: ExportOptions, slide_m
             new = value.id if setting == "model" and found[setting].id != value.id else value
             if setting == "model" and old == new:
                 old, new = "other weights, layer or preprocessing", "these"
-            raise DatasetError(
-                f"{folder} holds a dataset made with {setting} {old}, this run asks for {new}: "
-                "export into a new --out, or pass --force to replace it"
-            )
+            return setting, old, new
+    return None
+
+
+def _check_existing(folder: Path, model: object, options: ExportOptions, slide_map: SlideMap,
+                    ours: set[str] = frozenset()) -> None:
+    """Refuse to add slides to a dataset made with other settings, or with another holder secret.
+
+    Resuming is only safe when every setting that shapes the rows is the same: the
+    model (name, weights digest, layer, preprocessing), the patch grid, the dtype,
+    the class list, and the secret that made the pseudonyms (a slide exported with
+    another secret would appear twice under two ids). Slide ids this holder's slide
+    map does not know were made with another secret, or elsewhere.
+    """
+    from sic_share.dataset import read_slide_metadata
+
+    existing = sorted((folder / SLIDES_DIR).glob("*.parquet"))
+    if not existing:
+        return
+    meta, _ = read_slide_metadata(existing[0])
+    differs = _settings_differ(meta, model, options)
+    if differs:
+        setting, old, new = differs
+        raise DatasetError(
+            f"{folder} holds a dataset made with {setting} {old}, this run asks for {new}: "
+            "export into a new --out, or pass --force to replace it"
+        )
     # this run's own slides (every shard's) count as known even where the map lacks them: a map written
     # before records were locked (or on a file system without locks) may have lost a concurrent shard's
     known = {entry.slide_id for entry in slide_map.entries()} | set(ours)
@@ -860,6 +886,10 @@ def export_slides(
 
     options = options or ExportOptions()
     _check_options(options)
+    if _is_url(os.fspath(out_dir)):
+        raise SicShareError(f"--out {os.fspath(out_dir)} is a URL: export writes and signs a dataset in a local "
+                            "folder (then 'sic-share publish' uploads it); give --out DIR, and with --ray "
+                            "--via s3://BUCKET/PREFIX where workers cannot write this machine's disk")
     _fix_mmap_threshold()  # inherited by the forked loader workers
     start = time.perf_counter()
     report = ExportReport()
@@ -870,6 +900,8 @@ def export_slides(
         device = "cpu"  # the driver only reads the models' descriptions
     elif options.ray is not None:
         _engine.check_ray(options)
+        if options.via is not None:
+            _engine.check_via(options.via)
         devices, device = [], "cpu"
         report.device = "ray"
     else:
@@ -958,7 +990,8 @@ def export_slides(
     else:
         # -- per slide: in this process (slides from URLs), one process per device, or Ray tasks --
         jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
-        run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress)
+        run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress,
+                                infos=[encoder.info() for encoder in exporter.encoders])
         if not jobs:
             results = []  # every slide done: no process, no Ray
         elif options.ray is not None:
