@@ -400,7 +400,7 @@ def test_background_auto_is_scikit_learns_spreading_at_the_weight_that_cuts_leas
     assert weight == 0.003 and np.allclose(dist, _spread_once(graph, seeds, 2, 0.9, 0.003))
     # the estimator reports what it chose, on both paths
     assert SeedLabelSpreading(random_state=0).fit(slide.X, seeds, slide.coords).background_ in BACKGROUNDS
-    with pytest.raises(SeedError, match="'auto', a weight in \[0, 1\) or a tuple"):
+    with pytest.raises(SeedError, match=r"'auto', a weight in \[0, 1\) or a tuple"):
         SeedLabelSpreading(background="sometimes").fit(slide.X, seeds)
 
 
