@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from sic_share.sic._kmeans import _prepare_chunk, as_float32, class_means, iter_chunks, raise_non_finite
 
-__all__ = ["PCA_SAMPLE", "project"]
+__all__ = ["PCA_SAMPLE", "project", "project_onto"]
 
 #: Rows per chunk of the threaded projection pass: 4 MiB of float32 per thread at dim 1024.
 _PROJECT_ROWS = 1024
@@ -79,6 +79,16 @@ def project(
                                   random_state=random_state)
         basis, _ = np.linalg.qr(np.vstack([vt.astype(np.float64), (means - mean)[has_seed]]).T)
     W = np.ascontiguousarray(basis, dtype=np.float32)
+    return project_onto(X, W, normalize=normalize), W.T, True
+
+
+def project_onto(X: np.ndarray, W: np.ndarray, *, normalize: bool) -> np.ndarray:
+    """``X @ W`` as float32, in one threaded pass over chunks of ``X`` (cast, optionally L2-normalised).
+
+    ``W`` is float32 of shape (dim, n_dims); the result (n_samples, n_dims). Raises the
+    non-finite error when ``X`` holds NaN or inf (they propagate to the product).
+    """
+    n, d = X.shape
     Z = np.empty((n, W.shape[1]), dtype=np.float32)
     chunks = list(iter_chunks(n, _PROJECT_ROWS))
     workers = max(1, min(len(chunks), os.cpu_count() or 1, 4))
@@ -97,4 +107,4 @@ def project(
         list(pool.map(run, chunks))
     if not np.isfinite(Z).all():
         raise_non_finite()
-    return Z, W.T, True
+    return Z

@@ -40,8 +40,8 @@ from scipy import sparse
 from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
-from sic_share.sic._kmeans import _prepare_chunk, iter_chunks, raise_non_finite
-from sic_share.sic._project import PCA_SAMPLE
+from sic_share.sic._kmeans import _prepare_chunk, iter_chunks
+from sic_share.sic._project import PCA_SAMPLE, project_onto
 
 __all__ = [
     "HOMOPHILY_MIN",
@@ -126,15 +126,7 @@ def regional_projection(X: np.ndarray, seeds: np.ndarray, grid: sparse.csr_matri
     with threadpool_limits(1, user_api="blas"):
         _, _, vt = randomized_svd(S, min(n_axes, S.shape[0] - 1, d), n_iter=2, random_state=random_state)
     W = np.ascontiguousarray(vt.T, dtype=np.float32)
-    Z = np.empty((n, W.shape[1]), dtype=np.float32)
-    chunk = np.empty((min(n, _CHUNK), d), dtype=np.float32)
-    for sl in iter_chunks(n, _CHUNK):
-        b = chunk[: sl.stop - sl.start]
-        _prepare_chunk(X, sl, b, normalize, check_finite=False)
-        np.matmul(b, W, out=Z[sl])
-    if not np.isfinite(Z).all():
-        raise_non_finite()
-    return smooth_features(Z, walk, weight=smooth), W.T
+    return smooth_features(project_onto(X, W, normalize=normalize), walk, weight=smooth), W.T
 
 
 def smooth_features(Z: np.ndarray, walk: tuple[sparse.csr_matrix, np.ndarray], *, weight: float,
