@@ -1250,7 +1250,7 @@ def main() -> None:
     packages) are told by :func:`sic_share._failures.describe_failure`. ``--debug``
     (anywhere on the line, before or after the command) shows the traceback instead.
     """
-    args = _bare_ray(_fold_choices(sys.argv[1:]))
+    args = normalise_args(sys.argv[1:])
     if "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args:
         args.remove("--debug")
         _state["debug"] = True
@@ -1278,6 +1278,11 @@ def main() -> None:
 
 # Options whose values are names from a fixed list: matched case-insensitively everywhere.
 _CHOICE_OPTIONS = ("--method", "--rule", "--score", "--format", "--device", "--dtype", "--init", "--projection")
+
+
+def normalise_args(args: list[str]) -> list[str]:
+    """The command line as Typer should see it: choices folded to their case, a bare ``--ray`` as ``--ray local``."""
+    return _bare_ray(_fold_choices(args))
 
 
 def _fold_choices(args: list[str]) -> list[str]:

@@ -97,7 +97,7 @@ def parse(words: list[str]):
 
     from sic_share import cli
 
-    args = [w for w in cli._fold_choices(words) if w != "--debug"]
+    args = [w for w in cli.normalise_args(words) if w != "--debug"]
     command = typer.main.get_command(cli.app)
     ctx = command.make_context("sic-share", args, resilient_parsing=False)
     while hasattr(command, "resolve_command"):  # a group (typer ships its own copy of click's classes)
