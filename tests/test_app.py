@@ -414,6 +414,45 @@ def test_warm_builds_the_first_click_graph_and_changes_no_label(tmp_path, local_
     assert 0 < (results[0] == 1).sum() < len(results[0])
 
 
+def test_a_second_click_where_the_regional_step_runs_reuses_the_slides_regional_graph(tmp_path, local_key,
+                                                                                      monkeypatch):
+    """Where the default spreads again on the slide's regional structure (issue 23), that structure is built by the
+    first click that needs it and kept with the slide's prepared graph: a later click only spreads."""
+    import sic_share.sic._anchors as anchors
+    import sic_share.sic._methods as methods
+    from sic_share.sic import FAMILIES, create_method, draw_seeds
+    from sic_share.sic._methods import GRAPH_SAMPLE
+
+    data = FAMILIES["faint_shift"](5, n_patches=GRAPH_SAMPLE + 1500)
+    emb = data.X[:, :64]  # at most WORK_DIMS: the loop works on the embeddings themselves, as the library fit below
+    meta = SlideMetadata(ModelInfo("synthetic", 64, "test"), Patching(256, 256, 0.5, 0.5, 128), ("normal", "lesion"))
+    write_slide(tmp_path / "faint" / "slides" / "f.parquet", slide_id="f", metadata=meta,
+                coords=data.coords.astype(np.int32), embeddings=emb, labels=data.y)
+    slide = open_cached(locate_slide(sign_local(tmp_path / "faint", local_key), None))
+    calls = {"regional": 0, "graph": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(methods, "regional_projection", counted("regional", methods.regional_projection))
+    monkeypatch.setattr(anchors, "_nearest_anchors", counted("graph", anchors._nearest_anchors))
+    session = Session(slide)
+    seeds = draw_seeds(data.y, 3, random_state=0)
+    session.add_seeds(np.flatnonzero(seeds == 0), 0)
+    session.add_seeds(np.flatnonzero(seeds == 1), 1)
+    assert calls == {"regional": 1, "graph": 2}  # the first click: the slide's graph, then the regional step's
+    more = seeds.copy()
+    more[np.flatnonzero((data.y == 1) & (seeds < 0))[:2]] = 1
+    session.add_seeds(np.flatnonzero(more == 1), 1)
+    assert calls == {"regional": 1, "graph": 2}  # the second click built neither again
+    fresh = create_method("spreading", random_state=0).fit(slide.work_matrix(), more, slide.coords)
+    assert fresh.regional_  # the second click took the regional step too, and gave the library's labels
+    np.testing.assert_array_equal(session.outcome().labels, fresh.labels_)
+
+
 def test_a_change_answers_its_server_time(api):
     status, headers, _ = api("POST", "/api/seeds", json.dumps({"class": 0, "indices": [0]}).encode())
     assert status == 200 and headers["server-timing"].startswith("app;dur=")

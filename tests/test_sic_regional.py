@@ -89,3 +89,26 @@ def test_a_tuple_of_background_weights_is_auto_among_them():
     assert est.background_ in (0.0003, 0.0007)
     with pytest.raises(SeedError, match="a tuple of them"):
         SeedLabelSpreading(background=(0.001, 2.0)).fit(slide.X, seeds)
+
+
+def test_a_prepared_graph_keeps_the_regional_structures_for_the_next_fit(monkeypatch):
+    """The regional projection and its graph depend on the slide only: an app's next click spreads on them at once."""
+    import sic_share.sic._methods as methods
+
+    faint = FAMILIES["faint_shift"](5, n_patches=GRAPH_SAMPLE + 1500)
+    built = []
+    real = methods.regional_projection
+    monkeypatch.setattr(methods, "regional_projection", lambda *a, **k: built.append(1) or real(*a, **k))
+    est = SeedLabelSpreading(random_state=0)
+    prepared = est.prepare(faint.X, faint.coords)
+    assert "regional" not in prepared.derived
+    for clicks in (3, 4, 5):
+        seeds = draw_seeds(faint.y, clicks, random_state=clicks)
+        kept = SeedLabelSpreading(random_state=0).fit(faint.X, seeds, faint.coords, prepared=prepared)
+        fresh = SeedLabelSpreading(random_state=0).fit(faint.X, seeds, faint.coords)
+        assert kept.regional_ and fresh.regional_
+        np.testing.assert_array_equal(kept.labels_, fresh.labels_)
+        np.testing.assert_array_equal(kept.proba_, fresh.proba_)
+        np.testing.assert_array_equal(kept.components_, fresh.components_)
+    assert len(built) == 1 + 3  # once into prepared, once per fresh fit
+    assert "regional" in prepared.derived

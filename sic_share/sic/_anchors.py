@@ -22,7 +22,7 @@ click needs; ``sic-share sic`` builds the graph and spreads once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,12 @@ class AnchorGraph:
         The grid walk for smoothing (:func:`~sic_share.sic._grid.grid_walk`), with coords.
     key : tuple
         The settings it was built with; :meth:`matches` compares them.
+    derived : dict
+        Seed-independent structures built from this slide on first need and kept with
+        the graph for later fits: ``"regional"``, the regional step's projection basis
+        and its own graph (:meth:`~sic_share.sic.SeedLabelSpreading.fit`,
+        :mod:`sic_share.sic._regional`), so an app's click on a slide where that step
+        runs rebuilds neither.
     """
 
     Z: np.ndarray
@@ -69,6 +75,7 @@ class AnchorGraph:
     extend: sparse.csr_matrix
     walk: Any
     key: tuple
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_patches(self) -> int:
@@ -106,11 +113,14 @@ class AnchorGraph:
 def build_anchor_graph(
     X: np.ndarray, coords: np.ndarray | None, *, n_anchors: int, n_neighbors: int, n_extend: int,
     n_components: int | None, normalize: bool, random_state: np.random.RandomState, key: tuple,
+    walk: Any = None,
 ) -> AnchorGraph:
     """Build the seed-independent :class:`AnchorGraph` of ``X`` (and the grid walk of ``coords``).
 
     The projection is the principal axes alone (no seed directions: the seeds are not
     known yet); the anchors are ``n_anchors`` patches drawn by ``random_state``.
+    ``walk``, the grid walk of ``coords`` when the caller has it (a second graph of the
+    same slide), is kept instead of being built again.
     """
     n = X.shape[0]
     Z, components, _ = project(X, np.full(n, -1, np.int64), 0, n_components, normalize=normalize,
@@ -124,7 +134,8 @@ def build_anchor_graph(
     reach = cols.shape[1]
     extend = sparse.csr_matrix((weights.ravel(), cols.ravel(), np.arange(0, n * reach + 1, reach)),
                                shape=(n, anchors.size))
-    walk = grid_walk(grid_graph(coords)) if coords is not None else None
+    if walk is None and coords is not None:
+        walk = grid_walk(grid_graph(coords))
     return AnchorGraph(Z, components, anchors, graph, extend, walk, key)
 
 

@@ -363,7 +363,9 @@ class SeedLabelSpreading(_SeedMethod):
 
         Returns None on a slide of at most ``GRAPH_SAMPLE`` patches (the exact path
         has nothing to keep). An app that re-fits one slide for every click builds it
-        once: the fit then costs milliseconds (see :mod:`sic_share.sic._anchors`).
+        once: the fit then costs milliseconds (see :mod:`sic_share.sic._anchors`). The
+        regional step's projection and graph, seed-independent too, are added to it by
+        the first fit that needs them (``regional``) and reused by every later one.
         """
         self._check()
         X = check_embeddings(X, min_samples=2)
@@ -371,12 +373,17 @@ class SeedLabelSpreading(_SeedMethod):
             return None
         coords = self._checked_coords(coords, X.shape[0])
         start = time.perf_counter()
-        graph = build_anchor_graph(X, coords, n_anchors=GRAPH_SAMPLE, n_neighbors=self.n_neighbors,
-                                   n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,
-                                   random_state=check_random_state(self.random_state), key=self._graph_key())
+        graph = self._anchor_graph(X, coords)
         self.graph_seconds_ = time.perf_counter() - start
         self.graph_edges_ = int(graph.graph.nnz + graph.extend.nnz)
         return graph
+
+    def _anchor_graph(self, X: np.ndarray, coords: np.ndarray | None, walk=None) -> AnchorGraph:
+        """:func:`~sic_share.sic._anchors.build_anchor_graph` with this estimator's settings (``walk``: the grid's, if built)."""
+        return build_anchor_graph(X, coords, n_anchors=GRAPH_SAMPLE, n_neighbors=self.n_neighbors,
+                                  n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,
+                                  random_state=check_random_state(self.random_state), key=self._graph_key(),
+                                  walk=walk)
 
     def fit(self, X, seeds, coords=None, prepared: AnchorGraph | None = None):
         """Fit on ``X``, ``seeds`` and optional ``coords``; ``prepared`` is :meth:`prepare`'s result for this slide.
@@ -405,24 +412,36 @@ class SeedLabelSpreading(_SeedMethod):
                                                                     walk=prepared.walk)
         self._check_result(prepared.Z, seeds, check_random_state(self.random_state))
         self.homophily_ = homophily(prepared.graph, self.labels_[prepared.anchors])
-        return self._regional_step(X, seeds, coords, prepared.walk)
+        return self._regional_step(X, seeds, coords, prepared)
 
-    def _regional_step(self, X, seeds, coords, walk) -> SeedLabelSpreading:
-        """With ``regional``: spread again on the slide's regional structure (class notes); returns ``self``."""
+    def _regional_step(self, X, seeds, coords, prepared: AnchorGraph | None) -> SeedLabelSpreading:
+        """With ``regional``: spread again on the slide's regional structure (class notes); returns ``self``.
+
+        On a large slide the regional projection and its anchor graph do not depend on
+        the seeds: the first fit that needs them keeps them in ``prepared.derived``, and
+        a later fit with the same ``prepared`` (the app's next click) spreads on them at
+        once.
+        """
         self.regional_ = False
         use = self.regional is True or (self.regional == "auto" and self.homophily_ < HOMOPHILY_MIN)
         if not use or coords is None or self.n_classes_ != 2:
             return self
-        X = check_embeddings(X, min_samples=2)
-        seeds, _ = check_seeds(seeds, X.shape[0], self.n_classes)
-        coords = np.asarray(coords)
-        grid = grid_graph(coords)
-        Z, components = regional_projection(X, seeds, grid, walk if walk is not None else grid_walk(grid),
-                                            normalize=self.normalize,
-                                            random_state=check_random_state(self.random_state))
         background = REGIONAL_BACKGROUNDS if self.background == "auto" else self.background
         inner = clone(self).set_params(regional=False, n_components=None, normalize=False, background=background)
-        inner.fit(Z, seeds, coords)
+        if prepared is None:  # the exact path: a small slide, nothing kept
+            X = check_embeddings(X, min_samples=2)
+            seeds, _ = check_seeds(seeds, X.shape[0], self.n_classes)
+            coords = np.asarray(coords)
+            Z, components = regional_projection(X, grid_walk(grid_graph(coords)), normalize=self.normalize,
+                                                random_state=check_random_state(self.random_state))
+            inner.fit(Z, seeds, coords)
+        else:
+            if "regional" not in prepared.derived:
+                Z, components = regional_projection(X, prepared.walk, normalize=self.normalize,
+                                                    random_state=check_random_state(self.random_state))
+                prepared.derived["regional"] = (components, inner._anchor_graph(Z, coords, prepared.walk))
+            components, graph = prepared.derived["regional"]
+            inner.fit(graph.Z, seeds, coords, prepared=graph)
         for name in ("labels_", "proba_", "confidence_", "background_", "trimmed_"):
             setattr(self, name, getattr(inner, name))
         self.components_, self.regional_ = components, True

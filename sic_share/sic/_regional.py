@@ -82,8 +82,7 @@ def homophily(graph: sparse.spmatrix, labels: np.ndarray) -> float:
     return 1.0 if chance >= 1.0 else (same - chance) / (1.0 - chance)
 
 
-def regional_projection(X: np.ndarray, seeds: np.ndarray, grid: sparse.csr_matrix,
-                        walk: tuple[sparse.csr_matrix, np.ndarray], *, normalize: bool,
+def regional_projection(X: np.ndarray, walk: tuple[sparse.csr_matrix, np.ndarray], *, normalize: bool,
                         random_state: np.random.RandomState, n_axes: int = REGIONAL_AXES,
                         smooth: float = REGIONAL_SMOOTH) -> tuple[np.ndarray, np.ndarray]:
     """Patches projected on the principal axes of their neighbourhood means, then smoothed along the grid.
@@ -91,12 +90,9 @@ def regional_projection(X: np.ndarray, seeds: np.ndarray, grid: sparse.csr_matri
     Parameters
     ----------
     X : ndarray of shape (n_patches, dim), float16 or float32
-    seeds : ndarray of shape (n_patches,)
-        Class index per seeded patch, -1 elsewhere (seeded rows join the sample).
-    grid : csr_matrix of shape (n_patches, n_patches)
-        The patch grid (:func:`~sic_share.sic._grid.grid_graph`).
     walk : (csr_matrix, ndarray)
-        Its :func:`~sic_share.sic._grid.grid_walk`.
+        The patch grid's :func:`~sic_share.sic._grid.grid_walk` (its non-zeros are the
+        grid's edges).
     normalize : bool
         L2-normalise each embedding first.
     random_state : RandomState
@@ -110,12 +106,18 @@ def regional_projection(X: np.ndarray, seeds: np.ndarray, grid: sparse.csr_matri
     Notes
     -----
     Cost: the sample's neighbourhood means (``PCA_SAMPLE`` rows x 9 neighbours), one
-    randomized SVD, one chunked pass over ``X`` and ``n_axes``-column smoothing:
-    about what :func:`~sic_share.sic._project.project` costs.
+    randomized SVD, one threaded chunked pass over ``X``
+    (:func:`~sic_share.sic._project.project_onto`) and ``n_axes``-column smoothing:
+    about what :func:`~sic_share.sic._project.project` costs. It does not depend on
+    the seeds (the sample is the random rows alone; on a slide of at most
+    ``PCA_SAMPLE`` patches that is every patch), so a caller that re-fits one slide
+    keeps it with the slide's prepared graph (:class:`~sic_share.sic._anchors.AnchorGraph`).
     """
     n, d = X.shape
-    rows = np.union1d(random_state.choice(n, size=min(n, PCA_SAMPLE), replace=False), np.flatnonzero(seeds >= 0))
-    around = (sparse.identity(n, format="csr", dtype=np.float32) + (grid > 0).astype(np.float32)).tocsr()[rows]
+    rows = np.sort(random_state.choice(n, size=min(n, PCA_SAMPLE), replace=False))
+    # each sampled patch and its grid neighbours, weight 1 each (the walk's non-zeros are the grid's edges)
+    around = (sparse.identity(n, format="csr", dtype=np.float32)[rows]
+              + (walk[0][rows] > 0).astype(np.float32)).tocsr()
     needed = np.unique(around.indices)
     buf = np.empty((needed.size, d), dtype=np.float32)
     for sl in iter_chunks(needed.size, _CHUNK):
