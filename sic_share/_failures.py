@@ -71,7 +71,7 @@ def _describe_one(exc: BaseException) -> str | None:  # noqa: C901 - one branch 
     names = _names(exc)
     if names & {"NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"}:
         return ("no S3 credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
-                "or use a local folder as the hub")
+                "or use a local folder instead (a hub or slides on local disk need none)")
     if names & {"EndpointConnectionError", "ConnectionClosedError", "ClientConnectorError", "ServerDisconnectedError"}:
         url = (getattr(exc, "kwargs", None) or {}).get("endpoint_url")
         if url:
