@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from sic_share._cores import usable_cores
 from sic_share.dataset import ModelInfo
 from sic_share.errors import EncoderError
 
@@ -25,7 +26,7 @@ def _configure_cpu_threads() -> None:
     _threads_configured = True
     if "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from sic_share._cores import usable_cores
 from sic_share.errors import EncoderError, SicShareError, SlideError
 from sic_share.export._pipeline import (
     ExportOptions,
@@ -493,7 +494,7 @@ class EngineRun:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        cpus = os.cpu_count() or 1
+        cpus = usable_cores()
         n_cpu = sum(d == "cpu" for d in devices)
         names = [d if d != "cpu" or n_cpu == 1 else f"cpu#{i}" for i, d in enumerate(devices)]
         # CPU workers share the cores; a GPU worker keeps a few threads for its own work

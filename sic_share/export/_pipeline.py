@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sic_share._cores import usable_cores
 from sic_share.dataset import SLIDES_DIR, Patching, SlideMetadata, SlideWriter, check_name
 from sic_share.errors import DatasetError, EncoderError, LabelError, SicShareError, SlideError
 from sic_share.privacy import SlideMap, holder_secret, pseudonym, source_stem
@@ -73,7 +74,7 @@ class ExportOptions:
     dtype : {"float16", "float32"}
     batch_size : int, default=64
     workers : int or None
-        DataLoader workers; default ``min(4, cpu_count - 1)``, 0 reads in the main process.
+        DataLoader workers; default ``min(4, cores - 1)`` of the cores this process may use, 0 reads in the main process.
     device : str, default="auto"
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     shard : tuple of int or None
@@ -745,7 +746,7 @@ class _SlideExporter:
 
         options, device, encoders = self.options, self.device, self.encoders
         dataset = _RegionDataset(plans, {p: plan.mpp for p, plan in enumerate(plans)})
-        cpus = os.cpu_count() or 1
+        cpus = usable_cores()
         workers = options.workers if options.workers is not None else max(0, min(4, cpus - 1))
         loader = DataLoader(
             dataset,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sic_share._cores import usable_cores
 from sic_share.errors import PretrainError, SicShareError
 from sic_share.pretrain._checkpoint import (
     RECIPE_KEY,
@@ -489,7 +490,7 @@ def pretrain(
 
     dataset = SlidePatches(sources, coords, offsets, TwoViews(encoder.input_size, options.augmentations))
     sampler = PatchSampler(offsets, samples, seed=options.seed)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     workers = options.workers if options.workers is not None else max(0, min(16, cores - 1))
     loader = DataLoader(
         dataset,
