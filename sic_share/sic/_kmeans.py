@@ -122,7 +122,9 @@ def half_to_float32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
     on ReLU-like embeddings (many zeros); this is the branch-free bit trick: move
     exponent and mantissa into float32 position and rescale by 2**112, which is exact
     for normal and subnormal halves. Infinities and NaNs land at 2**16 or above and
-    are reported instead of converted.
+    are reported instead of converted. The sign bit is then moved into place with
+    integer operations: a masked ``np.negative(..., where=)`` took 3.3 ms per 1024 x 384
+    chunk of Gaussian data (half the values negative), against 0.4 ms for this.
     """
     bits = h.view(np.uint16)
     ob = out.view(np.uint32)
@@ -131,9 +133,10 @@ def half_to_float32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
     np.multiply(out, _HALF_SCALE, out=out)
     if out.max(initial=0.0) >= _HALF_NONFINITE:
         raise_non_finite()
-    negative = bits >= np.uint16(0x8000)
-    if negative.any():
-        np.negative(out, out=out, where=negative)
+    if bits.max(initial=0) >= 0x8000:  # one cheap pass spares ReLU-like embeddings (no negatives) the three below
+        sign = np.bitwise_and(bits, np.uint16(0x8000), dtype=np.uint32)
+        np.left_shift(sign, np.uint32(16), out=sign)
+        np.bitwise_or(ob, sign, out=ob)
     return out
 
 
