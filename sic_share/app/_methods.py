@@ -83,7 +83,9 @@ def fit_method(method: Method, rule: str | None, X: np.ndarray, seeds: np.ndarra
     ``prepared`` is a dict the caller keeps for this slide: a method with a
     seed-independent part (``prepare(X, coords)``, label spreading on a large slide)
     stores it there on the first fit and reuses it on every later one, so a click
-    costs the per-seeds work only.
+    costs the per-seeds work only. What a later fit adds to it stays too: label
+    spreading's regional step (issue 23) keeps its projection and graph in the
+    prepared graph on the first click that takes the step.
     """
     estimator = _make(method, rule, n_classes, random_state)
     kept = _prepared(estimator, method, X, coords, prepared)

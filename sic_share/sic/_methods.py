@@ -290,7 +290,8 @@ class SeedLabelSpreading(_SeedMethod):
     a patch's embedding neighbours are a mix of both classes and the spread stops
     near the seeds. ``homophily_`` measures that on the result, without truth, and
     ``regional="auto"`` then spreads again on :func:`~sic_share.sic._regional.regional_projection`
-    (about one more fit and a projection pass). In the suite (docs/sic.md) mean F1 on
+    (a projection pass and a second anchor graph on a large slide, built by the first fit
+    that needs them and kept in ``prepared``, so a later click only spreads). In the suite (docs/sic.md) mean F1 on
     ``faint_shift`` rose from 0.164 to 0.901 and on its held-out draw from 0.158 to
     0.886; no run of the earlier families got worse (three collapsed runs of the real
     families were repaired).
@@ -379,7 +380,10 @@ class SeedLabelSpreading(_SeedMethod):
         return graph
 
     def _anchor_graph(self, X: np.ndarray, coords: np.ndarray | None, walk=None) -> AnchorGraph:
-        """:func:`~sic_share.sic._anchors.build_anchor_graph` with this estimator's settings (``walk``: the grid's, if built)."""
+        """:func:`~sic_share.sic._anchors.build_anchor_graph` with this estimator's settings.
+
+        ``walk``: the grid walk of ``coords`` when the caller has built it (not built again).
+        """
         return build_anchor_graph(X, coords, n_anchors=GRAPH_SAMPLE, n_neighbors=self.n_neighbors,
                                   n_extend=_EXTEND, n_components=self.n_components, normalize=self.normalize,
                                   random_state=check_random_state(self.random_state), key=self._graph_key(),
