@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ def session_home(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("session-home")
     saved = {var: os.environ.get(var) for var in _STATE_VARS}
     os.environ["SIC_SHARE_HOME"] = str(root / "sic-share")
-    for var in _STATE_VARS[1:]:
+    for var in _STATE_VARS[1:-1]:
         os.environ[var] = str(root / var.lower())
+    # Ray (the --ray tests) writes a cluster token to ~/.ray/auth_token unless it is given one
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     yield root
     for var, value in saved.items():
         if value is None:
@@ -44,7 +47,7 @@ def session_home(tmp_path_factory) -> Path:
             os.environ[var] = value
 
 
-_STATE_VARS = ("SIC_SHARE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
+_STATE_VARS = ("SIC_SHARE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "RAY_AUTH_TOKEN")
 
 
 @pytest.fixture(autouse=True)
