@@ -471,3 +471,44 @@ def test_missing_shard_part_at_sign_is_one_line(tmp_path, cli, cohort):
     assert cli("keys", "generate", "--publisher", "lab-a").code == 0
     assert_one_line_error(cli("sign", out), "shard 0/3 has not finished")
     assert not (out / "manifest.json").exists()
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """A broken or hostile slide server: no size in its answer, then bytes without end."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        try:
+            for _ in range(64):  # 64 MiB, far more than the bound below
+                self.wfile.write(b"\0" * (1 << 20))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_a_server_that_sends_without_end_cannot_fill_the_disk(tmp_path, monkeypatch):
+    from sic_share.errors import SlideError
+    from sic_share.export import _engine
+    from sic_share.export._pipeline import _Job
+
+    monkeypatch.setattr(_engine, "_UNSIZED_LIMIT", 1 << 20)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slide.svs"
+        job = _Job(url, "slide.svs", "slide", "0123456789abcdef", None, 0)
+        with pytest.raises(SlideError, match="sent more than the 1048576 bytes"):
+            _engine._download(job, tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written stays

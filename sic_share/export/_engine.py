@@ -141,20 +141,43 @@ def _device_worker(wid: int, device: str, threads: int, options: ExportOptions, 
 # --- staging slides from URLs ---------------------------------------------------------------------
 
 
+#: The most bytes staged for a slide whose listing gave no size (the largest whole-slide images are tens of GB).
+_UNSIZED_LIMIT = 64 << 30
+_COPY_CHUNK = 8 << 20
+
+
 def _download(job: _Job, root: Path) -> Path:
-    """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix)."""
+    """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix).
+
+    The copy is bounded: no more bytes than the listing said the object holds (or
+    ``_UNSIZED_LIMIT`` where it said nothing), so a server that sends more, or sends
+    forever, cannot fill the disk.
+    """
     import fsspec
 
     from sic_share.export._pipeline import _remote_failure
 
     folder = root / job.slide_id
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / job.name
-    part = folder / f".{job.name}.part"
+    name = job.name if job.name not in ("", ".", "..") else "slide"
+    target = folder / name
+    part = folder / f".{name}.part"
+    limit = job.size if job.size > 0 else _UNSIZED_LIMIT
     try:
         fs, path = fsspec.core.url_to_fs(job.source)
-        fs.get_file(path, str(part))
+        copied = 0
+        streamed = {"block_size": 0} if "http" in fs.protocol else {}  # one GET, read in order
+        with fs.open(path, "rb", **streamed) as src, open(part, "wb") as dst:
+            while chunk := src.read(min(_COPY_CHUNK, limit + 1 - copied)):
+                copied += len(chunk)
+                if copied > limit:
+                    raise SlideError(f"{job.source} sent more than the {limit} bytes its listing gave: "
+                                     "the object changed while it was read, or the server is broken; try again")
+                dst.write(chunk)
         os.replace(part, target)
+    except SlideError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     except FileNotFoundError:
         shutil.rmtree(folder, ignore_errors=True)
         raise SlideError(f"{job.source} does not exist (any more): check the URL") from None
