@@ -24,7 +24,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["STATE_LIMIT", "load_json", "not_written_by_us", "save_json", "atomic_write_bytes", "staged_folder",
-           "read_bounded", "remove_abandoned", "STALE_AFTER"]
+           "read_bounded", "remove_abandoned", "STALE_AFTER", "wait_for_lock"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -189,6 +189,32 @@ def remove_abandoned(dest: Path) -> list[Path]:
             path.with_name(path.name + _LOCK).unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+_LOCK_POLL_S = 0.02
+
+
+def wait_for_lock(fd: int, timeout: float, busy: str) -> bool:
+    """Take an exclusive ``flock`` on the open descriptor ``fd``, waiting up to ``timeout`` seconds.
+
+    True once it is held (until ``fd`` is closed); False where it cannot be had at all
+    (no ``fcntl``, or a file system without locks): the caller goes on unlocked.
+    Raises SicShareError(``busy``) when another process still holds it after ``timeout``.
+    The caller closes ``fd`` in every case.
+    """
+    if fcntl is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise SicShareError(busy) from None
+            time.sleep(_LOCK_POLL_S)
+        except OSError:
+            return False
 
 
 def _hold(lock: Path) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,20 +19,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sic_share._jsonstore import STATE_LIMIT, atomic_write_bytes, read_bounded
+from sic_share._jsonstore import STATE_LIMIT, atomic_write_bytes, read_bounded, wait_for_lock
 from sic_share._paths import keys_dir
 from sic_share.errors import SicShareError
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["SlideEntry", "SlideMap"]
 
 _MIN_PREFIX = 4
 _LOCK_TIMEOUT_S = 60.0
-_LOCK_POLL_S = 0.02
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -134,30 +127,15 @@ class SlideMap:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the exclusive lock of the map's read-modify-write (waits up to a minute for another holder)."""
-        if fcntl is None:
-            yield
-            return
         lock = self.path.with_name(f".{self.path.name}.lock")
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise SicShareError(f"cannot open the slide map's lock {lock} ({exc.strerror}): check the folder's "
                                 "permissions") from None
-        try:
-            deadline = time.monotonic() + _LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SicShareError(
-                            f"the slide map {self.path} has been locked by another process for over "
-                            f"{_LOCK_TIMEOUT_S:g} s: wait for the other export or import to finish, then run again"
-                        ) from None
-                    time.sleep(_LOCK_POLL_S)
-                except OSError:
-                    break  # a file system without locks: record unlocked
+        try:  # where the file system has no locks, record unlocked
+            wait_for_lock(fd, _LOCK_TIMEOUT_S, f"the slide map {self.path} has been locked by another process for "
+                          f"over {_LOCK_TIMEOUT_S:g} s: wait for the other export or import to finish, then run again")
             yield
         finally:
             os.close(fd)  # releases the lock

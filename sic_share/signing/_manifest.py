@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Iterator
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sic_share._jsonstore import atomic_write_bytes, read_bounded
+from sic_share._jsonstore import atomic_write_bytes, read_bounded, wait_for_lock
 from sic_share._layout import BLOCK_SIZE, digest_file, manifest_digest
 from sic_share.dataset import SLIDES_DIR, check_name, slide_files, summarize
 from sic_share.errors import DatasetError, SicShareError, TrustError, VerificationError
@@ -30,11 +29,6 @@ from sic_share.signing._dsse import (
 )
 from sic_share.signing._keys import default_private_key, key_id, load_private_key, short_key_id
 from sic_share.signing._trust import TrustStore, VersionRecord
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: sign unlocked (see sign_dataset)
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MANIFEST",
@@ -221,43 +215,22 @@ def sign_dataset(
         return parse_manifest(body, str(root / MANIFEST))
 
 
-_LOCK_POLL_S = 0.05
-
-
 @contextmanager
 def _sign_lock(root: Path, timeout: float) -> Iterator[None]:
     """Hold the exclusive sign lock of a dataset folder (see :func:`sign_dataset`, Notes)."""
-    fd = _acquire(root, timeout) if fcntl is not None else None
-    try:
+    if os.name != "posix":  # no flock (nor folder descriptors): sign unlocked
         yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # closing the folder's descriptor releases its lock
-
-
-def _acquire(root: Path, timeout: float) -> int | None:
-    """A read-only descriptor of the folder ``root`` holding its exclusive flock; None where
-    the file system cannot lock folders."""
+        return
     try:
         fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as exc:
         raise SicShareError(f"cannot open the folder {root} ({exc.strerror}): give the dataset folder") from None
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise SicShareError(
-                    f"another sign of {root} is running (it has held the folder's lock for over {timeout:g} s): "
-                    "wait for it to finish, then sign again"
-                ) from None
-            time.sleep(_LOCK_POLL_S)
-        except OSError:
-            os.close(fd)
-            return None  # no locks here: sign unlocked (see sign_dataset)
+    try:  # where the file system cannot lock folders, sign unlocked (see sign_dataset)
+        wait_for_lock(fd, timeout, f"another sign of {root} is running (it has held the folder's lock for over "
+                                   f"{timeout:g} s): wait for it to finish, then sign again")
+        yield
+    finally:
+        os.close(fd)  # closing the folder's descriptor releases its lock
 
 
 def _previous_version(root: Path, publisher: str, name: str) -> int:
