@@ -690,8 +690,10 @@ def export(
         raise SicShareError(f"--out {out_dir.as_posix().replace(':/', '://', 1)} is a URL: export writes and "
                             "signs a dataset in a local folder (then 'sic-share publish' uploads it); give --out DIR, "
                             "and with --ray --via s3://BUCKET/PREFIX where workers cannot write this machine's disk")
+    from sic_share._fsutil import has_scheme
+
     for path in slides:  # before the export pipeline's imports (torch and the slide readers take seconds)
-        if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) and not Path(path).exists():
+        if not has_scheme(path) and not Path(path).exists():
             raise SlideError(f"{path} does not exist: give slide files or folders holding them")
     if devices is not None:
         from sic_share.export._engine import parse_devices
@@ -1315,10 +1317,11 @@ def _bare_ray(args: list[str]) -> list[str]:
     for i in reversed(range(end)):
         if out[i] != "--ray":
             continue
+        from sic_share._fsutil import has_scheme
+
         nxt = out[i + 1] if i + 1 < end else None
         bare = (nxt is None or nxt.startswith("-")
-                or not _RAY_ADDRESS.fullmatch(nxt) and (bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", nxt))
-                                                         or Path(nxt).exists()))
+                or not _RAY_ADDRESS.fullmatch(nxt) and (has_scheme(nxt) or Path(nxt).exists()))
         if bare:
             out.insert(i + 1, "local")
     return out

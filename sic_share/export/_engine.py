@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sic_share._cores import usable_cores
+from sic_share._fsutil import resolve
 from sic_share.errors import EncoderError, SicShareError, SlideError
 from sic_share.export._pipeline import (
     ExportOptions,
@@ -153,8 +154,6 @@ def _download(job: _Job, root: Path) -> Path:
     ``_UNSIZED_LIMIT`` where it said nothing), so a server that sends more, or sends
     forever, cannot fill the disk.
     """
-    import fsspec
-
     from sic_share.export._pipeline import _remote_failure
 
     folder = root / job.slide_id
@@ -164,7 +163,7 @@ def _download(job: _Job, root: Path) -> Path:
     part = folder / f".{name}.part"
     limit = job.size if job.size > 0 else _UNSIZED_LIMIT
     try:
-        fs, path = fsspec.core.url_to_fs(job.source)
+        fs, path = resolve(job.source)
         copied = 0
         streamed = {"block_size": 0} if "http" in fs.protocol else {}  # one GET, read in order
         with fs.open(path, "rb", **streamed) as src, open(part, "wb") as dst:
@@ -323,9 +322,7 @@ _WRITE_CHECK = ".sic-share-write-check"
 
 def _via_fs(via: str):
     """(filesystem, root path without a trailing slash) of a ``--via`` prefix."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(via)
+    fs, root = resolve(via)
     return fs, root.rstrip("/")
 
 

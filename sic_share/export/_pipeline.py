@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sic_share._cores import usable_cores
+from sic_share._fsutil import has_scheme, resolve
 from sic_share.dataset import SLIDES_DIR, Patching, SlideMetadata, SlideWriter, check_name
 from sic_share.errors import DatasetError, EncoderError, LabelError, SicShareError, SlideError
 from sic_share.privacy import SlideMap, holder_secret, pseudonym, source_stem
@@ -213,12 +214,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def _is_url(text: str) -> bool:
     """An fsspec URL other than ``file://`` (which is a local path)."""
-    return bool(_URL.match(text)) and not text.startswith("file://")
+    return has_scheme(text) and not text.startswith("file://")
 
 
 @dataclass(frozen=True)
@@ -262,10 +260,8 @@ def _check_reachable(url: str) -> None:
 
 
 def _find_remote(url: str, suffixes: set[str]) -> list[_Source]:
-    import fsspec
-
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = resolve(url)
         info = fs.info(path)
         if info.get("type") == "directory":
             entries = [e for e in fs.ls(path, detail=True) if e.get("type") == "file"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sic_share._fsutil import has_scheme
 from sic_share._jsonstore import STATE_LIMIT, atomic_write_bytes, read_bounded, wait_for_lock
 from sic_share._paths import keys_dir
 from sic_share.errors import SicShareError
@@ -27,7 +27,6 @@ __all__ = ["SlideEntry", "SlideMap"]
 
 _MIN_PREFIX = 4
 _LOCK_TIMEOUT_S = 60.0
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _where(location: str) -> str:
@@ -45,11 +44,11 @@ def _where(location: str) -> str:
     text = os.fspath(location)
     if text.startswith("file://"):
         text = text[len("file://"):]
-    if not any(_URL.match(link) for link in text.split("::")):
+    if not any(has_scheme(link) for link in text.split("::")):
         return str(Path(text).resolve())
     links = []
     for link in text.split("::"):
-        if _URL.match(link):
+        if has_scheme(link):
             parts = urllib.parse.urlsplit(link)
             host = parts.netloc.rpartition("@")[2]
             link = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
