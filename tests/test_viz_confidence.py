@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sic_share.errors import SicShareError
 from sic_share.viz import confidence_scale, render_confidence, uncertain_regions
