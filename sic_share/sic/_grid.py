@@ -13,7 +13,7 @@ from scipy import sparse
 
 from sic_share.errors import SeedError
 
-__all__ = ["grid_graph", "smooth_on_grid"]
+__all__ = ["grid_cells", "grid_graph", "smooth_on_grid"]
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -24,6 +24,23 @@ def _stride(values: np.ndarray) -> float:
     gaps = np.diff(lines)
     gaps = gaps[gaps > 0]
     return float(gaps.min()) if gaps.size else 1.0
+
+
+def grid_cells(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each patch's (column, row) on its grid: its centre minus the first centre, over the stride, rounded.
+
+    Counted from the first centre, so centres at half a stride (128 + 256 k) do not
+    round half to even. Raises SeedError for coords that are not (n_patches, 2) finite.
+    """
+    points = np.asarray(coords, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+        raise SeedError(f"coords of shape {points.shape} should be (n_patches, 2) finite level-0 patch centres")
+    if not len(points):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    origin = points.min(axis=0)
+    col = np.rint((points[:, 0] - origin[0]) / _stride(points[:, 0])).astype(np.int64)
+    row = np.rint((points[:, 1] - origin[1]) / _stride(points[:, 1])).astype(np.int64)
+    return col, row
 
 
 def grid_graph(coords: np.ndarray) -> sparse.csr_matrix:
@@ -48,14 +65,8 @@ def grid_graph(coords: np.ndarray) -> sparse.csr_matrix:
     offset: O(n log n) time and O(8 n) memory, so a million patches take about half
     a second. Patches across a gap (background) have no edge.
     """
-    points = np.asarray(coords, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
-        raise SeedError(f"coords of shape {points.shape} should be (n_patches, 2) finite level-0 patch centres")
-    n = points.shape[0]
-    # cells counted from the first centre: centres at half a stride (128 + 256 k) must not round half to even
-    origin = points.min(axis=0) if n else np.zeros(2)
-    col = np.rint((points[:, 0] - origin[0]) / _stride(points[:, 0])).astype(np.int64)
-    row = np.rint((points[:, 1] - origin[1]) / _stride(points[:, 1])).astype(np.int64)
+    col, row = grid_cells(coords)
+    n = col.shape[0]
     width = int(col.max(initial=0)) + 3
     key = (row + 1) * width + (col + 1)  # a one-cell margin keeps every neighbour key non-negative and unique
     order = np.argsort(key, kind="stable")

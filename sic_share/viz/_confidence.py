@@ -165,29 +165,12 @@ class UncertainRegion:
                 "confidence": round(self.confidence, 4)}
 
 
-def _stride(values: np.ndarray) -> float:
-    lines = np.unique(values)
-    gaps = np.diff(lines)
-    gaps = gaps[gaps > 0]
-    return float(gaps.min()) if gaps.size else 1.0
-
-
 def grid_cells(coords: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Each patch's (column, row) on its grid: centre minus the first centre, over the stride, rounded.
+    """Each patch's (column, row) on its grid, as :func:`sic_share.sic._grid.grid_graph` counts them
+    (:func:`sic_share.sic._grid.grid_cells`), so two patches are neighbours here exactly when they are there."""
+    from sic_share.sic._grid import grid_cells as cells  # not at import: sic_share.viz stays light
 
-    The stride along each axis is the smallest gap between distinct centres, as in
-    :func:`sic_share.sic._grid.grid_graph`, so two patches are neighbours here exactly
-    when they are there.
-    """
-    points = np.asarray(coords, np.float64)
-    if points.ndim != 2 or points.shape[1:] != (2,) or not np.isfinite(points).all():
-        raise SicShareError(f"coords of shape {points.shape} should be (n_patches, 2) finite level-0 patch centres")
-    if not len(points):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    origin = points.min(axis=0)
-    col = np.rint((points[:, 0] - origin[0]) / _stride(points[:, 0])).astype(np.int64)
-    row = np.rint((points[:, 1] - origin[1]) / _stride(points[:, 1])).astype(np.int64)
-    return col, row
+    return cells(coords)
 
 
 def uncertain_regions(coords: Any, scale: ConfidenceScale, confidence: Any, *, top: int = 3,
