@@ -82,6 +82,32 @@ def test_a_large_slide_judges_the_anchors_graph_and_spreads_regionally():
     assert f1_score(faint.y, est.labels_) > 0.5
 
 
+def test_on_a_large_slide_a_spread_that_labels_no_anchor_positive_still_takes_the_step():
+    """The anchor path judges the graph the labels spread over (anchors and seeds), not the anchors' final labels.
+
+    On this 20,000-patch slide the first spread labels about the seeds alone; the anchors' final labels
+    held one class, which read as homophily 1.0, and the step did not run (F1 0.002).
+    """
+    faint = FAMILIES["faint_shift"](1, n_patches=20_000)
+    seeds = draw_seeds(faint.y, 3, random_state=0)
+    prepared = SeedLabelSpreading(random_state=0).prepare(faint.X, faint.coords)
+    plain = SeedLabelSpreading(random_state=0, regional=False).fit(faint.X, seeds, faint.coords, prepared=prepared)
+    assert f1_score(faint.y, plain.labels_) < 0.05 and not plain.labels_[prepared.anchors].any()
+    est = SeedLabelSpreading(random_state=0).fit(faint.X, seeds, faint.coords, prepared=prepared)
+    assert est.regional_ and est.homophily_ < HOMOPHILY_MIN
+    assert f1_score(faint.y, est.labels_) > 0.9
+
+
+def test_on_a_large_slide_of_a_clear_family_the_step_does_not_run():
+    clear = FAMILIES["mosaic"](4, n_patches=20_000)
+    seeds = draw_seeds(clear.y, 3, random_state=0)
+    prepared = SeedLabelSpreading(random_state=0).prepare(clear.X, clear.coords)
+    est = SeedLabelSpreading(random_state=0).fit(clear.X, seeds, clear.coords, prepared=prepared)
+    assert not est.regional_ and est.homophily_ > 0.9 and f1_score(clear.y, est.labels_) > 0.95
+    plain = SeedLabelSpreading(random_state=0, regional=False).fit(clear.X, seeds, clear.coords, prepared=prepared)
+    np.testing.assert_array_equal(est.labels_, plain.labels_)
+
+
 def test_a_tuple_of_background_weights_is_auto_among_them():
     slide = FAMILIES["shapes"](4, n_patches=600)
     seeds = draw_seeds(slide.y, 3, random_state=0)

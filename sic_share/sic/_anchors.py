@@ -31,6 +31,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from sic_share.sic._grid import grid_graph, grid_walk
 from sic_share.sic._project import project
+from sic_share.sic._regional import homophily
 from sic_share.sic._spread import ANCHOR_BACKGROUNDS, filled_proba, spread_labels
 
 __all__ = ["AnchorGraph", "build_anchor_graph"]
@@ -85,10 +86,13 @@ class AnchorGraph:
         return self.n_patches == n_patches and self.key == key
 
     def spread(self, seeds: np.ndarray, k: int, *, n_neighbors: int, alpha: float,
-               background: float | str) -> tuple[np.ndarray, float]:
+               background: float | str) -> tuple[np.ndarray, float, float]:
         """Class probabilities of every patch, shape (n_patches, k), from ``seeds`` (class index, -1 none).
 
-        Returns them and the background weight used (see :func:`~sic_share.sic._spread.spread_labels`).
+        Returns them, the background weight used (see :func:`~sic_share.sic._spread.spread_labels`)
+        and the :func:`~sic_share.sic._regional.homophily` of the graph the labels spread
+        over: each anchor's most likely class and each seed's own class, across the edges
+        among anchors and from seeds to anchors.
 
         Each seeded patch becomes a node joined to its ``n_neighbors`` nearest anchors;
         labels spread over anchors + seeds (:func:`~sic_share.sic._spread.spread_labels`,
@@ -107,7 +111,8 @@ class AnchorGraph:
         labels = np.concatenate([np.full(m, -1, np.int64), seeds[seeded].astype(np.int64)])
         dist, weight = spread_labels(graph, labels, k, alpha=alpha, background=background,
                                      candidates=ANCHOR_BACKGROUNDS)
-        return filled_proba(np.asarray(self.extend @ dist[:m]), k).astype(np.float32), weight
+        labels[:m] = filled_proba(dist[:m], k).argmax(axis=1)  # a node no label reached: the first class
+        return filled_proba(np.asarray(self.extend @ dist[:m]), k).astype(np.float32), weight, homophily(graph, labels)
 
 
 def build_anchor_graph(

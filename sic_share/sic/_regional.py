@@ -26,7 +26,9 @@ with background weights :data:`REGIONAL_BACKGROUNDS`.
 
 When to use it, without truth: :func:`homophily`, the chance-corrected agreement
 (Cohen's kappa) of the default's own labels across the edges of its embedding
-graph. Spreading follows that graph, so on a slide where the graph carries the
+graph (on a large slide, the labels the spread gave the anchors and the seeds, over
+the anchors' graph and the seeds' links: :meth:`~sic_share.sic._anchors.AnchorGraph.spread`).
+Spreading follows that graph, so on a slide where the graph carries the
 classes its labels agree along the edges (kappa 0.52-1.00 on slides 30-37 of the
 four tuning families, 96 runs); when the graph is a noisy mix they barely do
 (-0.33-0.39 on slides 30-37 of ``faint_shift``). Below :data:`HOMOPHILY_MIN` the
