@@ -103,11 +103,40 @@ def test_ray_writes_the_same_bytes_and_the_driver_signs_once(tmp_path, cli, coho
     assert again.code == 0 and "skipped 3 already done" in again.out and "signed" not in again.out
 
 
+@pytest.fixture(scope="module")
+def scratch_user(dev_hub) -> str:
+    """A user that may also delete under lab-a/ray-out/ (a hub's publishers may not): a --via scratch prefix."""
+    import json
+
+    import boto3
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    endpoint, credentials = dev_hub
+    resource = f"arn:aws:s3:::{BUCKET}/lab-a/ray-out/*"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"], "Resource": [resource]},
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{BUCKET}"]}]}
+    previous = settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")  # moto's setup window, as the dev hub opens it
+    try:
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        iam.create_user(UserName="scratch")
+        iam.put_user_policy(UserName="scratch", PolicyName="scratch", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="scratch")["AccessKey"]
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = previous
+    credentials["scratch"] = (key["AccessKeyId"], key["SecretAccessKey"])
+    return "scratch"
+
+
 def test_ray_via_s3_uploads_then_the_driver_collects_and_signs(tmp_path, cli, cohort, reference, secret,
-                                                                ray_cluster, as_user, home):
+                                                                ray_cluster, as_user, scratch_user, home):
     """Workers without the driver's disk put slides under an s3:// prefix; the driver downloads and signs them."""
     import fsspec
 
+    as_user(scratch_user)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     via = f"s3://{BUCKET}/lab-a/ray-out/{tmp_path.name}"
     first = sorted(reference)[0]
@@ -119,17 +148,58 @@ def test_ray_via_s3_uploads_then_the_driver_collects_and_signs(tmp_path, cli, co
     assert "exported 3 slides" in result.out and "signed lab-a/r@1" in result.out
     assert parquet_bytes(tmp_path / "r") == reference
     fs.invalidate_cache()
-    uploaded = {path.rsplit("/", 1)[-1]: fs.cat_file(path) for path in fs.ls(f"{via}/slides")}
-    assert uploaded == reference
+    assert not fs.exists(f"{via}/slides") or fs.ls(f"{via}/slides") == []  # collected: removed
     assert sorted(p.name for p in (tmp_path / "r" / "slides").iterdir()) == sorted(reference)  # no leftovers
     assert cli("trust", "add", home / "config" / "keys" / "lab-a.pub", "--publisher", "lab-a").code == 0
     assert cli("verify", tmp_path / "r").code == 0
     # a driver that died after the workers uploaded: a rerun into a new folder collects them, no Ray task runs
+    for name, body in reference.items():
+        fs.pipe_file(f"{via}/slides/{name}", body)
     again = cli("export", cohort, "--out", tmp_path / "r2", *args)
     assert again.code == 0, again.err
     assert "exported 3 slides" in again.out and "--via (earlier run): 3 slides" in again.out
     assert parquet_bytes(tmp_path / "r2") == reference
     assert cli("verify", tmp_path / "r2").code == 0
+    fs.invalidate_cache()
+    assert not fs.exists(f"{via}/slides") or fs.ls(f"{via}/slides") == []
+
+
+def test_via_downloads_are_bounded_and_objects_stay_when_they_cannot_be_removed(tmp_path, cohort, reference,
+                                                                                 as_user, scratch_user):
+    """The driver takes no more than a worker uploaded (nor less); a prefix it may not clean is one warning."""
+    import fsspec
+
+    from sic_share.export import ExportOptions
+    from sic_share.export import _engine
+    from sic_share.export._pipeline import _Job
+
+    pytest.importorskip("ray")
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    via = f"s3://{BUCKET}/lab-a/ray-out/{tmp_path.name}"
+    name, body = sorted(reference.items())[0]
+    slide_id = name[: -len(".parquet")]
+    fs.pipe_file(f"{via}/slides/{name}", body)
+    out = tmp_path / "ds"
+    run = _engine.EngineRun([], ExportOptions(ray="local", via=via), [out], None, None)
+    job = _Job("s3://wsi/a.svs", "a.svs", "a", slide_id, None, 1)
+    root = [_engine._via_fs(via)[1]]
+    for sizes, fragment in (([len(body) - 10], f"sent more than the {len(body) - 10} bytes the worker uploaded"),
+                            ([len(body) + 10], f"holds {len(body)} bytes, not the {len(body) + 10} expected")):
+        result = run._fetch(fs, root, job, sizes, check=False)
+        assert result.status == "failed" and fragment in result.message and "\n" not in result.message
+        assert not out.exists()  # nothing half-written: no folder, no temporary file
+    assert run._fetch(fs, root, job, [len(body) - 10], check=True) is None  # changed since listed: redone
+    assert run._fetch(fs, root, job, [len(body)], check=False).status == "exported"
+    assert (out / "slides" / name).read_bytes() == body
+
+    run._clean_via(fs, root, [slide_id])  # lab-a, a hub publisher, may not delete
+    assert run.leftovers.startswith(f"1 object(s) stay under --via {via}") and "AccessDenied" in run.leftovers
+    assert fs.cat_file(f"{via}/slides/{name}") == body  # kept: a rerun can still collect it
+    as_user(scratch_user)
+    scratch = fsspec.filesystem("s3", skip_instance_cache=True)
+    run.leftovers = ""
+    run._clean_via(scratch, root, [slide_id])
+    assert not run.leftovers and not scratch.exists(f"{via}/slides/{name}")
 
 
 def test_ray_via_refuses_slides_cut_with_other_settings(tmp_path, cli, cohort, reference, secret, as_user):

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from fsspec.callbacks import Callback
+
 from sic_share._cores import usable_cores
 from sic_share._fsutil import resolve
 from sic_share.errors import EncoderError, SicShareError, SlideError
@@ -144,15 +146,45 @@ def _device_worker(wid: int, device: str, threads: int, options: ExportOptions, 
 
 #: The most bytes staged for a slide whose listing gave no size (the largest whole-slide images are tens of GB).
 _UNSIZED_LIMIT = 64 << 30
-_COPY_CHUNK = 8 << 20
+#: Slides downloaded at once by a Stager: one GET each, so several connections share the bandwidth.
+_STAGE_STREAMS = 3
+
+
+class _Bound(Callback):
+    """An fsspec callback that stops a download once it has brought more than ``limit`` bytes.
+
+    The filesystem calls ``set_size`` with the size the server announces and
+    ``relative_update`` after writing each chunk (64 KiB from S3, 5 MiB over
+    HTTP), so at most one chunk past the limit reaches the disk before the copy
+    is stopped (and then deleted).
+    """
+
+    def __init__(self, source: str, limit: int, what: str = "its listing gave") -> None:
+        super().__init__()
+        self.source, self.limit, self.what = source, limit, what
+
+    def _refuse(self) -> None:
+        raise SlideError(f"{self.source} sent more than the {self.limit} bytes {self.what}: the object changed "
+                         "while it was read, or the server is broken; try again")
+
+    def set_size(self, size: int | None) -> None:
+        if size is not None and size > self.limit:
+            self._refuse()
+
+    def relative_update(self, inc: int = 1) -> None:
+        self.value += inc
+        if self.value > self.limit:
+            self._refuse()
 
 
 def _download(job: _Job, root: Path) -> Path:
     """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix).
 
-    The copy is bounded: no more bytes than the listing said the object holds (or
-    ``_UNSIZED_LIMIT`` where it said nothing), so a server that sends more, or sends
-    forever, cannot fill the disk.
+    One GET, streamed to disk in order (``get_file``; for S3 one stream rather than
+    s3fs's ranged parts, since the :class:`Stager` runs several slides at once). The
+    copy is bounded: no more bytes than the listing said the object holds (or
+    ``_UNSIZED_LIMIT`` where it said nothing), give or take one network chunk, so a
+    server that sends more, or sends forever, cannot fill the disk.
     """
     from sic_share.export._pipeline import _remote_failure
 
@@ -164,15 +196,10 @@ def _download(job: _Job, root: Path) -> Path:
     limit = job.size if job.size > 0 else _UNSIZED_LIMIT
     try:
         fs, path = resolve(job.source)
-        copied = 0
-        streamed = {"block_size": 0} if "http" in fs.protocol else {}  # one GET, read in order
-        with fs.open(path, "rb", **streamed) as src, open(part, "wb") as dst:
-            while chunk := src.read(min(_COPY_CHUNK, limit + 1 - copied)):
-                copied += len(chunk)
-                if copied > limit:
-                    raise SlideError(f"{job.source} sent more than the {limit} bytes its listing gave: "
-                                     "the object changed while it was read, or the server is broken; try again")
-                dst.write(chunk)
+        one_stream = {"max_concurrency": 1} if "s3" in fs.protocol else {}
+        fs.get_file(path, str(part), callback=_Bound(job.source, limit), **one_stream)
+        if not part.is_file():
+            raise FileNotFoundError(job.source)
         os.replace(part, target)
     except SlideError:
         shutil.rmtree(folder, ignore_errors=True)
@@ -189,11 +216,12 @@ def _download(job: _Job, root: Path) -> Path:
 class Stager:
     """Copies slides from URLs into a local folder ahead of their use, within a byte budget.
 
-    A background thread downloads the URL jobs in the order given (the order in
-    which they will be used) while the staged-but-unreleased bytes stay within
-    ``max_bytes`` (a slide larger than the budget is staged alone); each file is
-    deleted on :meth:`release`. So staging overlaps embedding, and the disk
-    holds at most the budget (plus one oversized slide).
+    ``streams`` background threads download the URL jobs in the order given (the
+    order in which they will be used), each taking the next slide once the
+    staged-but-unreleased bytes leave room for it within ``max_bytes`` (a slide
+    larger than the budget is staged alone); each file is deleted on
+    :meth:`release`. So staging overlaps embedding, several downloads share the
+    bandwidth, and the disk holds at most the budget (plus one oversized slide).
 
     Parameters
     ----------
@@ -203,29 +231,35 @@ class Stager:
         Where to stage; a temporary folder (removed on :meth:`close`) inside it,
         or inside the system's temporary folder.
     max_bytes : int
+    streams : int, default=_STAGE_STREAMS
     """
 
-    def __init__(self, jobs: list[_Job], folder: str | None, max_bytes: int) -> None:
+    def __init__(self, jobs: list[_Job], folder: str | None, max_bytes: int, streams: int = _STAGE_STREAMS) -> None:
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=folder))
         self.max_bytes = max_bytes
         self.used = 0
         self.peak = 0  # most bytes staged at once
-        self._order = [job for job in jobs if _is_url(job.source)]
+        self._order = deque(job for job in jobs if _is_url(job.source))
         self._cond = threading.Condition()
         self._ready: dict[str, Path | SlideError] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="sic-share-stager", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"sic-share-stager-{i}", daemon=True)
+                         for i in range(max(1, min(streams, len(self._order))))]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
-        for job in self._order:
+        while True:
             with self._cond:
-                while not self._closed and self.used > 0 and self.used + job.size > self.max_bytes:
+                # the next slide in order, once it fits (slides are taken in order: the first needed come first)
+                while not self._closed and self._order and self.used > 0 and \
+                        self.used + self._order[0].size > self.max_bytes:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or not self._order:
                     return
+                job = self._order.popleft()
                 self.used += job.size
                 self.peak = max(self.peak, self.used)
             try:
@@ -245,13 +279,13 @@ class Stager:
         with self._cond:
             return self._ready.get(job.slide_id)
 
-    def wait(self, job: _Job) -> Path:
-        """Block until ``job``'s slide is staged; raises SlideError when it cannot be."""
+    def wait(self, job: _Job, timeout: float | None = None) -> Path | None:
+        """Block until ``job``'s slide is staged (None after ``timeout`` s); raises SlideError when it cannot be."""
         if not _is_url(job.source):
             return Path(job.source)
         with self._cond:
-            while job.slide_id not in self._ready:
-                self._cond.wait()
+            if not self._cond.wait_for(lambda: job.slide_id in self._ready, timeout):
+                return None
             outcome = self._ready[job.slide_id]
         if isinstance(outcome, SlideError):
             raise outcome
@@ -272,7 +306,8 @@ class Stager:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -350,22 +385,26 @@ def _via_roots(root: str, folders: list[Path]) -> list[str]:
     return [root] if len(folders) == 1 else [f"{root}/{folder.name}" for folder in folders]
 
 
-def _upload(job: _Job, local: list[Path], via: str) -> str | None:
-    """Put a task's finished slide files under the prefix; the reason it could not, or None.
+def _upload(job: _Job, local: list[Path], via: str) -> tuple[list[int], str | None]:
+    """Put a task's finished slide files under the prefix: (their sizes, the reason it could not or None).
 
     Each object appears whole or not at all (a single PUT, or a multipart upload
-    completed at its end), so a slide under the prefix is finished.
+    completed at its end), so a slide under the prefix is finished. The sizes go
+    back to the driver, which downloads no more than that.
     """
     from sic_share.dataset import SLIDES_DIR
     from sic_share.export._pipeline import _remote_failure
 
+    sizes = []
     try:
         fs, root = _via_fs(via)
         for folder, target in zip(local, _via_roots(root, local)):
-            fs.put_file(str(folder / SLIDES_DIR / f"{job.slide_id}.parquet"), f"{target}/slides/{job.slide_id}.parquet")
+            path = folder / SLIDES_DIR / f"{job.slide_id}.parquet"
+            sizes.append(path.stat().st_size)
+            fs.put_file(str(path), f"{target}/slides/{job.slide_id}.parquet")
     except Exception as exc:  # noqa: BLE001 - told as the slide's failure
-        return f"{job.source}: its slide could not be uploaded to {via}: {_remote_failure(exc)}"
-    return None
+        return sizes, f"{job.source}: its slide could not be uploaded to {via}: {_remote_failure(exc)}"
+    return sizes, None
 
 
 def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
@@ -399,7 +438,7 @@ def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: 
             path = Path(job.source)
         result = exporter.run(job, path)
         if out is not None and result.status == "exported":
-            problem = _upload(job, exporter.folders, options.via)
+            result.uploaded, problem = _upload(job, exporter.folders, options.via)
             if problem:
                 result.status, result.message = "failed", problem
     finally:
@@ -432,7 +471,8 @@ class EngineRun:
         self.progress = progress
         self.state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
         self.results: list[_SlideResult] = []
-        self.stager: Stager | None = None  # the run's stager, while it runs (here and devices)
+        self.stager: Stager | None = None  # the run's stager, while it runs (--devices)
+        self.leftovers = ""  # --via: why the run's objects could not be removed from the prefix
         self.worker_stats: dict[str, WorkerStats] = {}
         self.wall_seconds = 0.0
         self.loader_wait_fraction = 0.0
@@ -475,35 +515,6 @@ class EngineRun:
                 stats.startup_seconds = min(self.wall_seconds, max(0.0, self._first[device] - self._epoch))
         self.loader_wait_fraction = self._wait / self._stream if self._stream else 0.0
         return self.results
-
-    def here(self, exporter: _SlideExporter) -> list[_SlideResult]:
-        """One slide after another in this process; slides from URLs are staged ahead."""
-        device = exporter.device
-        stager = Stager(self.jobs, self.options.stage_dir, self.options.stage_bytes)
-        self.stager = stager
-        self._start, self._epoch = time.perf_counter(), time.time()
-        try:
-            for job in self.jobs:
-                if self._stop():
-                    break
-                try:
-                    path = stager.wait(job)
-                except SlideError as exc:
-                    self._record(_SlideResult(job.slide_id, job.name, "failed", str(exc)), device)
-                    continue
-
-                def tick(n: int) -> None:
-                    self.state.patches_done += n
-                    self._tell()
-
-                before = self.state.patches_done
-                result = exporter.run(job, path, tick)
-                stager.release(job)
-                self.state.patches_done = before  # _record adds the slide's patches once
-                self._record(result, device)
-        finally:
-            stager.close()
-        return self._finish()
 
     def devices(self, devices: list[str]) -> list[_SlideResult]:
         """One process per device (spawned: CUDA needs it), fed from one queue, largest slide first.
@@ -619,11 +630,11 @@ class EngineRun:
             stager.close()
         return self._finish()
 
-    def _via_listing(self, fs, roots: list[str]) -> set[str]:
-        """Slide ids with a non-empty file under every model's prefix (finished by an earlier run)."""
+    def _via_listing(self, fs, roots: list[str]) -> dict[str, list[int]]:
+        """Slide ids with a non-empty file under every model's prefix (finished by an earlier run): their sizes."""
         from sic_share.export._pipeline import _remote_failure
 
-        have: set[str] | None = None
+        have: dict[str, list[int]] | None = None
         for root in roots:
             try:
                 fs.invalidate_cache(f"{root}/slides")
@@ -632,19 +643,21 @@ class EngineRun:
                 entries = []
             except Exception as exc:  # noqa: BLE001 - credentials, endpoint: one sentence
                 raise SicShareError(f"--via {self.options.via} cannot be listed: {_remote_failure(exc)}") from None
-            ids = {entry["name"].rsplit("/", 1)[-1][: -len(".parquet")] for entry in entries
-                   if entry["name"].endswith(".parquet") and int(entry.get("size") or 0) > 0}
-            have = ids if have is None else have & ids
-        return have or set()
+            sizes = {entry["name"].rsplit("/", 1)[-1][: -len(".parquet")]: int(entry.get("size") or 0)
+                     for entry in entries if entry["name"].endswith(".parquet")}
+            have = {sid: [*have[sid], size] for sid, size in sizes.items() if size > 0 and sid in have} \
+                if have is not None else {sid: [size] for sid, size in sizes.items() if size > 0}
+        return have or {}
 
-    def _fetch(self, fs, roots: list[str], job: _Job, *, check: bool) -> _SlideResult | None:
+    def _fetch(self, fs, roots: list[str], job: _Job, sizes: list[int], *, check: bool) -> _SlideResult | None:
         """Download a slide's files from the ``--via`` prefix into the output folders.
 
-        Each file is downloaded under a hidden temporary name and renamed into
-        place once every model's file is in, so a slide is in the dataset whole or
-        not at all. With ``check`` (a slide an earlier run left there), its footer
-        must read and its settings match this run's: None means unreadable, redo it;
-        other settings raise one line.
+        Each file is downloaded under a hidden temporary name, no more than its
+        size in ``sizes`` (what the worker uploaded, or what the listing gave) and
+        no less, and renamed into place once every model's file is in, so a slide
+        is in the dataset whole or not at all. With ``check`` (a slide an earlier
+        run left there), its footer must read and its settings match this run's:
+        None means unreadable, redo it; other settings raise one line.
         """
         from sic_share.dataset import SLIDES_DIR, read_slide_metadata
         from sic_share.errors import DatasetError
@@ -659,7 +672,11 @@ class EngineRun:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
                 moves.append((tmp, target))
-                fs.get_file(f"{root}/slides/{job.slide_id}.parquet", str(tmp))
+                source = f"{root}/slides/{job.slide_id}.parquet"
+                fs.get_file(source, str(tmp), callback=_Bound(source, sizes[i], "the worker uploaded"))
+                if tmp.stat().st_size != sizes[i]:
+                    raise SlideError(f"{source} holds {tmp.stat().st_size} bytes, not the {sizes[i]} expected: "
+                                     "something else wrote it; run the export again")
                 if not check:
                     continue
                 try:
@@ -675,6 +692,11 @@ class EngineRun:
             for tmp, target in moves:
                 os.replace(tmp, target)
             placed = True
+        except SlideError as exc:
+            if check:
+                return None  # changed since it was listed: export the slide again
+            return _SlideResult(job.slide_id, job.name, "failed", f"{job.source}: its slide could not be "
+                                f"fetched from {options.via}: {exc}", device=_COLLECTED)
         except SicShareError:
             raise
         except Exception as exc:  # noqa: BLE001 - credentials, endpoint, disk: the slide's failure
@@ -714,17 +736,21 @@ class EngineRun:
         options = self.options
         jobs = list(self.jobs)
         via = None
+        collected: list[str] = []  # slides now in --out from the prefix: their objects are removed at the end
         if options.via is not None:
             fs, root = _via_fs(options.via)
             via = (fs, _via_roots(root, self.folders))
             self._start, self._epoch = time.perf_counter(), time.time()
-            done = set() if options.force else self._via_listing(*via)
+            done = {} if options.force else self._via_listing(*via)
             for job in [job for job in jobs if job.slide_id in done]:
-                result = self._fetch(*via, job, check=True)
+                result = self._fetch(*via, job, done[job.slide_id], check=True)
                 if result is not None:
                     jobs.remove(job)
                     self._record(result)
+                    if result.status == "exported":
+                        collected.append(job.slide_id)
             if not jobs:
+                self._clean_via(*via, collected)
                 return self._finish()
         connected = False
         if not ray.is_initialized():
@@ -771,14 +797,39 @@ class EngineRun:
                                               f"({type(exc).__name__}); run the export again to redo it",
                                               device="ray")
                     if via is not None and result.status == "exported":
-                        fetched = self._fetch(*via, job, check=False)
+                        fetched = self._fetch(*via, job, result.uploaded, check=False)
                         if fetched.status == "failed":
                             result.status, result.message = "failed", fetched.message
+                        else:
+                            collected.append(job.slide_id)
                     self._record(result)
                 self._tell()
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if via is not None:
+                self._clean_via(*via, collected)
         finally:
             if connected:
                 ray.shutdown()
         return self._finish()
+
+    def _clean_via(self, fs, roots: list[str], slide_ids: list[str]) -> None:
+        """Remove the objects of slides now in ``--out`` from the prefix (best effort).
+
+        Only once the run got through: a driver that stops early (an error, a
+        signal) leaves them, and its rerun collects them. A slide that could not be
+        fetched leaves its objects too. Where the credentials may not delete, the
+        objects stay and the report says so.
+        """
+        paths = [f"{root}/slides/{slide_id}.parquet" for slide_id in slide_ids for root in roots]
+        for n, path in enumerate(paths):
+            try:
+                fs.rm_file(path)  # one DELETE each: a bulk delete does not tell refused keys
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - a credential that may write but not delete: say so, go on
+                from sic_share.export._pipeline import _remote_failure
+
+                self.leftovers = (f"{len(paths) - n} object(s) stay under --via {self.options.via}: they could not "
+                                  f"be removed ({_remote_failure(exc)}); remove the prefix once the dataset is signed")
+                return

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -381,18 +382,30 @@ def _regions(coords: np.ndarray, stride0: float, block: int) -> list[np.ndarray]
     return [np.sort(chunk) for chunk in np.split(order, starts[1:])]
 
 
-class _RegionDataset:
-    """Map-style dataset over (slide, region) pairs; each worker opens its own slide handles.
+class _Region(NamedTuple):
+    """One region to read, self-contained: a DataLoader worker needs nothing else to read it."""
 
-    Item ``k`` is ``(plan_index, patch_indices, patches)`` with ``patches`` a uint8
-    tensor (n, 3, S, S), S = the grid's ``level_size``; or
-    ``(plan_index, None, message)`` when the slide could not be read.
+    p: int  # the plan it belongs to
+    path: str
+    mpp: float | None
+    level: int
+    level_size: int
+    level0_size: float
+    idx: np.ndarray  # indices into the plan's grid.coords
+    coords: np.ndarray  # grid.coords[idx]
+
+
+class _RegionDataset:
+    """Map-style dataset whose keys are :class:`_Region` s; each worker opens its own slide handles.
+
+    Item ``key`` is ``(plan_index, patch_indices, patches)`` with ``patches`` a
+    uint8 tensor (n, 3, S, S), S = the grid's ``level_size``; or ``(plan_index,
+    None, message)`` when the slide could not be read; or None for the key None
+    (nothing to read yet: the sampler waits for a slide being staged). The keys
+    come from the sampler, so slides can join the stream while it runs.
     """
 
-    def __init__(self, plans: list[_Plan], mpp: dict[int, float | None]) -> None:
-        self.plans = plans
-        self.mpp = mpp
-        self.items = [(p, r) for p, plan in enumerate(plans) for r in range(len(plan.regions))]
+    def __init__(self) -> None:
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
 
@@ -401,45 +414,40 @@ class _RegionDataset:
         self._handles = {}
         self._pid = os.getpid()
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _reader(self, p: int):
+    def _reader(self, key: _Region):
         from sic_share.slides import open_slide
 
         if self._pid != os.getpid():
             self.reset()
-        if p not in self._handles:
+        if key.p not in self._handles:
             for old in list(self._handles):  # one open slide per worker at a time
                 self._handles.pop(old).close()
-            self._handles[p] = open_slide(self.plans[p].path, mpp=self.mpp[p])
-        return self._handles[p]
+            self._handles[key.p] = open_slide(Path(key.path), mpp=key.mpp)
+        return self._handles[key.p]
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, key: _Region | None):
         import torch
 
-        p, r = self.items[k]
-        plan = self.plans[p]
-        grid = plan.grid
-        idx = plan.regions[r]
+        if key is None:
+            return None
         try:
-            reader = self._reader(p)
-            down = reader.level_downsamples[grid.level]
-            half0 = grid.level0_size / 2
-            tops = np.round(plan.grid.coords[idx] - half0).astype(np.int64)  # level-0 top-left of each patch
+            reader = self._reader(key)
+            down = reader.level_downsamples[key.level]
+            half0 = key.level0_size / 2
+            tops = np.round(key.coords - half0).astype(np.int64)  # level-0 top-left of each patch
             x0, y0 = tops.min(axis=0)
             x1, y1 = tops.max(axis=0)
-            width = int(math.ceil((x1 - x0) / down)) + grid.level_size + 1
-            height = int(math.ceil((y1 - y0) / down)) + grid.level_size + 1
-            region = reader.read_region((int(x0), int(y0)), grid.level, (width, height))
+            width = int(math.ceil((x1 - x0) / down)) + key.level_size + 1
+            height = int(math.ceil((y1 - y0) / down)) + key.level_size + 1
+            region = reader.read_region((int(x0), int(y0)), key.level, (width, height))
         except SicShareError as exc:
-            return p, None, str(exc)
-        size = grid.level_size
+            return key.p, None, str(exc)
+        size = key.level_size
         offsets = np.round((tops - (x0, y0)) / down).astype(np.int64)
-        patches = np.empty((len(idx), size, size, 3), np.uint8)
+        patches = np.empty((len(key.idx), size, size, 3), np.uint8)
         for j, (ox, oy) in enumerate(offsets):
             patches[j] = region[oy : oy + size, ox : ox + size]
-        return p, idx, torch.from_numpy(patches).permute(0, 3, 1, 2)
+        return key.p, key.idx, torch.from_numpy(patches).permute(0, 3, 1, 2)
 
 
 def _as_is(item):
@@ -614,6 +622,7 @@ class _SlideResult:
     loader_wait: float = 0.0
     device: str = ""
     started: float = 0.0  # time.time() when the worker began the slide (after its start-up)
+    uploaded: list[int] = field(default_factory=list)  # --via: bytes of each model's file put under the prefix
 
 
 class _SlideExporter:
@@ -726,7 +735,7 @@ class _SlideExporter:
 
     def stream(
         self,
-        plans: list[_Plan],
+        plans: Iterable[_Plan | None],
         state: ExportProgress,
         progress: Callable[[ExportProgress], None] | None,
         finished: Callable[[int], None],
@@ -734,19 +743,39 @@ class _SlideExporter:
     ) -> None:
         """Read every plan's regions through one DataLoader, embed them with every model, write the rows.
 
-        ``finished(p)`` is called when plan ``p``'s files are in place, ``failed(p, message)`` when
-        it could not be read (its files are discarded). ``state`` is updated after every region.
+        ``plans`` may be a generator: it is drawn as the loader needs more regions,
+        so a slide still being staged joins the stream when it is ready; it yields
+        None for "not yet, ask again" (it must not block while a slide it gave is
+        unfinished: that slide's last regions may be what frees the staging budget).
+        Plan ``p`` is the ``p``-th plan drawn. ``finished(p)`` is called when its
+        files are in place, ``failed(p, message)`` when it could not be read (its
+        files are discarded). ``state`` is updated after every region.
         """
         import torch
         from torch.utils.data import DataLoader
 
         options, device, encoders = self.options, self.device, self.encoders
-        dataset = _RegionDataset(plans, {p: plan.mpp for p, plan in enumerate(plans)})
+        drawn: list[_Plan | None] = []  # plan p, until its slide is finished (then None: its grid is freed)
+        remaining: dict[int, int] = {}  # regions of plan p not yet received
+
+        def keys() -> Iterable[_Region | None]:
+            for plan in plans:
+                if plan is None:
+                    yield None
+                    continue
+                p = len(drawn)
+                drawn.append(plan)
+                remaining[p] = len(plan.regions)
+                g = plan.grid
+                for idx in plan.regions:
+                    yield _Region(p, str(plan.path), plan.mpp, g.level, g.level_size, g.level0_size, idx, g.coords[idx])
+
         cpus = usable_cores()
         workers = options.workers if options.workers is not None else max(0, min(4, cpus - 1))
         loader = DataLoader(
-            dataset,
+            _RegionDataset(),
             batch_size=None,
+            sampler=keys(),
             shuffle=False,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -760,7 +789,7 @@ class _SlideExporter:
         aborted: set[int] = set()
 
         def open_writers(p: int) -> list[SlideWriter]:
-            plan = plans[p]
+            plan = drawn[p]
             g = plan.grid
             patching = Patching(g.size_px, g.level0_size, float(g.level0_mpp), float(g.target_mpp), g.stride_px)
             return [
@@ -773,6 +802,7 @@ class _SlideExporter:
         def finish(p: int) -> None:
             for writer in writers.pop(p, []):
                 writer.close()
+            drawn[p] = None
             state.slides_done += 1
             finished(p)
 
@@ -780,10 +810,11 @@ class _SlideExporter:
             for writer in writers.pop(p, []):
                 writer.abort()
             aborted.add(p)
+            drawn[p] = None
             failed(p, message)
 
         def embed(p: int, idx: np.ndarray, patches: torch.Tensor) -> None:
-            plan = plans[p]
+            plan = drawn[p]
             batch = patches.to(device, non_blocking=True)
             labels = plan.labels[idx] if plan.labels is not None else None
             for encoder, writer in zip(encoders, writers[p]):
@@ -791,19 +822,21 @@ class _SlideExporter:
                 writer.write(plan.grid.coords[idx], embedding, tissue=plan.grid.tissue[idx], labels=labels)
             state.patches_done += len(idx)
 
-        remaining = {p: len(plan.regions) for p, plan in enumerate(plans)}
         pending: list[tuple[np.ndarray, torch.Tensor]] = []  # regions of the current slide not yet embedded
         pending_rows = 0
         stream_start = time.perf_counter() - state.seconds
-        iterator = iter(loader) if plans else iter(())
+        iterator = iter(loader) if not isinstance(plans, Sequence) or plans else iter(())
         try:
             while True:
                 t0 = time.perf_counter()
                 try:
-                    p, idx, patches = next(iterator)
+                    item = next(iterator)
                 except StopIteration:
                     break
                 state.loader_wait += time.perf_counter() - t0
+                if item is None:
+                    continue  # the sampler had nothing to read yet
+                p, idx, patches = item
                 remaining[p] -= 1
                 if p in aborted:
                     continue
@@ -957,35 +990,80 @@ def export_slides(
     # handed out (a failed one too: sign names a missing slide by its pseudonym)
     slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
     stream_start = time.perf_counter()
-    if not engine and not remote:
-        # -- one process: plan every slide, then stream them all through one DataLoader --
-        plans: list[_Plan] = []
-        for job in jobs:
+    if not engine:
+        # -- one process: every slide streamed through one DataLoader; local slides are planned first,
+        #    slides from URLs as each is staged --
+        opened: list[_Job] = []  # the job of plan p
+        open_slides = [0]  # plans drawn and not yet finished
+        stager = _engine.Stager(sorted(jobs, key=lambda job: job.size), options.stage_dir,
+                                options.stage_bytes) if remote else None
+
+        def planned(job: _Job, path: Path) -> _Plan | None:
             try:
-                plan = exporter.plan(job, Path(job.source))
+                plan = exporter.plan(job, path)
             except (SlideError, LabelError) as exc:
+                if stager:
+                    stager.release(job)
                 fail(job.name, exc)
-                continue
+                return None
             if isinstance(plan, SlideProblem):
+                if stager:
+                    stager.release(job)
                 report.warnings.append(plan)
                 empty_ids.add(job.slide_id)
-                continue
-            plans.append(plan)
-        state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
+                return None
+            opened.append(job)
+            return plan
+
+        def staged() -> Iterable[_Plan | None]:
+            """Smallest slide first, each planned once it is staged (it starts the stream soonest)."""
+            for job in sorted(jobs, key=lambda job: job.size):
+                while True:
+                    # block only when no slide is open: an open slide's end may be what frees the budget
+                    try:
+                        path = stager.wait(job, timeout=None if open_slides[0] == 0 else 0)
+                    except SlideError as exc:
+                        fail(job.name, exc)
+                        break
+                    if path is not None:
+                        plan = planned(job, path)
+                        if plan is not None:
+                            open_slides[0] += 1
+                            yield plan
+                        break
+                    yield None
+
+        if remote:
+            plans: Iterable[_Plan | None] = staged()
+            state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
+        else:
+            plans = [plan for job in jobs if (plan := planned(job, Path(job.source))) is not None]
+            state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
         stream_start = time.perf_counter()
 
+        def done(p: int) -> None:
+            open_slides[0] -= 1
+            if stager:
+                stager.release(opened[p])
+
         def finished(p: int) -> None:
+            done(p)
             report.exported += 1
 
         def failed(p: int, message: str) -> None:
-            fail(plans[p].path.name, SlideError(message))
+            done(p)
+            fail(opened[p].name, SlideError(message))
 
-        exporter.stream(plans, state, progress, finished, failed)
+        try:
+            exporter.stream(plans, state, progress, finished, failed)
+        finally:
+            if stager:
+                stager.close()
         report.patches = state.patches_done
         report.stream_seconds = time.perf_counter() - stream_start
         report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
     else:
-        # -- per slide: in this process (slides from URLs), one process per device, or Ray tasks --
+        # -- per slide: one process per device, or Ray tasks --
         jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
         run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress,
                                 infos=[encoder.info() for encoder in exporter.encoders])
@@ -993,10 +1071,8 @@ def export_slides(
             results = []  # every slide done: no process, no Ray
         elif options.ray is not None:
             results = run.ray()
-        elif devices:
-            results = run.devices(devices)
         else:
-            results = run.here(exporter)
+            results = run.devices(devices)
         for result in results:
             if result.status == "exported":
                 report.exported += 1
@@ -1010,6 +1086,8 @@ def export_slides(
         report.loader_wait_fraction = run.loader_wait_fraction
         if engine:
             report.workers = run.worker_stats
+        if run.leftovers:
+            report.warnings.append(SlideProblem("--via", run.leftovers))
     if options.shard is not None and options.shard[1] > 1:
         for encoder, folder in zip(exporter.encoders, report.datasets.values()):
             _parts.write_part(folder, options.shard, encoder.info(), options, exporter.classes, shard_ids, empty_ids)
