@@ -22,7 +22,11 @@ Prints, each with its baseline measured in this run and PASS/MISS against the ta
    (it must not grow quadratically); and its time on a 100k- and a 1M-patch ``faint_shift``
    slide, where its regional step runs (issue 23), with and without that step, and per click
    on the prepared slide (as the app re-fits);
-3. the authors' path time on a 10k-row subset of the 100k data, extrapolated linearly.
+3. the authors' path time on a 10k-row subset of the 100k data, extrapolated linearly;
+4. with ``--large N`` instead: the default on ``N``-patch slides (the anchor path) of
+   ``faint_shift``, the four earlier tuning families and ``faint_shift_2`` (reported apart),
+   with issue 23's regional step as chosen, off and forced, whether it ran and its
+   ``homophily_``, against the authors' path (up to 200,000 patches).
 
 Needs the benchmark-only package: ``pip install -e '.[bench]'`` (active-semi-supervised-clustering).
 Its top-level module ``active_semi_supervised_clustering`` does not import (a broken
@@ -31,6 +35,7 @@ relative import in its pairwise-constraints part); the same wheel ships the work
 ``export`` and ``imagenet`` extras once (their texture embeddings are cached in build/).
 
 Usage: python benchmarks/sic.py [--quick] [--slides N] [--jobs N] [--figure PATH] [--families A,B] [--baseline DUMP]
+       python benchmarks/sic.py --large N [--large-slides K] [--families A,B]
 """
 
 from __future__ import annotations
@@ -343,6 +348,69 @@ def _figure(rows: list[dict], labels: list[str], families: list[str], path: Path
     fig.savefig(path)
 
 
+#: The large-slide check (``--large``): issue 23's family and the four earlier tuning families, where the
+#: regional step must not fire; ``faint_shift_2`` is held out and reported apart.
+LARGE = ("faint_shift", "mosaic", "subspace", "heavy_tailed", "shapes", "faint_shift_2")
+_LARGE_STREAM = 40_000  # slide i of a family is FAMILIES[family](40_000 + i): slides no choice was made on
+_LARGE_AUTHORS = 200_000  # the authors' path is left out above this many patches (minutes a slide on 2 cores)
+
+
+def _large_slide(family: str, index: int, n: int) -> dict:
+    """The default (regional step as chosen, off, forced) and the authors' path on one ``n``-patch slide.
+
+    Slide ``index`` has 1, 3 or 5 seeds per class in turn (the authors' path takes a minute a run at 100k).
+    """
+    from sklearn.metrics import f1_score
+
+    from sic_share.sic import FAMILIES, create_method, draw_seeds
+
+    t = time.perf_counter()
+    slide = FAMILIES[family](_LARGE_STREAM + index, n_patches=n)
+    clicks = (1, 3, 5)[index % 3]
+    row = {"family": family, "slide": index, "clicks": clicks, "n": n, "dim": int(slide.X.shape[1]),
+           "lesion": float(slide.y.mean()), "make s": time.perf_counter() - t}
+    seeds = draw_seeds(slide.y, clicks, random_state=index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = create_method("spreading", random_state=index).prepare(slide.X, slide.coords)
+        for regional in ("auto", False, True):
+            t = time.perf_counter()
+            est = create_method("spreading", random_state=index, regional=regional).fit(
+                slide.X, seeds, slide.coords, prepared=prepared)
+            row[str(regional)] = float(f1_score(slide.y, est.labels_))
+            row[str(regional) + " s"] = time.perf_counter() - t
+            if regional == "auto":
+                row["ran"], row["homophily"] = bool(est.regional_), float(est.homophily_)
+        if n <= _LARGE_AUTHORS:
+            t = time.perf_counter()
+            row["authors' path"] = float(f1_score(slide.y, authors_sic(slide.X.astype(np.float32), seeds)))
+            row["authors' path s"] = time.perf_counter() - t
+        else:
+            row["authors' path"] = float("nan")
+    return row
+
+
+def large(n: int, n_slides: int, families: list[str] | None) -> None:
+    """The default on large slides (the anchor path), where issue 23's check must fire on ``faint_shift`` only."""
+    print(f"\nLarge slides (the anchor path): {n:,} patches, {n_slides} slides per family (FAMILIES[f]"
+          f"({_LARGE_STREAM} + i, n_patches={n})), 1, 3, 5, 1, ... seeds per class; F1 of the lesion"
+          + ("" if n <= _LARGE_AUTHORS else f" (the authors' path is not run above {_LARGE_AUTHORS:,} patches)"))
+    print(f"  {'family':14s} {'default':>8s} {'step off':>9s} {'forced':>8s} {'authors':>8s}   step ran   homophily_"
+          "     per slide, seeds per class: default (step ran) / authors' path")
+    for family in families or LARGE:
+        rows = []
+        for i in range(n_slides):
+            rows.append(_large_slide(family, i, n))
+        base = "authors' path"
+        ran = sum(r["ran"] for r in rows)
+        h = [r["homophily"] for r in rows]
+        each = ", ".join(f"{r['clicks']}: {r['auto']:.3f}{' (ran)' if r['ran'] else ''} / {r[base]:.3f}" for r in rows)
+        means = " ".join(f"{_mean([r[key] for r in rows]):{w}.3f}" for key, w in
+                         (("auto", 8), ("False", 9), ("True", 8), (base, 8)))
+        print(f"  {family:14s} {means}   {ran}/{len(rows):<6d}   {min(h):.2f}-{max(h):.2f}   {each}"
+              + ("   [held out]" if family in HELD_OUT else ""), flush=True)
+
+
 def _print_faint(method: str, n: int, target: float, r: dict) -> None:
     """The lines of the ``_FAINT`` child: the fit with the regional step, forced, without it, and per click."""
     off, auto, forced = r["False"], r["auto"], r["True"]
@@ -374,7 +442,14 @@ def main() -> None:
     parser.add_argument("--families", default=None, help="comma-separated families (default: all)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="an earlier run's --dump: print the default's change per family against it")
+    parser.add_argument("--large", type=int, default=None, metavar="N",
+                        help="only the large-slide check: N-patch slides (the anchor path) of faint_shift and the "
+                             "earlier tuning families (--families to choose), the default against the authors' path")
+    parser.add_argument("--large-slides", type=int, default=3, help="slides per family of --large")
     args = parser.parse_args()
+    if args.large is not None:
+        large(args.large, args.large_slides, args.families.split(",") if args.families else None)
+        return
     n_slides = args.slides or (10 if args.quick else 30)
     from sic_share.sic import DEFAULT_METHOD
 
