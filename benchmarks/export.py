@@ -18,8 +18,12 @@ child process of its own, and prints patches/s of the whole run (models, plannin
 start-up included) against the single-process export measured in the same run:
 --devices with two CPU "devices" and --ray with num_cpus=2 (targets >= 0.85 x), the
 busy fraction of every worker (target >= 90 % of the time from the first slide handed
-out to the last done), and staging the slides from S3 on loopback (moto) against
-reading them from local disk (target >= 0.9 x). With --device cuda and GPUs present it
+out to the last done; printed also without each worker's start-up, the time from the
+slides being handed out to its first slide), and staging the slides from S3 on loopback
+(moto, a Python server in this process, sharing the cores) against reading them from
+local disk (target >= 0.9 x). The Ray child starts Ray before it calls the export, as a
+cluster runs before an export joins it: the driver then connects first and its workers
+load the models while it loads its own (the whole run's time includes Ray's start). With --device cuda and GPUs present it
 prints patches/s per GPU and the scaling from 1 to N GPUs (--devices 0 vs --devices all);
 without a GPU it says so and runs the CPU figures.
 Registered models run as registered (efficientnet_lite0.in1k with its ImageNet weights from

@@ -381,8 +381,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the loader reads ahead while the budget holds one slide
 def test_slides_on_s3_are_staged_within_the_budget_and_removed(tmp_path, as_user, cohort, reference, secret,
-                                                                monkeypatch):
+                                                                monkeypatch, workers):
     import fsspec
 
     from sic_share.export import ExportOptions, export_slides
@@ -404,7 +405,7 @@ def test_slides_on_s3_are_staged_within_the_budget_and_removed(tmp_path, as_user
     sizes = [p.stat().st_size for p in cohort.iterdir()]
     stage = tmp_path / "stage"
     report = export_slides([f"s3://{BUCKET}/lab-a/cohort/"], tmp_path / "s3", ExportOptions(
-        workers=0, batch_size=16, stage_dir=str(stage), stage_bytes=budget, secret_path=secret))
+        workers=workers, batch_size=16, stage_dir=str(stage), stage_bytes=budget, secret_path=secret))
     assert report.exported == 3 and not report.problems, report.problems
     assert parquet_bytes(tmp_path / "s3") == reference
     [(peak, limit, root)] = peaks
@@ -485,6 +486,18 @@ def test_bare_ray_is_local_and_explicit_forms_stay(tmp_path, cli):
     assert_one_line_error(explicit, "cannot reach the Ray cluster at 127.0.0.1:1")
     assert "bare --ray or local" in " ".join(cli("export", "--help").out.split())
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_model_that_does_not_load_under_ray_is_one_line(tmp_path, cli):
+    """Ray's workers start loading the models early; a model the driver cannot load still stops it in one line."""
+    ray = pytest.importorskip("ray")
+    before = ray.is_initialized()
+    out = tmp_path / "ds"
+    missing = tmp_path / "nope.pt"
+    result = cli("export", CMU, "--out", out, "--ray", "--model", "resnet18", "--weights", missing, "--no-sign")
+    assert_one_line_error(result, str(missing))
+    assert not out.exists()
+    assert ray.is_initialized() == before  # a Ray the export started for itself is shut down again
 
 
 def test_unreachable_ray_address_is_one_line(tmp_path, cli):

@@ -45,7 +45,7 @@ from sic_share.export._pipeline import (
     _SlideResult,
 )
 
-__all__ = ["EngineRun", "Stager", "check_ray", "check_via", "parse_devices", "resolve_devices"]
+__all__ = ["EngineRun", "RaySession", "Stager", "check_ray", "check_via", "parse_devices", "resolve_devices"]
 
 _PROGRESS_EVERY_S = 0.25
 _COLLECTED = "--via (earlier run)"  # the worker named for slides collected from the --via prefix
@@ -449,11 +449,103 @@ def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: 
     return result
 
 
+def ray_is_running(options: ExportOptions) -> bool:
+    """Whether ``--ray`` joins a Ray that runs already (this process's, ``$RAY_ADDRESS``, a cluster's address).
+
+    Then the driver connects before its own checks and models, so the workers
+    start meanwhile. A Ray started here for the run starts only once those
+    checks passed: it prints a notice on start, which must not come before a
+    one-line refusal.
+    """
+    import ray
+
+    return ray.is_initialized() or options.ray not in ("", "local") or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _ray_warm(options: ExportOptions, classes: tuple[str, ...] | None, device: str) -> str:
+    """A Ray task that only loads the models into its worker (the cache :func:`_ray_slide` uses).
+
+    Never raises: a model that cannot load fails each slide's task, which says why.
+    """
+    key = (tuple(options.models), options.weights, options.layer, device, classes)
+    try:
+        if key not in _EXPORTERS:
+            _EXPORTERS.clear()
+            _EXPORTERS[key] = _SlideExporter(options, [], classes, device)
+    except Exception as exc:  # noqa: BLE001 - told by the slide tasks
+        return f"not warmed: {exc}"
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RaySession:
+    """This export's connection to Ray and the options every slide's task runs with.
+
+    Connects to ``options.ray`` (or ``$RAY_ADDRESS``, or starts a local Ray)
+    unless this process is connected already; :meth:`close` disconnects only from
+    what it connected to. A task asks for one GPU when the cluster has GPUs (and
+    the device is ``auto`` or ``cuda``), else for CPUs: one to embed plus its
+    loader workers. Tasks get the driver's ``AWS_*`` variables when ``remote``
+    (they must reach S3).
+
+    With ``warm`` > 0, that many workers (at most one per task the cluster can
+    run at once) start loading the models at once, with the same resources and
+    environment as the slide tasks, so Ray hands them the slides afterwards and
+    their start-up (imports, models) overlaps the driver's own work.
+    """
+
+    def __init__(self, options: ExportOptions, classes: tuple[str, ...] | None, *, remote: bool,
+                 warm: int = 0) -> None:
+        import logging
+
+        import ray
+
+        self.connected = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=None if options.ray in ("", "local") else options.ray, include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SicShareError(f"cannot connect to Ray ({options.ray}): "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            self.connected = True
+        try:
+            resources = ray.cluster_resources()
+            gpus = resources.get("GPU", 0)
+            if options.device.startswith("cuda") and not gpus:
+                raise EncoderError("--device cuda was asked for, but the Ray cluster has no GPU: use --device cpu "
+                                   "or auto")
+            use_gpu = gpus >= 1 and options.device != "cpu"
+            workers = options.workers if options.workers is not None else (4 if use_gpu else 0)
+            self.task_options = replace(options, workers=workers)
+            cpus = 1 + workers if not use_gpu else max(1, workers)
+            placement = dict(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=options.retries,
+                             retry_exceptions=False, name="sic-share-export-slide")
+            env = {var: os.environ[var] for var in _AWS_VARS if os.environ.get(var)}
+            if env and remote:
+                placement["runtime_env"] = {"env_vars": env}
+            self.remote = ray.remote(_ray_slide).options(**placement)
+            self.device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
+            slots = int(gpus) if use_gpu else int(resources.get("CPU", 1) // cpus)
+            warmer = ray.remote(_ray_warm).options(**{**placement, "name": "sic-share-export-warm"})
+            self.warming = [warmer.remote(self.task_options, classes, self.device)
+                            for _ in range(min(warm, max(1, slots)))]
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.connected:
+            import ray
+
+            ray.shutdown()
+            self.connected = False
+
+
 # --- one run --------------------------------------------------------------------------------------
 
 
 class EngineRun:
-    """Hands jobs out (in this process, to device processes, or to Ray) and gathers their results.
+    """Hands jobs out (to device processes, or to Ray) and gathers their results.
 
     After a run: ``wall_seconds`` (first job handed out to last result),
     ``worker_stats`` (per worker: slides, patches, busy seconds) and the mean
@@ -473,6 +565,7 @@ class EngineRun:
         self.results: list[_SlideResult] = []
         self.stager: Stager | None = None  # the run's stager, while it runs (--devices)
         self.leftovers = ""  # --via: why the run's objects could not be removed from the prefix
+        self.session: RaySession | None = None  # --ray: the session the driver opened early (it closes it)
         self.worker_stats: dict[str, WorkerStats] = {}
         self.wall_seconds = 0.0
         self.loader_wait_fraction = 0.0
@@ -716,19 +809,13 @@ class EngineRun:
     def ray(self) -> list[_SlideResult]:
         """One Ray task per slide, retried on another worker when its worker dies.
 
-        Connects to ``options.ray`` (or ``$RAY_ADDRESS``, or starts a local Ray)
-        unless this process is connected already; disconnects only from what it
-        connected to. A task asks for one GPU when the cluster has GPUs (and the
-        device is ``auto`` or ``cuda``), else for CPUs: one to embed plus its
-        loader workers.
+        Runs in ``self.session`` when the driver opened one early (its workers
+        already loading the models), else in a :class:`RaySession` of its own.
 
         With ``options.via``, slides an earlier run left under the prefix are
         collected first (Ray is not even started when that was all), and each
-        task's slide is downloaded from the prefix as its result comes in. Tasks
-        get the driver's ``AWS_*`` variables when they must reach S3.
+        task's slide is downloaded from the prefix as its result comes in.
         """
-        import logging
-
         import ray
 
         from sic_share._failures import describe_failure
@@ -752,32 +839,12 @@ class EngineRun:
             if not jobs:
                 self._clean_via(*via, collected)
                 return self._finish()
-        connected = False
-        if not ray.is_initialized():
-            try:
-                ray.init(address=None if options.ray in ("", "local") else options.ray, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SicShareError(f"cannot connect to Ray ({options.ray}): "
-                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            connected = True
+        session = self.session or RaySession(options, self.classes, remote=via is not None or any(
+            _is_url(job.source) for job in jobs))
         try:
-            gpus = ray.cluster_resources().get("GPU", 0)
-            if options.device.startswith("cuda") and not gpus:
-                raise EncoderError("--device cuda was asked for, but the Ray cluster has no GPU: use --device cpu "
-                                   "or auto")
-            use_gpu = gpus >= 1 and options.device != "cpu"
-            workers = options.workers if options.workers is not None else (4 if use_gpu else 0)
-            task_options = replace(options, workers=workers)
-            placement = dict(num_cpus=1 + workers if not use_gpu else max(1, workers), num_gpus=1 if use_gpu else 0,
-                             max_retries=options.retries, retry_exceptions=False, name="sic-share-export-slide")
-            env = {var: os.environ[var] for var in _AWS_VARS if os.environ.get(var)}
-            if env and (via is not None or any(_is_url(job.source) for job in jobs)):
-                placement["runtime_env"] = {"env_vars": env}
-            remote = ray.remote(_ray_slide).options(**placement)
-            device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
             if via is None:
                 self._start, self._epoch = time.perf_counter(), time.time()
+            remote, task_options, device = session.remote, session.task_options, session.device
             refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
                     for job in jobs}
             pending = list(refs)
@@ -809,8 +876,8 @@ class EngineRun:
             if via is not None:
                 self._clean_via(*via, collected)
         finally:
-            if connected:
-                ray.shutdown()
+            if session is not self.session:
+                session.close()
         return self._finish()
 
     def _clean_via(self, fs, roots: list[str], slide_ids: list[str]) -> None:

@@ -871,6 +871,17 @@ class _SlideExporter:
         state.seconds = time.perf_counter() - stream_start
 
 
+def _anything_to_do(sources: list[_Source], folders: dict[str, Path], options: ExportOptions) -> bool:
+    """Whether some slide still needs exporting (read-only: no secret is created here)."""
+    try:
+        secret = holder_secret(options.secret_path, create=False)
+    except SicShareError:
+        return True  # no secret yet: nothing was exported with it (a broken one is told below)
+    return options.force or any(
+        not all((folder / SLIDES_DIR / f"{pseudonym(source_stem(source.name), secret)}.parquet").exists()
+                for folder in folders.values()) for source in sources)
+
+
 def export_slides(
     slides: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -904,8 +915,9 @@ def export_slides(
     patches (50 % overlap reads each pixel four times patch by patch) are read
     once. Memory does not grow with slide size: rows stream to Parquet.
 
-    Three ways to run, one result: in this process (every slide planned, then
-    all streamed through one DataLoader); ``devices`` (one process and encoder
+    Three ways to run, one result: in this process (local slides all planned,
+    then all streamed through one DataLoader; slides from URLs smallest first,
+    each joining that stream once staged and planned); ``devices`` (one process and encoder
     per device, fed largest slide first from one queue); ``ray`` (one Ray task
     per slide, retried when its worker dies). Each slide is planned, batched
     and written by the same code (:class:`_SlideExporter`) in all three, so a
@@ -943,7 +955,6 @@ def export_slides(
             engine or any(isinstance(source.location, str) for source in sources)):
         raise LabelError("--masks or --annotations with --devices, --ray or slide URLs need --classes: "
                          "slides are labelled apart and must share one class list")
-    exporter = _SlideExporter(options, [], tuple(options.classes) if options.classes else None, device)
     out = Path(out_dir)
     if len(options.models) == 1:
         report.datasets = {options.models[0]: out}
@@ -952,147 +963,159 @@ def export_slides(
         if len(set(slugs)) != len(slugs):
             raise EncoderError(f"models {options.models} give clashing folder names {slugs}")
         report.datasets = {name: out / slug for name, slug in zip(options.models, slugs)}
-    exporter.folders = list(report.datasets.values())
+    session = None
+    if options.ray is not None and options.via is None and _engine.ray_is_running(options) and \
+            _anything_to_do(sources, report.datasets, options):
+        # Ray's workers start (imports, models) while this process loads its own models and lists what is done
+        session = _engine.RaySession(options, tuple(options.classes) if options.classes else None, warm=len(sources),
+                                     remote=any(isinstance(source.location, str) for source in sources))
+    try:
+        exporter = _SlideExporter(options, [], tuple(options.classes) if options.classes else None, device)
+        exporter.folders = list(report.datasets.values())
 
-    mpp_table = _read_mpp_csv(options.mpp_csv) if options.mpp_csv else {}
-    secret = holder_secret(options.secret_path)
-    slide_map = SlideMap.beside(options.secret_path)
-    ours = {pseudonym(source_stem(source.name), secret) for source in every}
-    for encoder, folder in zip(exporter.encoders, report.datasets.values()):
-        if options.force:
-            _clear_dataset(folder)
-        else:
-            _check_existing(folder, encoder.info(), options, slide_map, ours)
-        if options.shard is None or options.shard[1] == 1:
-            _parts.clear_parts(folder)  # a whole run supersedes the parts of an earlier sharded one
-
-    jobs: list[_Job] = []
-    shard_ids: list[str] = []  # every slide of this run's list (this shard's share), done or not
-    empty_ids: set[str] = set()  # slides with no patch to write
-    for source in sources:
-        stem = source_stem(source.name)
-        report.stems.append(stem)
-        slide_id = pseudonym(stem, secret)
-        shard_ids.append(slide_id)
-        if all((folder / SLIDES_DIR / f"{slide_id}.parquet").exists() for folder in report.datasets.values()):
-            report.skipped += 1
-            continue
-        mpp = options.mpp if options.mpp is not None else mpp_table.get(stem)
-        jobs.append(_Job(str(source.location), source.name, stem, slide_id, mpp, source.size))
-
-    def fail(name: str, exc: Exception) -> None:
-        if options.fail_fast:
-            raise exc
-        report.problems.append(SlideProblem(name, str(exc)))
-
-    remote = any(_is_url(job.source) for job in jobs)
-    # the holder's private map (never in a dataset): pseudonym -> slide name and file, for every slide
-    # handed out (a failed one too: sign names a missing slide by its pseudonym)
-    slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
-    stream_start = time.perf_counter()
-    if not engine:
-        # -- one process: every slide streamed through one DataLoader; local slides are planned first,
-        #    slides from URLs as each is staged --
-        opened: list[_Job] = []  # the job of plan p
-        open_slides = [0]  # plans drawn and not yet finished
-        stager = _engine.Stager(sorted(jobs, key=lambda job: job.size), options.stage_dir,
-                                options.stage_bytes) if remote else None
-
-        def planned(job: _Job, path: Path) -> _Plan | None:
-            try:
-                plan = exporter.plan(job, path)
-            except (SlideError, LabelError) as exc:
-                if stager:
-                    stager.release(job)
-                fail(job.name, exc)
-                return None
-            if isinstance(plan, SlideProblem):
-                if stager:
-                    stager.release(job)
-                report.warnings.append(plan)
-                empty_ids.add(job.slide_id)
-                return None
-            opened.append(job)
-            return plan
-
-        def staged() -> Iterable[_Plan | None]:
-            """Smallest slide first, each planned once it is staged (it starts the stream soonest)."""
-            for job in sorted(jobs, key=lambda job: job.size):
-                while True:
-                    # block only when no slide is open: an open slide's end may be what frees the budget
-                    try:
-                        path = stager.wait(job, timeout=None if open_slides[0] == 0 else 0)
-                    except SlideError as exc:
-                        fail(job.name, exc)
-                        break
-                    if path is not None:
-                        plan = planned(job, path)
-                        if plan is not None:
-                            open_slides[0] += 1
-                            yield plan
-                        break
-                    yield None
-
-        if remote:
-            plans: Iterable[_Plan | None] = staged()
-            state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
-        else:
-            plans = [plan for job in jobs if (plan := planned(job, Path(job.source))) is not None]
-            state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
-        stream_start = time.perf_counter()
-
-        def done(p: int) -> None:
-            open_slides[0] -= 1
-            if stager:
-                stager.release(opened[p])
-
-        def finished(p: int) -> None:
-            done(p)
-            report.exported += 1
-
-        def failed(p: int, message: str) -> None:
-            done(p)
-            fail(opened[p].name, SlideError(message))
-
-        try:
-            exporter.stream(plans, state, progress, finished, failed)
-        finally:
-            if stager:
-                stager.close()
-        report.patches = state.patches_done
-        report.stream_seconds = time.perf_counter() - stream_start
-        report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
-    else:
-        # -- per slide: one process per device, or Ray tasks --
-        jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
-        run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress,
-                                infos=[encoder.info() for encoder in exporter.encoders])
-        if not jobs:
-            results = []  # every slide done: no process, no Ray
-        elif options.ray is not None:
-            results = run.ray()
-        else:
-            results = run.devices(devices)
-        for result in results:
-            if result.status == "exported":
-                report.exported += 1
-            elif result.status == "empty":
-                report.warnings.append(SlideProblem(result.name, result.message))
-                empty_ids.add(result.slide_id)
-            else:
-                fail(result.name, SlideError(result.message))
-            report.patches += result.patches
-        report.stream_seconds = run.wall_seconds
-        report.loader_wait_fraction = run.loader_wait_fraction
-        if engine:
-            report.workers = run.worker_stats
-        if run.leftovers:
-            report.warnings.append(SlideProblem("--via", run.leftovers))
-    if options.shard is not None and options.shard[1] > 1:
+        mpp_table = _read_mpp_csv(options.mpp_csv) if options.mpp_csv else {}
+        secret = holder_secret(options.secret_path)
+        slide_map = SlideMap.beside(options.secret_path)
+        ours = {pseudonym(source_stem(source.name), secret) for source in every}
         for encoder, folder in zip(exporter.encoders, report.datasets.values()):
-            _parts.write_part(folder, options.shard, encoder.info(), options, exporter.classes, shard_ids, empty_ids)
-    report.seconds = time.perf_counter() - start
-    return report
+            if options.force:
+                _clear_dataset(folder)
+            else:
+                _check_existing(folder, encoder.info(), options, slide_map, ours)
+            if options.shard is None or options.shard[1] == 1:
+                _parts.clear_parts(folder)  # a whole run supersedes the parts of an earlier sharded one
+
+        jobs: list[_Job] = []
+        shard_ids: list[str] = []  # every slide of this run's list (this shard's share), done or not
+        empty_ids: set[str] = set()  # slides with no patch to write
+        for source in sources:
+            stem = source_stem(source.name)
+            report.stems.append(stem)
+            slide_id = pseudonym(stem, secret)
+            shard_ids.append(slide_id)
+            if all((folder / SLIDES_DIR / f"{slide_id}.parquet").exists() for folder in report.datasets.values()):
+                report.skipped += 1
+                continue
+            mpp = options.mpp if options.mpp is not None else mpp_table.get(stem)
+            jobs.append(_Job(str(source.location), source.name, stem, slide_id, mpp, source.size))
+
+        def fail(name: str, exc: Exception) -> None:
+            if options.fail_fast:
+                raise exc
+            report.problems.append(SlideProblem(name, str(exc)))
+
+        remote = any(_is_url(job.source) for job in jobs)
+        # the holder's private map (never in a dataset): pseudonym -> slide name and file, for every slide
+        # handed out (a failed one too: sign names a missing slide by its pseudonym)
+        slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
+        stream_start = time.perf_counter()
+        if not engine:
+            # -- one process: every slide streamed through one DataLoader; local slides are planned first,
+            #    slides from URLs as each is staged --
+            opened: list[_Job] = []  # the job of plan p
+            open_slides = [0]  # plans drawn and not yet finished
+            stager = _engine.Stager(sorted(jobs, key=lambda job: job.size), options.stage_dir,
+                                    options.stage_bytes) if remote else None
+
+            def planned(job: _Job, path: Path) -> _Plan | None:
+                try:
+                    plan = exporter.plan(job, path)
+                except (SlideError, LabelError) as exc:
+                    if stager:
+                        stager.release(job)
+                    fail(job.name, exc)
+                    return None
+                if isinstance(plan, SlideProblem):
+                    if stager:
+                        stager.release(job)
+                    report.warnings.append(plan)
+                    empty_ids.add(job.slide_id)
+                    return None
+                opened.append(job)
+                return plan
+
+            def staged() -> Iterable[_Plan | None]:
+                """Smallest slide first, each planned once it is staged (it starts the stream soonest)."""
+                for job in sorted(jobs, key=lambda job: job.size):
+                    while True:
+                        # block only when no slide is open: an open slide's end may be what frees the budget
+                        try:
+                            path = stager.wait(job, timeout=None if open_slides[0] == 0 else 0)
+                        except SlideError as exc:
+                            fail(job.name, exc)
+                            break
+                        if path is not None:
+                            plan = planned(job, path)
+                            if plan is not None:
+                                open_slides[0] += 1
+                                yield plan
+                            break
+                        yield None
+
+            if remote:
+                plans: Iterable[_Plan | None] = staged()
+                state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
+            else:
+                plans = [plan for job in jobs if (plan := planned(job, Path(job.source))) is not None]
+                state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
+            stream_start = time.perf_counter()
+
+            def done(p: int) -> None:
+                open_slides[0] -= 1
+                if stager:
+                    stager.release(opened[p])
+
+            def finished(p: int) -> None:
+                done(p)
+                report.exported += 1
+
+            def failed(p: int, message: str) -> None:
+                done(p)
+                fail(opened[p].name, SlideError(message))
+
+            try:
+                exporter.stream(plans, state, progress, finished, failed)
+            finally:
+                if stager:
+                    stager.close()
+            report.patches = state.patches_done
+            report.stream_seconds = time.perf_counter() - stream_start
+            report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
+        else:
+            # -- per slide: one process per device, or Ray tasks --
+            jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
+            run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress,
+                                    infos=[encoder.info() for encoder in exporter.encoders])
+            run.session = session
+            if not jobs:
+                results = []  # every slide done: no process, no Ray
+            elif options.ray is not None:
+                results = run.ray()
+            else:
+                results = run.devices(devices)
+            for result in results:
+                if result.status == "exported":
+                    report.exported += 1
+                elif result.status == "empty":
+                    report.warnings.append(SlideProblem(result.name, result.message))
+                    empty_ids.add(result.slide_id)
+                else:
+                    fail(result.name, SlideError(result.message))
+                report.patches += result.patches
+            report.stream_seconds = run.wall_seconds
+            report.loader_wait_fraction = run.loader_wait_fraction
+            if engine:
+                report.workers = run.worker_stats
+            if run.leftovers:
+                report.warnings.append(SlideProblem("--via", run.leftovers))
+        if options.shard is not None and options.shard[1] > 1:
+            for encoder, folder in zip(exporter.encoders, report.datasets.values()):
+                _parts.write_part(folder, options.shard, encoder.info(), options, exporter.classes, shard_ids, empty_ids)
+        report.seconds = time.perf_counter() - start
+        return report
+    finally:
+        if session is not None:
+            session.close()
 
 
 @dataclass
