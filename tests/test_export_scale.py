@@ -432,6 +432,30 @@ def test_slides_over_http_and_on_devices(tmp_path, cohort, reference, secret):
     assert list((tmp_path / "stage").iterdir()) == []
 
 
+def test_a_url_that_is_no_slide_is_named_by_its_url(tmp_path, cohort, secret):
+    """A staged file OpenSlide cannot read fails alone, told by its URL (not the staged copy's path)."""
+    from sic_share.export import ExportOptions, export_slides
+
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "good.svs").symlink_to(CMU)
+    (web / "broken.svs").write_bytes(b"not a slide" * 100)
+    handler = functools.partial(_QuietHandler, directory=str(web))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        report = export_slides([f"{base}/broken.svs", f"{base}/good.svs"], tmp_path / "ds", ExportOptions(
+            workers=1, batch_size=16, stage_dir=str(tmp_path / "stage"), secret_path=secret))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.exported == 1
+    [problem] = report.problems
+    assert problem.problem.startswith(f"{base}/broken.svs is not an image OpenSlide can read")
+    assert "sic-share-stage" not in problem.problem and list((tmp_path / "stage").iterdir()) == []
+
+
 # --- bad input: one clear line, non-zero exit, nothing half-written -------------------------------
 
 

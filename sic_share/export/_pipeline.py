@@ -1023,6 +1023,8 @@ def export_slides(
                 except (SlideError, LabelError) as exc:
                     if stager:
                         stager.release(job)
+                    if isinstance(exc, SlideError) and str(path) != job.source:  # the URL, not the staged copy
+                        exc = SlideError(str(exc).replace(str(path), job.source))
                     fail(job.name, exc)
                     return None
                 if isinstance(plan, SlideProblem):
