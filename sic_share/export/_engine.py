@@ -177,6 +177,13 @@ class _Bound(Callback):
             self._refuse()
 
 
+def _get_bounded(fs, path: str, local: Path, bound: _Bound) -> None:
+    """Download ``path`` to ``local`` as one GET streamed in order, stopped by ``bound`` (one stream for S3 too:
+    s3fs's concurrent ranged parts would let a whole 50 MiB part past the bound)."""
+    one_stream = {"max_concurrency": 1} if "s3" in fs.protocol else {}
+    fs.get_file(path, str(local), callback=bound, **one_stream)
+
+
 def _download(job: _Job, root: Path) -> Path:
     """Copy a slide from its URL into ``root/<slide_id>/<file name>`` (the name keeps its suffix).
 
@@ -196,8 +203,7 @@ def _download(job: _Job, root: Path) -> Path:
     limit = job.size if job.size > 0 else _UNSIZED_LIMIT
     try:
         fs, path = resolve(job.source)
-        one_stream = {"max_concurrency": 1} if "s3" in fs.protocol else {}
-        fs.get_file(path, str(part), callback=_Bound(job.source, limit), **one_stream)
+        _get_bounded(fs, path, part, _Bound(job.source, limit))
         if not part.is_file():
             raise FileNotFoundError(job.source)
         os.replace(part, target)
@@ -766,7 +772,7 @@ class EngineRun:
                 tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
                 moves.append((tmp, target))
                 source = f"{root}/slides/{job.slide_id}.parquet"
-                fs.get_file(source, str(tmp), callback=_Bound(source, sizes[i], "the worker uploaded"))
+                _get_bounded(fs, source, tmp, _Bound(source, sizes[i], "the worker uploaded"))
                 if tmp.stat().st_size != sizes[i]:
                     raise SlideError(f"{source} holds {tmp.stat().st_size} bytes, not the {sizes[i]} expected: "
                                      "something else wrote it; run the export again")
