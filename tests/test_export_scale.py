@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import signal
 import sys
 import threading
@@ -75,6 +76,15 @@ def reference(cohort, secret, tmp_path_factory) -> dict[str, bytes]:
 # --- the three paths give one dataset -----------------------------------------------------------
 
 
+def assert_busy_lines_add_up(out: str, workers: int) -> None:
+    """Each worker's "busy X% of Y s" is a share of a time within the run's own "in Z s"."""
+    total = float(re.search(r" in ([0-9.]+) s on ", out)[1])
+    lines = re.findall(r"busy (\d+)% of ([0-9.]+) s", out)
+    assert len(lines) == workers, out
+    for share, wall in lines:
+        assert 0 < int(share) <= 100 and 0 < float(wall) <= total, out
+
+
 def test_devices_write_the_same_bytes_and_sign_the_same_files(tmp_path, cli, cohort, reference, secret):
     assert cli("keys", "generate", "--publisher", "lab-a").code == 0
     one = cli("export", cohort, "--out", tmp_path / "one", "--workers", "0", "--batch-size", "16", "--secret", secret)
@@ -84,6 +94,7 @@ def test_devices_write_the_same_bytes_and_sign_the_same_files(tmp_path, cli, coh
     assert two.code == 0, two.err
     assert "signed lab-a/two@1" in two.out and "on cpu,cpu" in two.out
     assert "cpu#0:" in two.out and "cpu#1:" in two.out  # each device worker says what it did
+    assert_busy_lines_add_up(two.out, 2)
     assert parquet_bytes(tmp_path / "two") == reference == parquet_bytes(tmp_path / "one")
     # the manifests list the same files, sizes and digests (manifest.json itself differs by name and time)
     assert signed_digests(tmp_path / "two") == signed_digests(tmp_path / "one")
@@ -98,6 +109,7 @@ def test_ray_writes_the_same_bytes_and_the_driver_signs_once(tmp_path, cli, coho
     result = cli("export", cohort, "--out", tmp_path / "r", *args)
     assert result.code == 0, result.err
     assert "signed lab-a/r@1" in result.out and "exported 3 slides" in result.out
+    assert_busy_lines_add_up(result.out, len(re.findall(r"busy \d+%", result.out)) or 1)
     assert parquet_bytes(tmp_path / "r") == reference
     again = cli("export", cohort, "--out", tmp_path / "r", *args)
     assert again.code == 0 and "skipped 3 already done" in again.out and "signed" not in again.out

@@ -506,6 +506,7 @@ class RaySession:
         import ray
 
         self.connected = False
+        self.opened = time.time()  # when the workers were first asked for (warming ones start now)
         if not ray.is_initialized():
             try:
                 ray.init(address=None if options.ray in ("", "local") else options.ray, include_dashboard=False,
@@ -553,9 +554,15 @@ class RaySession:
 class EngineRun:
     """Hands jobs out (to device processes, or to Ray) and gathers their results.
 
-    After a run: ``wall_seconds`` (first job handed out to last result),
-    ``worker_stats`` (per worker: slides, patches, busy seconds) and the mean
-    ``loader_wait_fraction``.
+    After a run: ``wall_seconds`` (the first slide any worker began to the last
+    result in), ``worker_stats`` (per worker: slides, patches, busy seconds, and
+    its start-up: from the workers' launch, processes spawned or Ray asked for
+    them, to its first slide) and the mean ``loader_wait_fraction``.
+
+    The two engines are timed alike: a ``--devices`` process asks for its first
+    slide once its model is loaded, while a Ray task is handed out before its
+    worker exists, so timing from the hand-out would count a Ray worker's start-up
+    as idle and a device process's not. Start-up is told apart for both.
     """
 
     def __init__(self, jobs: list[_Job], options: ExportOptions, folders: list[Path],
@@ -578,6 +585,7 @@ class EngineRun:
         self._start = self._last = time.perf_counter()
         self._epoch = time.time()  # the same instant as _start, on the clock workers on other machines share
         self._first: dict[str, float] = {}
+        self._launch: float | None = None  # time.time() when the workers were launched (spawned, or Ray asked)
         self._stream = 0.0
         self._wait = 0.0
 
@@ -607,11 +615,14 @@ class EngineRun:
         self._tell()
 
     def _finish(self) -> list[_SlideResult]:
-        self.wall_seconds = max(0.0, self._last - self._start)  # first job handed out to last result in
+        # from the first slide any worker began (the first handed out, when none reported its start) to the last in
+        begun = min(self._first.values(), default=self._epoch)
+        self.wall_seconds = max(0.0, self._last - self._start - max(0.0, begun - self._epoch))
+        launch = self._epoch if self._launch is None else self._launch
         for device, stats in self.worker_stats.items():
             stats.wall_seconds = self.wall_seconds
             if device in self._first:
-                stats.startup_seconds = min(self.wall_seconds, max(0.0, self._first[device] - self._epoch))
+                stats.startup_seconds = max(0.0, self._first[device] - launch)
         self.loader_wait_fraction = self._wait / self._stream if self._stream else 0.0
         return self.results
 
@@ -648,6 +659,7 @@ class EngineRun:
             self.state.devices[name] = 0
             self.worker_stats[name] = WorkerStats()
         try:
+            self._launch = time.time()
             for proc, n in zip(procs, threads):
                 # Every thread pool of a child (OpenMP, BLAS, torch) sized before it imports numpy or torch:
                 # CPU workers that each used every core would fight over them (measured: 0.65 x one process).
@@ -851,6 +863,7 @@ class EngineRun:
             if via is None:
                 self._start, self._epoch = time.perf_counter(), time.time()
             remote, task_options, device = session.remote, session.task_options, session.device
+            self._launch = session.opened  # an early session's workers began loading then
             refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
                     for job in jobs}
             pending = list(refs)

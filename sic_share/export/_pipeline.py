@@ -199,8 +199,8 @@ class WorkerStats:
     slides: int = 0
     patches: int = 0
     busy_seconds: float = 0.0  # planning, reading, embedding, writing its slides
-    wall_seconds: float = 0.0  # from the first slide handed out to the last one done
-    startup_seconds: float = 0.0  # from the first slide handed out to this worker beginning its first slide
+    wall_seconds: float = 0.0  # from the first slide any worker began to the last one done
+    startup_seconds: float = 0.0  # from the workers' launch (spawned, or asked of Ray) to this one's first slide
 
     @property
     def busy_fraction(self) -> float:
