@@ -743,7 +743,8 @@ def export(
     )
     for name_, stats in report.workers.items():
         out.print(escape_text(f"  {name_}: {stats.slides} slides, {stats.patches} patches, busy "
-                              f"{stats.busy_fraction:.0%} of {stats.wall_seconds:.1f} s"))
+                              f"{stats.busy_fraction:.0%} of {stats.wall_seconds:.1f} s, "
+                              f"start-up {stats.startup_seconds:.1f} s"))
     for model_name, folder in report.datasets.items():
         if not folder.is_dir():
             continue  # every slide of this run had no tissue: nothing was written for it
