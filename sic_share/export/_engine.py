@@ -413,6 +413,15 @@ def _upload(job: _Job, local: list[Path], via: str) -> tuple[list[int], str | No
     return sizes, None
 
 
+def _cached_exporter(options: ExportOptions, classes: tuple[str, ...] | None, device: str) -> _SlideExporter:
+    """This Ray worker's exporter for these models and settings, loaded once and kept (its folders set per task)."""
+    key = (tuple(options.models), options.weights, options.layer, device, classes)
+    if key not in _EXPORTERS:
+        _EXPORTERS.clear()
+        _EXPORTERS[key] = _SlideExporter(options, [], classes, device)
+    return _EXPORTERS[key]
+
+
 def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
                device: str, stage_dir: str | None) -> _SlideResult:
     """One Ray task: stage the slide if it is a URL, export it, delete the staged copy.
@@ -421,11 +430,7 @@ def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: 
     worker's node and uploaded under the prefix; ``folders`` then only give the
     number of models.
     """
-    key = (tuple(options.models), options.weights, options.layer, device, classes)
-    exporter = _EXPORTERS.get(key)
-    if exporter is None:
-        _EXPORTERS.clear()
-        exporter = _EXPORTERS[key] = _SlideExporter(options, folders, classes, device)
+    exporter = _cached_exporter(options, classes, device)
     where = f"{socket.gethostname()}:{os.getpid()}"
     stager = out = None
     try:
@@ -473,11 +478,8 @@ def _ray_warm(options: ExportOptions, classes: tuple[str, ...] | None, device: s
 
     Never raises: a model that cannot load fails each slide's task, which says why.
     """
-    key = (tuple(options.models), options.weights, options.layer, device, classes)
     try:
-        if key not in _EXPORTERS:
-            _EXPORTERS.clear()
-            _EXPORTERS[key] = _SlideExporter(options, [], classes, device)
+        _cached_exporter(options, classes, device)
     except Exception as exc:  # noqa: BLE001 - told by the slide tasks
         return f"not warmed: {exc}"
     return f"{socket.gethostname()}:{os.getpid()}"

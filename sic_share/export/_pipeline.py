@@ -1008,14 +1008,13 @@ def export_slides(
         # the holder's private map (never in a dataset): pseudonym -> slide name and file, for every slide
         # handed out (a failed one too: sign names a missing slide by its pseudonym)
         slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
-        stream_start = time.perf_counter()
         if not engine:
             # -- one process: every slide streamed through one DataLoader; local slides are planned first,
             #    slides from URLs as each is staged --
             opened: list[_Job] = []  # the job of plan p
             open_slides = [0]  # plans drawn and not yet finished
-            stager = _engine.Stager(sorted(jobs, key=lambda job: job.size), options.stage_dir,
-                                    options.stage_bytes) if remote else None
+            smallest_first = sorted(jobs, key=lambda job: job.size)  # the staging order is the stream's
+            stager = _engine.Stager(smallest_first, options.stage_dir, options.stage_bytes) if remote else None
 
             def planned(job: _Job, path: Path) -> _Plan | None:
                 try:
@@ -1038,7 +1037,7 @@ def export_slides(
 
             def staged() -> Iterable[_Plan | None]:
                 """Smallest slide first, each planned once it is staged (it starts the stream soonest)."""
-                for job in sorted(jobs, key=lambda job: job.size):
+                for job in smallest_first:
                     while True:
                         # block only when no slide is open: an open slide's end may be what frees the budget
                         try:
@@ -1106,8 +1105,7 @@ def export_slides(
                 report.patches += result.patches
             report.stream_seconds = run.wall_seconds
             report.loader_wait_fraction = run.loader_wait_fraction
-            if engine:
-                report.workers = run.worker_stats
+            report.workers = run.worker_stats
             if run.leftovers:
                 report.warnings.append(SlideProblem("--via", run.leftovers))
         if options.shard is not None and options.shard[1] > 1:
