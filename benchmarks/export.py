@@ -13,8 +13,8 @@ Usage: python benchmarks/export.py [--model handcrafted --model resnet18] [--siz
        [--batch-size 64] [--workers N] [--device cpu]
        python benchmarks/export.py --scale [--model handcrafted] [--device cuda]
 
---scale (issue 22) exports one slide set whose slide areas vary 10x, each way in a
-child process of its own, and prints patches/s of the whole run (models, planning,
+--scale (issue 22) exports one slide set whose slide areas vary 10x (twelve slides by
+default; --scale-sizes gives others), each way in a child process of its own, and prints patches/s of the whole run (models, planning,
 start-up included) against the single-process export measured in the same run:
 --devices with two CPU "devices" and --ray with num_cpus=2 (targets >= 0.85 x), the
 busy fraction of every worker (target >= 90 % of the time from the first slide any
@@ -118,9 +118,16 @@ from sic_share.export import ExportOptions, export_slides
 options = ExportOptions(models=[cfg["model"]], weights=cfg["weights"] or None, batch_size=cfg["batch"],
                         workers=cfg["workers"], device=cfg["device"], devices=cfg.get("devices"),
                         ray="local" if cfg.get("ray") else None, stage_dir=cfg.get("stage_dir"))
-report = export_slides(cfg["slides"], cfg["out"], options)
+first = []  # when the progress callback first counted a patch (the single process: after its first slide's plan)
+
+def progress(state):
+    if state.patches_done and not first:
+        first.append(time.perf_counter() - start)
+
+report = export_slides(cfg["slides"], cfg["out"], options, progress=progress)
 seconds = time.perf_counter() - start
 print(json.dumps({"patches": report.patches, "seconds": seconds, "problems": [p.problem for p in report.problems],
+                  "first_patch": first[0] if first else None,
                   "exported": report.exported, "engine": report.stream_seconds,
                   "loader_wait": report.loader_wait_fraction,
                   "workers": {k: [w.slides, w.patches, w.busy_seconds, w.wall_seconds, w.startup_seconds]
@@ -225,6 +232,9 @@ def scale(args, models: list[str]) -> None:
                 note = {"--ray (num_cpus=2)": " (Ray start-up included)",
                         "slides staged from S3": " (loopback moto; vs local disk)"}.get(label, "")
                 print(_line(f"{model} {label}", r, None if label == "one process" else single, target) + note)
+                if label == "one process" and r.get("first_patch") is not None:
+                    print(f"    first patch counted {r['first_patch']:.1f} s after the start (slides are planned as "
+                          "the stream goes, a little ahead of it)")
                 if r["workers"]:
                     print(f"    busy (target >= 90 %): {_busy(r)}")
             if s3 is None:
@@ -287,8 +297,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scale", action="store_true", help="the cohort-scale figures (issue 22) instead")
-    parser.add_argument("--scale-sizes", default="2048,2560,3072,4096,5120,6400",
-                        help="--scale: slide sides in px (areas vary about 10 x by default)")
+    parser.add_argument("--scale-sizes", default="2048,2240,2496,2816,3072,3456,3840,4224,4672,5184,5760,6400",
+                        help="--scale: slide sides in px (by default twelve, evenly spaced in log-area: areas vary "
+                             "9.8 x, six slides for each of the two workers)")
     parser.add_argument("--repeat", type=int, default=2, help="--scale: interleaved rounds; the best of each is kept")
     parser.add_argument("--scale-workers", type=int, default=0,
                         help="--scale: loader workers of each --devices process (0: each reads in its own process)")

@@ -269,3 +269,37 @@ def test_a_slide_without_tissue_writes_nothing_and_warns(tmp_path, cli):
     assert result.code == 0
     assert "no tissue" in result.err and "blank.tif" in result.err
     assert not list((tmp_path / "ds").glob("slides/*.parquet"))
+
+
+def test_one_process_streams_while_the_next_slides_are_planned(tmp_path, home, monkeypatch):
+    """A cohort in one process starts embedding after its first slide's plan, not after every slide's.
+
+    The bar moves (a slide done) before the later slides are even planned; the
+    datasets are those of a run that planned nothing ahead (the shards test
+    checks them against one run); a broken slide among them is still named.
+    """
+    from sic_share.export import ExportOptions, export_slides
+    from sic_share.export._pipeline import _SlideExporter
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for i in range(5):
+        write_pyramid(folder / f"s{i}.tif", slide_image((1536, 1536), (0, 0, 1536, 1536), seed=i), levels=2, mpp=0.5)
+    (folder / "s2b.svs").write_text("not a slide")  # sorts between s2 and s3
+    events: list[tuple] = []
+    plan = _SlideExporter.plan
+
+    def recorded(self, job, path):
+        events.append(("plan", job.name))
+        return plan(self, job, path)
+
+    monkeypatch.setattr(_SlideExporter, "plan", recorded)
+    report = export_slides([folder], tmp_path / "ds", ExportOptions(models=["handcrafted"], batch_size=16, workers=0),
+                           progress=lambda s: events.append(("progress", s.slides_done, s.patches_done)))
+    assert report.exported == 5 and [p.slide for p in report.problems] == ["s2b.svs"]
+    first_done = next(i for i, e in enumerate(events) if e[0] == "progress" and e[1] >= 1)
+    planned = {e[1]: i for i, e in enumerate(events) if e[0] == "plan"}
+    assert planned["s0.tif"] < first_done < planned["s4.tif"], events[:12]
+    assert len(slide_files(tmp_path / "ds")) == 5
+    done = [e for e in events if e[0] == "progress"][-1]
+    assert done[1] == 5 and done[2] == report.patches > 0

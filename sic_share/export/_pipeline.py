@@ -1,8 +1,9 @@
 """The export pipeline: slides -> tissue grid -> patches -> embeddings -> one dataset per model.
 
-Plan first (open each slide, read a thumbnail, build its tissue grid, labels),
-then stream: one torch DataLoader over regions of every pending slide, whose
-workers each open their own slide handles, feeds every model; rows stream into
+Plan each slide (open it, read a thumbnail, build its tissue grid, labels) a
+little ahead of the stream, in a thread: one torch DataLoader over regions of
+every pending slide, whose workers each open their own slide handles, feeds
+every model while the next slides are planned; rows stream into
 one Parquet writer per (slide, model), renamed into place when the slide is
 complete. A slide whose files all exist is skipped, so reruns and crashes are
 safe, and ``shard=(i, n)`` splits the slide list for cluster array jobs.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -784,7 +787,6 @@ class _SlideExporter:
             worker_init_fn=_worker_init if workers > 0 else None,
             collate_fn=_as_is,
         )
-        classes = self.classes or ()
         writers: dict[int, list[SlideWriter]] = {}
         aborted: set[int] = set()
 
@@ -792,6 +794,7 @@ class _SlideExporter:
             plan = drawn[p]
             g = plan.grid
             patching = Patching(g.size_px, g.level0_size, float(g.level0_mpp), float(g.target_mpp), g.stride_px)
+            classes = self.classes or ()  # read now: the first slide's plan fixes them, and plans come as the stream runs
             return [
                 SlideWriter(folder / SLIDES_DIR / f"{plan.slide_id}.parquet", slide_id=plan.slide_id,
                             metadata=SlideMetadata(encoder.info(), patching, classes, options.dtype,
@@ -871,6 +874,79 @@ class _SlideExporter:
         state.seconds = time.perf_counter() - stream_start
 
 
+#: Slides planned ahead of the stream: enough that the next is ready when one ends, few enough to hold little.
+_PLAN_AHEAD = 2
+_END = object()
+
+
+class _PlanAhead:
+    """Plans the one-process export's slides in a thread, in order, a few ahead of the stream.
+
+    So the stream starts after the first slide's planning rather than every
+    slide's (a cohort of thousands used to wait about a second per slide before
+    its first patch, with nothing on the progress bar), and the encoder works
+    while the next slides are planned (thumbnail, tissue mask: about a second a
+    slide, mostly outside the GIL). A slide from a URL is planned once the
+    stager has it.
+
+    The thread starts on the first :meth:`get`, which the stream's sampler makes
+    once the DataLoader has forked its workers: no loader worker is forked while
+    this thread may hold a lock inside OpenSlide.
+
+    Yields, per job, ``(job, path, plan)`` where ``plan`` is a ``_Plan``, a
+    ``SlideProblem`` (nothing to write) or the exception planning raised
+    (SlideError and LabelError for the slide's own failures; anything else is
+    re-raised by the caller).
+    """
+
+    def __init__(self, exporter: _SlideExporter, jobs: list[_Job], stager=None, ahead: int = _PLAN_AHEAD) -> None:
+        self.exporter, self.jobs, self.stager = exporter, jobs, stager
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        for job in self.jobs:
+            path = None  # until the slide is here (a URL's staging may fail)
+            try:
+                if self.stager is None:
+                    path = Path(job.source)
+                else:
+                    while (path := self.stager.wait(job, timeout=0.2)) is None:
+                        if self._stop.is_set():
+                            return
+                outcome = self.exporter.plan(job, path)
+            except BaseException as exc:  # noqa: BLE001 - handed to the stream's thread, which decides
+                outcome = exc
+            if not self._put((job, path, outcome)):
+                return
+        self._put(_END)
+
+    def get(self, block: bool):
+        """The next ``(job, path, plan)``, ``_END`` after the last, or None when ``block`` is false and it is not ready."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sic-share-planner", daemon=True)
+            self._thread.start()
+        try:
+            return self._queue.get(block=block)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # a slide being planned finishes its plan first
+
+
 def _anything_to_do(sources: list[_Source], folders: dict[str, Path], options: ExportOptions) -> bool:
     """Whether some slide still needs exporting (read-only: no secret is created here)."""
     try:
@@ -915,9 +991,9 @@ def export_slides(
     patches (50 % overlap reads each pixel four times patch by patch) are read
     once. Memory does not grow with slide size: rows stream to Parquet.
 
-    Three ways to run, one result: in this process (local slides all planned,
-    then all streamed through one DataLoader; slides from URLs smallest first,
-    each joining that stream once staged and planned); ``devices`` (one process and encoder
+    Three ways to run, one result: in this process (every slide streamed
+    through one DataLoader, each planned in a thread a little ahead of it;
+    slides from URLs smallest first, each planned once staged); ``devices`` (one process and encoder
     per device, fed largest slide first from one queue); ``ray`` (one Ray task
     per slide, retried when its worker dies). Each slide is planned, batched
     and written by the same code (:class:`_SlideExporter`) in all three, so a
@@ -1009,56 +1085,45 @@ def export_slides(
         # handed out (a failed one too: sign names a missing slide by its pseudonym)
         slide_map.record([(job.slide_id, job.stem, job.source) for job in jobs])
         if not engine:
-            # -- one process: every slide streamed through one DataLoader; local slides are planned first,
-            #    slides from URLs as each is staged --
+            # -- one process: every slide streamed through one DataLoader, each planned a little ahead of it
+            #    (in a thread) once it is here (slides from URLs: staged, smallest first) --
             opened: list[_Job] = []  # the job of plan p
             open_slides = [0]  # plans drawn and not yet finished
-            smallest_first = sorted(jobs, key=lambda job: job.size)  # the staging order is the stream's
-            stager = _engine.Stager(smallest_first, options.stage_dir, options.stage_bytes) if remote else None
+            order = sorted(jobs, key=lambda job: job.size) if remote else jobs  # the staging order is the stream's
+            stager = _engine.Stager(order, options.stage_dir, options.stage_bytes) if remote else None
+            planner = _PlanAhead(exporter, order, stager)
+            state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
 
-            def planned(job: _Job, path: Path) -> _Plan | None:
-                try:
-                    plan = exporter.plan(job, path)
-                except (SlideError, LabelError) as exc:
-                    if stager:
-                        stager.release(job)
-                    if isinstance(exc, SlideError) and str(path) != job.source:  # the URL, not the staged copy
-                        exc = SlideError(str(exc).replace(str(path), job.source))
-                    fail(job.name, exc)
-                    return None
-                if isinstance(plan, SlideProblem):
-                    if stager:
-                        stager.release(job)
-                    report.warnings.append(plan)
-                    empty_ids.add(job.slide_id)
-                    return None
-                opened.append(job)
-                return plan
-
-            def staged() -> Iterable[_Plan | None]:
-                """Smallest slide first, each planned once it is staged (it starts the stream soonest)."""
-                for job in smallest_first:
-                    while True:
-                        # block only when no slide is open: an open slide's end may be what frees the budget
-                        try:
-                            path = stager.wait(job, timeout=None if open_slides[0] == 0 else 0)
-                        except SlideError as exc:
-                            fail(job.name, exc)
-                            break
-                        if path is not None:
-                            plan = planned(job, path)
-                            if plan is not None:
-                                open_slides[0] += 1
-                                yield plan
-                            break
+            def plans() -> Iterable[_Plan | None]:
+                """Each slide's plan as it is ready; None for "not yet" while a slide is open (its end may be
+                what frees the staging budget), waiting only when none is."""
+                total = 0
+                while (item := planner.get(block=open_slides[0] == 0)) is not _END:
+                    if item is None:
                         yield None
+                        continue
+                    job, path, plan = item
+                    if isinstance(plan, _Plan):
+                        opened.append(job)
+                        open_slides[0] += 1
+                        total += len(plan.grid.coords)
+                        yield plan
+                        continue
+                    state.slides_total -= 1  # nothing of it will stream
+                    if stager:
+                        stager.release(job)
+                    if isinstance(plan, SlideProblem):
+                        report.warnings.append(plan)
+                        empty_ids.add(job.slide_id)
+                    elif isinstance(plan, (SlideError, LabelError)):
+                        if isinstance(plan, SlideError) and path is not None and str(path) != job.source:
+                            plan = SlideError(str(plan).replace(str(path), job.source))  # the URL, not the copy
+                        fail(job.name, plan)
+                    else:
+                        raise plan
+                if state.slides_done == 0:  # every plan known before a slide ended: the bar can count patches
+                    state.patches_total = total
 
-            if remote:
-                plans: Iterable[_Plan | None] = staged()
-                state = ExportProgress(len(jobs), 0, 0, 0, 0.0, 0.0)
-            else:
-                plans = [plan for job in jobs if (plan := planned(job, Path(job.source))) is not None]
-                state = ExportProgress(len(plans), 0, sum(len(plan.grid.coords) for plan in plans), 0, 0.0, 0.0)
             stream_start = time.perf_counter()
 
             def done(p: int) -> None:
@@ -1075,8 +1140,9 @@ def export_slides(
                 fail(opened[p].name, SlideError(message))
 
             try:
-                exporter.stream(plans, state, progress, finished, failed)
+                exporter.stream(plans() if jobs else [], state, progress, finished, failed)
             finally:
+                planner.close()
                 if stager:
                     stager.close()
             report.patches = state.patches_done
