@@ -724,8 +724,9 @@ def export(
         if state.patches_total:
             show(f"slides {state.slides_done}/{state.slides_total}  {state.patches_per_second:.0f} patches/s  "
                  f"loader wait {state.loader_wait_fraction:.0%}", state.patches_done, state.patches_total)
-        else:  # --devices / --ray: grids are made by the workers, so the bar counts slides
+        else:  # grids still being made (by the workers, or ahead of the stream): the bar counts slides
             per = "  ".join(f"{name} {n / max(state.seconds, 1e-9):.0f}/s" for name, n in state.devices.items())
+            per = per or f"loader wait {state.loader_wait_fraction:.0%}"  # one process
             show(f"{state.patches_per_second:.0f} patches/s  {per}", state.slides_done, state.slides_total)
 
     with bar:

@@ -944,7 +944,7 @@ class _PlanAhead:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)  # a slide being planned finishes its plan first
+            self._thread.join(timeout=5)  # a plan under way ends on its own (it only reads; the thread is a daemon)
 
 
 def _anything_to_do(sources: list[_Source], folders: dict[str, Path], options: ExportOptions) -> bool:
