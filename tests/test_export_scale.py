@@ -476,6 +476,7 @@ def test_a_url_that_is_no_slide_is_named_by_its_url(tmp_path, cohort, secret):
     ("0,0", "names a GPU twice"),
     ("all", "found no GPU"),
     ("7", "GPU 7 does not exist"),
+    ("cpu,0", "mixes GPUs and CPU"),
 ])
 def test_bad_devices_are_one_line(tmp_path, cli, value, fragment):
     import torch

@@ -293,6 +293,19 @@ def _feature_modules(name: str, reference: nn.Module) -> list[str]:
     return modules
 
 
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` is a GPU that computes in bf16 natively (compute capability 8.0, Ampere, or later).
+
+    ``torch.cuda.is_bf16_supported()`` says yes on older GPUs too (V100, T4: it
+    counts emulation, much slower than float32 there), and asks about the
+    current device rather than this one.
+    """
+    import torch
+
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
 class TimmEncoder(Encoder):
     """A timm network as an encoder: global-pooled last features, or a pooled intermediate layer.
 
@@ -376,7 +389,7 @@ class TimmEncoder(Encoder):
         self.model.to(device=device, memory_format=memory_format)
         self._scale = self._scale.to(device)
         self._shift = self._shift.to(device)
-        self._autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self._autocast = native_bf16(device)
 
     def info(self) -> ModelInfo:
         """``ModelInfo`` with the source, weights digest, layer and preprocessing."""

@@ -76,6 +76,9 @@ def parse_devices(text: str) -> list[str]:
     gpus = [d for d in devices if d != "cpu"]
     if len(gpus) != len(set(gpus)):
         raise SicShareError(f"--devices {text!r} names a GPU twice: give each index once")
+    if gpus and len(gpus) < len(devices):
+        raise SicShareError(f"--devices {text} mixes GPUs and CPU: a GPU may embed in bf16 and a CPU in float32, so "
+                            "their rows would differ slightly within one dataset; give GPUs or cpu entries")
     return devices
 
 
@@ -117,9 +120,9 @@ def _device_worker(wid: int, device: str, threads: int, options: ExportOptions, 
         pyarrow.set_cpu_count(threads)
     except (ImportError, ValueError):
         pass
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
     try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
         exporter = _SlideExporter(options, folders, classes, device)
     except SicShareError as exc:
         outbox.put(("error", wid, str(exc)))

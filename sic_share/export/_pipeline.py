@@ -490,8 +490,13 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EncoderError("CUDA was asked for (--device cuda) but torch sees no GPU: use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
+    if device not in ("cpu",) and not re.fullmatch(r"cuda(:\d{1,3})?", device):
         raise EncoderError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda:"):
+        index, count = int(device[5:]), torch.cuda.device_count()
+        if index >= count:
+            raise EncoderError(f"--device {device}: GPU {index} does not exist (torch sees {count}, 0-{count - 1})")
+        torch.cuda.set_device(index)  # the current device is the model's (pinned copies, autocast checks)
     return device
 
 

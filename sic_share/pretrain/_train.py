@@ -310,7 +310,9 @@ class SimCLRTrainer:
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        from sic_share.encoders._timm import native_bf16
+
+        self.autocast = native_bf16(self.device)
 
     def train(self) -> None:
         self.backbone.train()
