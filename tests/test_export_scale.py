@@ -264,7 +264,7 @@ def test_bad_via_or_out_url_is_one_line(tmp_path, cli, as_user, monkeypatch):
 
 
 def _ray_task_pids() -> list[int]:
-    """Ray workers running an export task (Ray titles them after the task: ray::sic-share-export-slide)."""
+    """Ray workers of an export (Ray titles an actor's process after its class: ray::_ExportWorker)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -272,7 +272,7 @@ def _ray_task_pids() -> list[int]:
                 title = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if title.startswith(b"ray::") and b"export" in title:
+            if title.startswith(b"ray::") and b"export" in title.lower():
                 pids.append(int(entry.name))
     return pids
 
@@ -311,6 +311,93 @@ def test_a_killed_ray_worker_still_gives_a_complete_verifying_dataset(tmp_path, 
     assert sorted(p.name for p in (out / "slides").iterdir()) == sorted(reference)  # no temporary leftovers
     assert cli("trust", "add", home / "config" / "keys" / "lab-a.pub", "--publisher", "lab-a").code == 0
     assert cli("verify", out).code == 0
+
+
+def test_a_ray_worker_killed_without_retries_fails_only_its_slide(tmp_path, cohort, reference, secret, ray_cluster,
+                                                                   home):
+    """With retries=0 a killed actor is not restarted: its slide is reported failed, the other actor does the rest,
+    and a rerun redoes the one slide."""
+    from sic_share.export import ExportOptions, export_slides
+
+    out = tmp_path / "no-retry"
+    options = ExportOptions(workers=0, batch_size=16, ray="local", secret_path=secret, retries=0)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = export_slides([cohort], out, options)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.time() + 60
+    while time.time() < deadline and killed is None and thread.is_alive():
+        pids = _ray_task_pids()
+        if pids and list(out.glob("slides/.*.tmp")):
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    thread.join(timeout=240)
+    assert killed, "no Ray worker was seen writing a slide"
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.exported + len(report.problems) == 3 and len(report.problems) >= 1, report.problems
+    assert all("its Ray worker was lost 1 time(s)" in p.problem or "no Ray worker was left" in p.problem
+               for p in report.problems), report.problems
+    assert not list((out / "slides").glob(".*.tmp"))  # the killed slide left nothing half-written
+    again = export_slides([cohort], out, options)
+    assert again.exported == len(report.problems) and again.skipped == report.exported and not again.problems
+    assert parquet_bytes(out) == reference
+
+
+def test_a_killed_device_process_fails_only_its_slide(tmp_path, cohort, reference, secret, home):
+    """--devices: a process that dies (killed, out of memory) loses its slide only, leaves no partial file, and a
+    rerun redoes that slide."""
+    from sic_share.export import ExportOptions, export_slides
+
+    out = tmp_path / "devices"
+    options = ExportOptions(workers=0, batch_size=16, devices="cpu,cpu", secret_path=secret)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = export_slides([cohort], out, options)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    def device_pids() -> list[int]:  # this test process's spawned children
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == \
+                        os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.time() + 60
+    while time.time() < deadline and killed is None and thread.is_alive():
+        pids = device_pids()
+        if pids and list(out.glob("slides/.*.tmp")):
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    thread.join(timeout=240)
+    assert killed, "no device process was seen writing a slide"
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.exported + len(report.problems) == 3 and len(report.problems) == 1, report.problems
+    assert "died (exit code -9) while exporting it; run the export again" in report.problems[0].problem
+    assert not list((out / "slides").glob(".*.tmp"))
+    again = export_slides([cohort], out, options)
+    assert again.exported == 1 and again.skipped == 2 and not again.problems
+    assert parquet_bytes(out) == reference
 
 
 # --- shard parts, merged by one sign ------------------------------------------------------------

@@ -355,8 +355,6 @@ def check_ray(options: ExportOptions) -> None:
                                 "address and that 'ray start --head' runs there") from None
 
 
-_EXPORTERS: dict[tuple, _SlideExporter] = {}  # per Ray worker process: models stay loaded between slides
-
 # What a Ray task needs to reach S3 as the driver does (slides from s3:// URLs, the --via prefix): the
 # variables set on the driver are handed to the tasks; files named by AWS_CONFIG_FILE or a profile are not.
 _AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
@@ -416,51 +414,67 @@ def _upload(job: _Job, local: list[Path], via: str) -> tuple[list[int], str | No
     return sizes, None
 
 
-def _cached_exporter(options: ExportOptions, classes: tuple[str, ...] | None, device: str) -> _SlideExporter:
-    """This Ray worker's exporter for these models and settings, loaded once and kept (its folders set per task)."""
-    key = (tuple(options.models), options.weights, options.layer, device, classes)
-    if key not in _EXPORTERS:
-        _EXPORTERS.clear()
-        _EXPORTERS[key] = _SlideExporter(options, [], classes, device)
-    return _EXPORTERS[key]
+class _ExportWorker:
+    """One Ray actor: loads the models once, on its own GPU when it has one, and exports the slides it is handed.
 
-
-def _ray_slide(job: _Job, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
-               device: str, stage_dir: str | None) -> _SlideResult:
-    """One Ray task: stage the slide if it is a URL, export it, delete the staged copy.
-
-    With ``options.via`` the slide is written into a temporary folder on the
-    worker's node and uploaded under the prefix; ``folders`` then only give the
-    number of models.
+    An actor rather than a task per slide: Ray gives a GPU task's worker its GPU
+    through ``CUDA_VISIBLE_DEVICES``, which CUDA reads only once per process, so
+    a worker kept between tasks to keep its models loaded could go on using the
+    GPU of its first task while Ray hands that GPU to another (two slides on one
+    GPU, another idle). An actor holds its GPU and its models for its lifetime;
+    Ray restarts one that dies and retries the slide it was on.
     """
-    exporter = _cached_exporter(options, classes, device)
-    where = f"{socket.gethostname()}:{os.getpid()}"
-    stager = out = None
-    try:
-        if options.via is not None:
-            out = Path(tempfile.mkdtemp(prefix="sic-share-out-", dir=stage_dir))
-            exporter.folders = [out / str(i) for i in range(len(folders))]
-        else:
-            exporter.folders = folders
-        if _is_url(job.source):
-            stager = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=stage_dir))
-            try:
-                path = _download(job, stager)
-            except SlideError as exc:
-                return _SlideResult(job.slide_id, job.name, "failed", str(exc), device=where)
-        else:
-            path = Path(job.source)
-        result = exporter.run(job, path)
-        if out is not None and result.status == "exported":
-            result.uploaded, problem = _upload(job, exporter.folders, options.via)
-            if problem:
-                result.status, result.message = "failed", problem
-    finally:
-        for folder in (stager, out):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-    result.device = where
-    return result
+
+    def __init__(self, options: ExportOptions, classes: tuple[str, ...] | None, device: str) -> None:
+        from sic_share._failures import describe_failure
+
+        self.options = options
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
+        self.problem = ""  # why the models did not load: every slide handed here fails with it
+        self.exporter: _SlideExporter | None = None
+        try:
+            self.exporter = _SlideExporter(options, [], classes, device)
+        except SicShareError as exc:
+            self.problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 - told as each slide's failure
+            self.problem = describe_failure(exc)
+
+    def slide(self, job: _Job, folders: list[Path], stage_dir: str | None) -> _SlideResult:
+        """Stage the slide if it is a URL, export it, delete the staged copy.
+
+        With ``options.via`` the slide is written into a temporary folder on the
+        worker's node and uploaded under the prefix; ``folders`` then only give
+        the number of models.
+        """
+        options, exporter = self.options, self.exporter
+        if exporter is None:
+            return _SlideResult(job.slide_id, job.name, "failed", f"{job.source}: {self.problem}", device=self.where)
+        stager = out = None
+        try:
+            if options.via is not None:
+                out = Path(tempfile.mkdtemp(prefix="sic-share-out-", dir=stage_dir))
+                exporter.folders = [out / str(i) for i in range(len(folders))]
+            else:
+                exporter.folders = folders
+            if _is_url(job.source):
+                stager = Path(tempfile.mkdtemp(prefix="sic-share-stage-", dir=stage_dir))
+                try:
+                    path = _download(job, stager)
+                except SlideError as exc:
+                    return _SlideResult(job.slide_id, job.name, "failed", str(exc), device=self.where)
+            else:
+                path = Path(job.source)
+            result = exporter.run(job, path)
+            if out is not None and result.status == "exported":
+                result.uploaded, problem = _upload(job, exporter.folders, options.via)
+                if problem:
+                    result.status, result.message = "failed", problem
+        finally:
+            for folder in (stager, out):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+        result.device = self.where
+        return result
 
 
 def ray_is_running(options: ExportOptions) -> bool:
@@ -476,42 +490,30 @@ def ray_is_running(options: ExportOptions) -> bool:
     return ray.is_initialized() or options.ray not in ("", "local") or bool(os.environ.get("RAY_ADDRESS"))
 
 
-def _ray_warm(options: ExportOptions, classes: tuple[str, ...] | None, device: str) -> str:
-    """A Ray task that only loads the models into its worker (the cache :func:`_ray_slide` uses).
-
-    Never raises: a model that cannot load fails each slide's task, which says why.
-    """
-    try:
-        _cached_exporter(options, classes, device)
-    except Exception as exc:  # noqa: BLE001 - told by the slide tasks
-        return f"not warmed: {exc}"
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class RaySession:
-    """This export's connection to Ray and the options every slide's task runs with.
+    """This export's connection to Ray and its workers: one :class:`_ExportWorker` actor per slot.
 
     Connects to ``options.ray`` (or ``$RAY_ADDRESS``, or starts a local Ray)
-    unless this process is connected already; :meth:`close` disconnects only from
-    what it connected to. A task asks for one GPU when the cluster has GPUs (and
-    the device is ``auto`` or ``cuda``), else for CPUs: one to embed plus its
-    loader workers. Tasks get the driver's ``AWS_*`` variables when ``remote``
-    (they must reach S3).
-
-    With ``warm`` > 0, that many workers (at most one per task the cluster can
-    run at once) start loading the models at once, with the same resources and
-    environment as the slide tasks, so Ray hands them the slides afterwards and
-    their start-up (imports, models) overlaps the driver's own work.
+    unless this process is connected already; :meth:`close` removes the actors
+    and disconnects only from what it connected to. An actor asks for one GPU
+    when the cluster has GPUs (and the device is ``auto`` or ``cuda``) plus CPUs
+    for its loader workers, else for CPUs: one to embed plus its loader workers.
+    There are as many actors as the cluster's nodes can hold at once when the
+    export starts (at most ``slides``); each starts loading the models at once,
+    so their start-up overlaps the driver's own work. Actors get the driver's
+    ``AWS_*`` variables when ``remote`` (they must reach S3). Ray restarts an
+    actor that dies (``options.retries`` times) and retries the slide it was on.
     """
 
     def __init__(self, options: ExportOptions, classes: tuple[str, ...] | None, *, remote: bool,
-                 warm: int = 0) -> None:
+                 slides: int) -> None:
         import logging
 
         import ray
 
         self.connected = False
-        self.opened = time.time()  # when the workers were first asked for (warming ones start now)
+        self.actors: list = []
+        self.opened = time.time()  # when the workers were asked for (they start loading the models now)
         if not ray.is_initialized():
             try:
                 ray.init(address=None if options.ray in ("", "local") else options.ray, include_dashboard=False,
@@ -521,36 +523,54 @@ class RaySession:
                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             self.connected = True
         try:
-            resources = ray.cluster_resources()
-            gpus = resources.get("GPU", 0)
+            gpus = ray.cluster_resources().get("GPU", 0)
             if options.device.startswith("cuda") and not gpus:
                 raise EncoderError("--device cuda was asked for, but the Ray cluster has no GPU: use --device cpu "
                                    "or auto")
             use_gpu = gpus >= 1 and options.device != "cpu"
             workers = options.workers if options.workers is not None else (4 if use_gpu else 0)
-            self.task_options = replace(options, workers=workers)
             cpus = 1 + workers if not use_gpu else max(1, workers)
-            placement = dict(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=options.retries,
-                             retry_exceptions=False, name="sic-share-export-slide")
+            # what the nodes can hold at once: an actor needs its CPUs (and GPU) on one node, so a cluster whose
+            # nodes are all too small would leave every actor pending, and the export waiting, for ever
+            nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+            slots = sum(min(int(node.get("GPU", 0)), int(node.get("CPU", 0) // cpus)) if use_gpu
+                        else int(node.get("CPU", 0) // cpus) for node in nodes)
+            if slots < 1:
+                what = f"a GPU and {cpus} CPU(s) for its loader workers" if use_gpu else \
+                    f"{cpus} CPU(s) (one to embed, {workers} for loader workers)"
+                raise SicShareError(f"no node of the Ray cluster has {what}: lower --workers")
             env = {var: os.environ[var] for var in _AWS_VARS if os.environ.get(var)}
+            placement = dict(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=options.retries,
+                             max_task_retries=options.retries)
             if env and remote:
                 placement["runtime_env"] = {"env_vars": env}
-            self.remote = ray.remote(_ray_slide).options(**placement)
-            self.device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the task's GPU is cuda
-            slots = int(gpus) if use_gpu else int(resources.get("CPU", 1) // cpus)
-            warmer = ray.remote(_ray_warm).options(**{**placement, "name": "sic-share-export-warm"})
-            self.warming = [warmer.remote(self.task_options, classes, self.device)
-                            for _ in range(min(warm, max(1, slots)))]
+            self.device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is cuda
+            actor = ray.remote(_ExportWorker).options(**placement)
+            self.actors = [actor.remote(replace(options, workers=workers), classes, self.device)
+                           for _ in range(max(1, min(slides, slots)))]
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        if self.connected:
-            import ray
+        import ray
 
+        if ray.is_initialized():
+            for actor in self.actors:  # in a Ray that stays up (a cluster, the caller's), nothing of ours lingers
+                ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self.connected:
             ray.shutdown()
             self.connected = False
+
+
+def _drop_partial(folders: list[Path], job: _Job) -> None:
+    """Remove what a worker that died on ``job`` was writing (its hidden temporary files; a rerun would too)."""
+    from sic_share.dataset import SLIDES_DIR
+
+    for folder in folders:
+        for partial in (folder / SLIDES_DIR).glob(f".{job.slide_id}.parquet.*.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -708,6 +728,7 @@ class EngineRun:
                         if wid in busy:
                             job = busy.pop(wid)
                             stager.release(job)
+                            _drop_partial(self.folders, job)
                             self._record(_SlideResult(
                                 job.slide_id, job.name, "failed",
                                 f"{job.source}: the export process on {names[wid]} died (exit code "
@@ -863,26 +884,33 @@ class EngineRun:
                 self._clean_via(*via, collected)
                 return self._finish()
         session = self.session or RaySession(options, self.classes, remote=via is not None or any(
-            _is_url(job.source) for job in jobs))
+            _is_url(job.source) for job in jobs), slides=len(jobs))
         try:
             if via is None:
                 self._start, self._epoch = time.perf_counter(), time.time()
-            remote, task_options, device = session.remote, session.task_options, session.device
-            self._launch = session.opened  # an early session's workers began loading then
-            refs = {remote.remote(job, task_options, self.folders, self.classes, device, options.stage_dir): job
-                    for job in jobs}
-            pending = list(refs)
-            while pending and not self._stop():
-                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            self._launch = session.opened  # the actors began loading then
+            todo = deque(jobs)  # largest first
+            idle = list(session.actors)
+            running: dict = {}  # ref -> (job, actor)
+            while (todo or running) and not self._stop():
+                while todo and idle:  # each free actor takes the next slide: Ray keeps an actor's calls in order
+                    actor, job = idle.pop(), todo.popleft()
+                    running[actor.slide.remote(job, self.folders, options.stage_dir)] = (job, actor)
+                if not running:
+                    break  # every actor is gone
+                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:
-                    job = refs[ref]
+                    job, actor = running.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
+                        idle.append(actor)
+                    except ray.exceptions.RayTaskError as exc:  # raised inside the actor: a bug, told in one line
                         cause = getattr(exc, "cause", None) or exc
                         result = _SlideResult(job.slide_id, job.name, "failed",
                                               f"{job.source}: {describe_failure(cause)}", device="ray")
-                    except ray.exceptions.RayError as exc:
+                        idle.append(actor)
+                    except ray.exceptions.RayError as exc:  # the actor died more often than Ray restarts it
+                        _drop_partial(self.folders, job)
                         result = _SlideResult(job.slide_id, job.name, "failed",
                                               f"{job.source}: its Ray worker was lost {options.retries + 1} time(s) "
                                               f"({type(exc).__name__}); run the export again to redo it",
@@ -895,8 +923,11 @@ class EngineRun:
                             collected.append(job.slide_id)
                     self._record(result)
                 self._tell()
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            if not self._stop():
+                for job in todo:  # left when every actor died
+                    self._record(_SlideResult(job.slide_id, job.name, "failed", f"{job.source}: no Ray worker was "
+                                              "left to export it (each died more often than Ray restarts it); run "
+                                              "the export again to redo it", device="ray"))
             if via is not None:
                 self._clean_via(*via, collected)
         finally:

@@ -1048,7 +1048,7 @@ def export_slides(
     if options.ray is not None and options.via is None and _engine.ray_is_running(options) and \
             _anything_to_do(sources, report.datasets, options):
         # Ray's workers start (imports, models) while this process loads its own models and lists what is done
-        session = _engine.RaySession(options, tuple(options.classes) if options.classes else None, warm=len(sources),
+        session = _engine.RaySession(options, tuple(options.classes) if options.classes else None, slides=len(sources),
                                      remote=any(isinstance(source.location, str) for source in sources))
     try:
         exporter = _SlideExporter(options, [], tuple(options.classes) if options.classes else None, device)
