@@ -719,3 +719,10 @@ def test_a_server_that_sends_without_end_cannot_fill_the_disk(tmp_path, monkeypa
         server.shutdown()
         server.server_close()
     assert list(tmp_path.iterdir()) == []  # nothing half-written stays
+
+
+def test_a_ray_cluster_too_small_for_one_worker_is_one_line(tmp_path, cli, ray_cluster):
+    """Workers asking for more CPUs than any node has would wait for ever: refused at once, naming the fix."""
+    result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "--workers", "8", "--no-sign")
+    assert_one_line_error(result, "no node of the Ray cluster has 9 CPU(s)", "lower --workers")
+    assert not (tmp_path / "ds").exists()
