@@ -675,7 +675,7 @@ def export(
     secret: Annotated[Optional[Path], typer.Option("--secret", help="Holder secret for slide pseudonyms.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a dataset in --out made with other settings (default: refuse).")] = False,
     devices: Annotated[Optional[str], typer.Option("--devices", help="One encoder per device, fed from one queue of slides (largest first): all (every GPU), GPU indices 0,1,3, or cpu,cpu for CPU workers.")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray, one task per slide, retried when a worker dies (needs sic-share[ray]): bare --ray or local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on Ray: one worker per slot, each fed the next slide, restarted with its slide when it dies (needs sic-share[ray]): bare --ray or local ($RAY_ADDRESS, else a Ray started here for the run), auto (the cluster this node is in), HEAD:6379 or ray://HEAD:10001.")] = None,
     via: Annotated[Optional[str], typer.Option("--via", metavar="URL", help="With --ray, for workers that cannot write this machine's disk: a prefix (s3://BUCKET/PREFIX) where each worker uploads its finished slides; they are downloaded into --out and signed here. A rerun collects the slides already there.")] = None,
     stage_dir: Annotated[Optional[Path], typer.Option("--stage-dir", help="Where slides given as URLs are staged (default: a temporary folder).")] = None,
     stage_gib: Annotated[float, typer.Option("--stage-gib", help="Most GiB of staged slides on disk at once.")] = 20.0,

@@ -1,4 +1,4 @@
-"""Running the export at cohort scale: one process per device, Ray tasks, slides staged from URLs.
+"""Running the export at cohort scale: one process per device, Ray actors, slides staged from URLs.
 
 The driver (:func:`~sic_share.export.export_slides`) finds the slides, makes
 their pseudonyms, skips the ones already done and hands the rest out as jobs,
@@ -10,8 +10,9 @@ slide's path or URL, its pseudonym, the export settings and the output folder
 ``AWS_*`` variables to reach it); never the holder secret, the slide map or the
 signing key.
 
-No scheduler of our own: ``--devices`` is a queue in one machine, Ray does the
-rest (placement, retries of a dead worker's slide).
+No scheduler of our own: ``--devices`` is a queue in one machine; on Ray the
+driver hands each free actor the next slide (as Ray's own ``ActorPool`` does)
+and Ray does the rest (placement, restarting a dead worker, retrying its slide).
 """
 
 from __future__ import annotations
@@ -355,8 +356,8 @@ def check_ray(options: ExportOptions) -> None:
                                 "address and that 'ray start --head' runs there") from None
 
 
-# What a Ray task needs to reach S3 as the driver does (slides from s3:// URLs, the --via prefix): the
-# variables set on the driver are handed to the tasks; files named by AWS_CONFIG_FILE or a profile are not.
+# What a Ray actor needs to reach S3 as the driver does (slides from s3:// URLs, the --via prefix): the
+# variables set on the driver are handed to the actors; files named by AWS_CONFIG_FILE or a profile are not.
 _AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
              "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS")
 _WRITE_CHECK = ".sic-share-write-check"
@@ -393,7 +394,7 @@ def _via_roots(root: str, folders: list[Path]) -> list[str]:
 
 
 def _upload(job: _Job, local: list[Path], via: str) -> tuple[list[int], str | None]:
-    """Put a task's finished slide files under the prefix: (their sizes, the reason it could not or None).
+    """Put a worker's finished slide files under the prefix: (their sizes, the reason it could not or None).
 
     Each object appears whole or not at all (a single PUT, or a multipart upload
     completed at its end), so a slide under the prefix is finished. The sizes go
@@ -585,8 +586,8 @@ class EngineRun:
     them, to its first slide) and the mean ``loader_wait_fraction``.
 
     The two engines are timed alike: a ``--devices`` process asks for its first
-    slide once its model is loaded, while a Ray task is handed out before its
-    worker exists, so timing from the hand-out would count a Ray worker's start-up
+    slide once its model is loaded, while Ray's actors are asked for before
+    they exist, so timing from the hand-out would count a Ray worker's start-up
     as idle and a device process's not. Start-up is told apart for both.
     """
 
@@ -851,14 +852,15 @@ class EngineRun:
         return _SlideResult(job.slide_id, job.name, "exported", patches=rows, device=_COLLECTED)
 
     def ray(self) -> list[_SlideResult]:
-        """One Ray task per slide, retried on another worker when its worker dies.
+        """Ray actors, each handed the next slide (largest first) when it is free; Ray restarts one that dies and
+        retries its slide.
 
         Runs in ``self.session`` when the driver opened one early (its workers
         already loading the models), else in a :class:`RaySession` of its own.
 
         With ``options.via``, slides an earlier run left under the prefix are
         collected first (Ray is not even started when that was all), and each
-        task's slide is downloaded from the prefix as its result comes in.
+        actor's slide is downloaded from the prefix as its result comes in.
         """
         import ray
 

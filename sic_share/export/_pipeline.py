@@ -99,7 +99,7 @@ class ExportOptions:
         are spawned (CUDA needs it), so a script that calls this must guard its
         top level with ``if __name__ == "__main__":``.
     ray : str or None
-        Run one Ray task per slide: ``local`` connects to ``$RAY_ADDRESS`` or starts
+        Run on Ray actors, one per worker slot, each fed the next slide: ``local`` connects to ``$RAY_ADDRESS`` or starts
         a Ray on this machine for the run; otherwise a cluster address (``auto``,
         ``HEAD:6379``, ``ray://HEAD:10001``). None: no Ray.
     stage_dir : str or None
@@ -108,14 +108,14 @@ class ExportOptions:
         Most bytes of staged slides on disk at once (one slide larger than this is
         staged alone).
     retries : int, default=3
-        Ray: times a slide is retried when its worker dies.
+        Ray: times an actor that dies is restarted and its slide retried.
     via : str or None
         Ray, for workers that cannot write this machine's disk: an fsspec URL
-        prefix (``s3://scratch/crc-r50``) where each task uploads its finished
+        prefix (``s3://scratch/crc-r50``) where each actor uploads its finished
         slide (``<via>/slides/<slide_id>.parquet``, ``<via>/<model-slug>/slides/...``
         with several models); the driver downloads each into the output folder
         as it is reported, and on a rerun collects the slides already there
-        instead of redoing them. None: tasks write the output folder directly
+        instead of redoing them. None: actors write the output folder directly
         (a folder every node mounts).
     """
 
@@ -514,7 +514,7 @@ def _check_options(options: ExportOptions) -> None:
     if options.dtype not in ("float16", "float32"):
         raise DatasetError(f"dtype {options.dtype!r} should be float16 or float32")
     if options.devices is not None and options.ray is not None:
-        raise SicShareError("give --devices or --ray, not both: on Ray, each task gets a device from Ray")
+        raise SicShareError("give --devices or --ray, not both: on Ray, each worker gets a device from Ray")
     if options.stage_bytes < 1:
         raise SicShareError(f"stage_bytes={options.stage_bytes} should be >= 1")
     if options.retries < 0:
@@ -605,7 +605,7 @@ class _Job:
     """One slide to export, as the driver hands it to whoever embeds it.
 
     The pseudonym is made by the driver: whoever embeds the slide (a device
-    process, a Ray task on another machine) never needs the holder secret.
+    process, a Ray actor on another machine) never needs the holder secret.
     """
 
     source: str  # local path or fsspec URL
@@ -618,7 +618,7 @@ class _Job:
 
 @dataclass
 class _SlideResult:
-    """What became of one job (sent back from device processes and Ray tasks)."""
+    """What became of one job (sent back from device processes and Ray actors)."""
 
     slide_id: str
     name: str
@@ -637,7 +637,7 @@ class _SlideExporter:
     """Plan, read, embed and write slides on one device.
 
     The work of the single-process export, of one ``--devices`` process and of
-    one Ray task alike, so every path writes the same bytes for a slide.
+    one Ray actor alike, so every path writes the same bytes for a slide.
     """
 
     def __init__(self, options: ExportOptions, folders: list[Path], classes: tuple[str, ...] | None,
@@ -999,8 +999,8 @@ def export_slides(
     Three ways to run, one result: in this process (every slide streamed
     through one DataLoader, each planned in a thread a little ahead of it;
     slides from URLs smallest first, each planned once staged); ``devices`` (one process and encoder
-    per device, fed largest slide first from one queue); ``ray`` (one Ray task
-    per slide, retried when its worker dies). Each slide is planned, batched
+    per device, fed largest slide first from one queue); ``ray`` (Ray actors
+    fed the next slide as each is free, restarted with their slide when one dies). Each slide is planned, batched
     and written by the same code (:class:`_SlideExporter`) in all three, so a
     slide's Parquet file has the same bytes whichever path wrote it. Slide
     pseudonyms are always made here, in the driver.
@@ -1154,7 +1154,7 @@ def export_slides(
             report.stream_seconds = time.perf_counter() - stream_start
             report.loader_wait_fraction = state.loader_wait / report.stream_seconds if report.stream_seconds else 0.0
         else:
-            # -- per slide: one process per device, or Ray tasks --
+            # -- per slide: one process per device, or Ray actors --
             jobs.sort(key=lambda job: -job.size)  # largest first: the last slides do not leave devices idle
             run = _engine.EngineRun(jobs, options, exporter.folders, exporter.classes, progress,
                                     infos=[encoder.info() for encoder in exporter.encoders])
