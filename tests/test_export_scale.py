@@ -726,3 +726,19 @@ def test_a_ray_cluster_too_small_for_one_worker_is_one_line(tmp_path, cli, ray_c
     result = cli("export", CMU, "--out", tmp_path / "ds", "--ray", "--workers", "8", "--no-sign")
     assert_one_line_error(result, "no node of the Ray cluster has 9 CPU(s)", "lower --workers")
     assert not (tmp_path / "ds").exists()
+
+
+def test_ray_fail_fast_stops_every_worker_and_leaves_no_partial_file(tmp_path, cli, cohort, ray_cluster):
+    """--fail-fast on Ray: the first failed slide stops the run in one line; the slides other workers were on are
+    abandoned whole (their workers removed, nothing half-written), and no worker of ours lingers in the cluster."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for slide in cohort.iterdir():
+        (folder / slide.name).symlink_to(slide)
+    (folder / "broken.svs").write_bytes(b"\0" * (64 << 20))  # the largest: handed out first, fails at once
+    out = tmp_path / "ds"
+    result = cli("export", folder, "--out", out, "--ray", "--workers", "0", "--fail-fast", "--no-sign")
+    assert_one_line_error(result, "broken.svs")
+    assert not list(out.glob("slides/.*.tmp"))
+    time.sleep(1)  # ray.kill is asynchronous
+    assert not _ray_task_pids()

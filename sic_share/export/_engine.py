@@ -925,6 +925,9 @@ class EngineRun:
                             collected.append(job.slide_id)
                     self._record(result)
                 self._tell()
+            for job, actor in running.values():  # stopped early (--fail-fast): those slides are abandoned
+                ray.kill(actor, no_restart=True)
+                _drop_partial(self.folders, job)
             if not self._stop():
                 for job in todo:  # left when every actor died
                     self._record(_SlideResult(job.slide_id, job.name, "failed", f"{job.source}: no Ray worker was "
