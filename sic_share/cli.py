@@ -726,7 +726,8 @@ def export(
                  f"loader wait {state.loader_wait_fraction:.0%}", state.patches_done, state.patches_total)
         else:  # grids still being made (by the workers, or ahead of the stream): the bar counts slides
             per = "  ".join(f"{name} {n / max(state.seconds, 1e-9):.0f}/s" for name, n in state.devices.items())
-            per = per or f"loader wait {state.loader_wait_fraction:.0%}"  # one process
+            if devices is None and ray is None:  # one process: its loader's wait is known as it goes
+                per = f"loader wait {state.loader_wait_fraction:.0%}"
             show(f"{state.patches_per_second:.0f} patches/s  {per}", state.slides_done, state.slides_total)
 
     with bar:

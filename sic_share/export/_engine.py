@@ -102,6 +102,12 @@ def resolve_devices(text: str, device: str = "auto") -> list[str]:
             raise EncoderError(f"--devices {text}: GPU {entry[5:]} does not exist (torch sees {seen})")
     if device == "cpu" and any(d != "cpu" for d in devices) or device.startswith("cuda") and "cpu" in devices:
         raise SicShareError(f"--device {device} and --devices {text} disagree: give one of them")
+    from sic_share.encoders._timm import native_bf16
+
+    if len({native_bf16(d) for d in devices if d.startswith("cuda")}) > 1:
+        raise SicShareError(f"--devices {text} mixes GPUs that compute in bf16 (Ampere or later) with older ones that "
+                            "compute in float32: their rows would differ slightly within one dataset; give GPUs of one "
+                            "kind")
     return devices
 
 
@@ -440,6 +446,10 @@ class _ExportWorker:
         except Exception as exc:  # noqa: BLE001 - told as each slide's failure
             self.problem = describe_failure(exc)
 
+    def ready(self) -> str:
+        """Returns once the actor runs (placed, models loaded): why its models did not load, or ""."""
+        return self.problem
+
     def slide(self, job: _Job, folders: list[Path], stage_dir: str | None) -> _SlideResult:
         """Stage the slide if it is a URL, export it, delete the staged copy.
 
@@ -539,19 +549,29 @@ class RaySession:
             if slots < 1:
                 what = f"a GPU and {cpus} CPU(s) for its loader workers" if use_gpu else \
                     f"{cpus} CPU(s) (one to embed, {workers} for loader workers)"
-                raise SicShareError(f"no node of the Ray cluster has {what}: lower --workers")
+                raise SicShareError(f"no node of the Ray cluster has {what}: lower --workers (an autoscaling "
+                                    "cluster needs one such node up before the export starts)")
             env = {var: os.environ[var] for var in _AWS_VARS if os.environ.get(var)}
-            placement = dict(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=options.retries,
+            # restarted as often as it dies (Ray's budget is per actor, not per slide: a few slides that crash
+            # their worker must not use it up for the rest of the run); each slide is retried `retries` times
+            placement = dict(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=-1,
                              max_task_retries=options.retries)
             if env and remote:
                 placement["runtime_env"] = {"env_vars": env}
             self.device = "cuda" if use_gpu else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is cuda
-            actor = ray.remote(_ExportWorker).options(**placement)
-            self.actors = [actor.remote(replace(options, workers=workers), classes, self.device)
-                           for _ in range(max(1, min(slides, slots)))]
+            self._actor = ray.remote(_ExportWorker).options(**placement)
+            self._args = (replace(options, workers=workers), classes, self.device)
+            for _ in range(max(1, min(slides, slots))):
+                self.actors.append(self._actor.remote(*self._args))
         except BaseException:
             self.close()
             raise
+
+    def replace(self, actor):
+        """A new actor in place of ``actor`` (killed), with the same resources, options and environment."""
+        fresh = self._actor.remote(*self._args)
+        self.actors[self.actors.index(actor)] = fresh
+        return fresh
 
     def close(self) -> None:
         import ray
@@ -892,16 +912,27 @@ class EngineRun:
                 self._start, self._epoch = time.perf_counter(), time.time()
             self._launch = session.opened  # the actors began loading then
             todo = deque(jobs)  # largest first
-            idle = list(session.actors)
+            idle: list = []  # actors that run and wait for a slide
+            starting = {actor.ready.remote(): actor for actor in session.actors}  # handed slides once placed
             running: dict = {}  # ref -> (job, actor)
-            while (todo or running) and not self._stop():
+            problem = ""  # why the last actor dropped for good could not work
+            while (todo or running) and (starting or running or idle) and not self._stop():
                 while todo and idle:  # each free actor takes the next slide: Ray keeps an actor's calls in order
                     actor, job = idle.pop(), todo.popleft()
                     running[actor.slide.remote(job, self.folders, options.stage_dir)] = (job, actor)
-                if not running:
-                    break  # every actor is gone
-                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                done, _ = ray.wait([*running, *starting], num_returns=1, timeout=0.5)
                 for ref in done:
+                    if ref in starting:
+                        actor = starting.pop(ref)
+                        try:
+                            problem = ray.get(ref)
+                        except ray.exceptions.RayError as exc:
+                            problem = f"a Ray worker could not start ({type(exc).__name__})"
+                        if problem:  # its models did not load there (that node's GPU, say): the others go on
+                            ray.kill(actor, no_restart=True)
+                        else:
+                            idle.append(actor)
+                        continue
                     job, actor = running.pop(ref)
                     try:
                         result = ray.get(ref)
@@ -911,8 +942,12 @@ class EngineRun:
                         result = _SlideResult(job.slide_id, job.name, "failed",
                                               f"{job.source}: {describe_failure(cause)}", device="ray")
                         idle.append(actor)
-                    except ray.exceptions.RayError as exc:  # the actor died more often than Ray restarts it
+                    except ray.exceptions.RayError as exc:  # its worker died on it more often than it is retried
+                        ray.kill(actor, no_restart=True)  # whatever state it is in: a fresh one replaces it
+                        ray.wait([ref], timeout=10)
                         _drop_partial(self.folders, job)
+                        replacement = session.replace(actor)
+                        starting[replacement.ready.remote()] = replacement
                         result = _SlideResult(job.slide_id, job.name, "failed",
                                               f"{job.source}: its Ray worker was lost {options.retries + 1} time(s) "
                                               f"({type(exc).__name__}); run the export again to redo it",
@@ -925,14 +960,17 @@ class EngineRun:
                             collected.append(job.slide_id)
                     self._record(result)
                 self._tell()
-            for job, actor in running.values():  # stopped early (--fail-fast): those slides are abandoned
-                ray.kill(actor, no_restart=True)
-                _drop_partial(self.folders, job)
+            if running:  # stopped early (--fail-fast): the slides under way are abandoned, whole
+                for _, actor in running.values():
+                    ray.kill(actor, no_restart=True)
+                ray.wait(list(running), num_returns=len(running), timeout=10)  # the kills take effect
+                for job, _ in running.values():
+                    _drop_partial(self.folders, job)
             if not self._stop():
-                for job in todo:  # left when every actor died
-                    self._record(_SlideResult(job.slide_id, job.name, "failed", f"{job.source}: no Ray worker was "
-                                              "left to export it (each died more often than Ray restarts it); run "
-                                              "the export again to redo it", device="ray"))
+                for job in todo:  # left when no actor could work
+                    self._record(_SlideResult(job.slide_id, job.name, "failed", f"{job.source}: no Ray worker could "
+                                              f"export it ({problem or 'none started'}); run the export again to "
+                                              "redo it", device="ray"))
             if via is not None:
                 self._clean_via(*via, collected)
         finally:
