@@ -277,35 +277,56 @@ def _ray_task_pids() -> list[int]:
     return pids
 
 
+def _device_pids() -> list[int]:
+    """This test process's spawned children (the --devices processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == \
+                    os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _kill_mid_slide(run, out: Path, workers) -> object:
+    """Call ``run()`` in a thread; once a slide is being written under ``out``, SIGKILL the first of ``workers()``.
+
+    Returns what ``run`` returned (it must not raise) after checking a worker was killed.
+    """
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    killed = None
+    deadline = time.time() + 60
+    while time.time() < deadline and killed is None and thread.is_alive():
+        pids = workers()
+        if pids and list(out.glob("slides/.*.tmp")):  # a worker is writing a slide: kill it
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    thread.join(timeout=240)
+    assert killed, "no worker was seen writing a slide"
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["result"]
+
+
 def test_a_killed_ray_worker_still_gives_a_complete_verifying_dataset(tmp_path, cli, cohort, reference, secret,
                                                                       ray_cluster, home):
     from sic_share.export import ExportOptions, export_and_sign
 
     assert cli("keys", "generate", "--publisher", "lab-a").code == 0
     out = tmp_path / "killed"
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = export_and_sign([cohort], out, ExportOptions(workers=0, batch_size=16, ray="local",
-                                                                                secret_path=secret))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    killed = None
-    deadline = time.time() + 60
-    while time.time() < deadline and killed is None and thread.is_alive():
-        pids = _ray_task_pids()
-        if pids and list(out.glob("slides/.*.tmp")):  # a task is writing a slide: kill its worker
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.02)
-    thread.join(timeout=240)
-    assert killed, "no Ray task was seen writing a slide"
-    assert "error" not in outcome, outcome.get("error")
-    report = outcome["result"].report
+    options = ExportOptions(workers=0, batch_size=16, ray="local", secret_path=secret)
+    report = _kill_mid_slide(lambda: export_and_sign([cohort], out, options), out, _ray_task_pids).report
     assert report.exported == 3 and not report.problems, report.problems
     assert parquet_bytes(out) == reference
     assert sorted(p.name for p in (out / "slides").iterdir()) == sorted(reference)  # no temporary leftovers
@@ -321,33 +342,12 @@ def test_a_ray_worker_killed_without_retries_fails_only_its_slide(tmp_path, coho
 
     out = tmp_path / "no-retry"
     options = ExportOptions(workers=0, batch_size=16, ray="local", secret_path=secret, retries=0)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["report"] = export_slides([cohort], out, options)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    killed = None
-    deadline = time.time() + 60
-    while time.time() < deadline and killed is None and thread.is_alive():
-        pids = _ray_task_pids()
-        if pids and list(out.glob("slides/.*.tmp")):
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.02)
-    thread.join(timeout=240)
-    assert killed, "no Ray worker was seen writing a slide"
-    assert "error" not in outcome, outcome.get("error")
-    report = outcome["report"]
+    report = _kill_mid_slide(lambda: export_slides([cohort], out, options), out, _ray_task_pids)
     assert report.exported == 2 and len(report.problems) == 1, report.problems
     assert "its Ray worker was lost 1 time(s)" in report.problems[0].problem, report.problems
     assert not list((out / "slides").glob(".*.tmp"))  # the killed slide left nothing half-written
     again = export_slides([cohort], out, options)
-    assert again.exported == len(report.problems) and again.skipped == report.exported and not again.problems
+    assert again.exported == 1 and again.skipped == 2 and not again.problems
     assert parquet_bytes(out) == reference
 
 
@@ -358,40 +358,8 @@ def test_a_killed_device_process_fails_only_its_slide(tmp_path, cohort, referenc
 
     out = tmp_path / "devices"
     options = ExportOptions(workers=0, batch_size=16, devices="cpu,cpu", secret_path=secret)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["report"] = export_slides([cohort], out, options)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    def device_pids() -> list[int]:  # this test process's spawned children
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == \
-                        os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        return found
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    killed = None
-    deadline = time.time() + 60
-    while time.time() < deadline and killed is None and thread.is_alive():
-        pids = device_pids()
-        if pids and list(out.glob("slides/.*.tmp")):
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.02)
-    thread.join(timeout=240)
-    assert killed, "no device process was seen writing a slide"
-    assert "error" not in outcome, outcome.get("error")
-    report = outcome["report"]
-    assert report.exported + len(report.problems) == 3 and len(report.problems) == 1, report.problems
+    report = _kill_mid_slide(lambda: export_slides([cohort], out, options), out, _device_pids)
+    assert report.exported == 2 and len(report.problems) == 1, report.problems
     assert "died (exit code -9) while exporting it; run the export again" in report.problems[0].problem
     assert not list((out / "slides").glob(".*.tmp"))
     again = export_slides([cohort], out, options)
