@@ -188,8 +188,11 @@ class ExportReport:
     warnings: list[SlideProblem] = field(default_factory=list)
     patches: int = 0
     seconds: float = 0.0  # the whole run: models, planning (thumbnails, grids), streaming
-    stream_seconds: float = 0.0  # reading, embedding and writing patches
-    loader_wait_fraction: float = 0.0  # of stream_seconds
+    # one process: from the stream's start to its end (reading, embedding, writing; with the later slides'
+    # planning, done beside it, wherever the stream had to wait for a plan); --devices/--ray: from the first
+    # slide any worker began to the last done
+    stream_seconds: float = 0.0
+    loader_wait_fraction: float = 0.0  # of stream_seconds (waiting for a plan counts as waiting for the loader)
     device: str = "cpu"
     stems: list[str] = field(default_factory=list)  # source stems of this run's slides, for the audit
     workers: dict[str, WorkerStats] = field(default_factory=dict)  # --devices / --ray: per worker
@@ -898,7 +901,7 @@ class _PlanAhead:
     once the DataLoader has forked its workers: no loader worker is forked while
     this thread may hold a lock inside OpenSlide.
 
-    Yields, per job, ``(job, path, plan)`` where ``plan`` is a ``_Plan``, a
+    :meth:`get` gives, per job, ``(job, path, plan)`` where ``plan`` is a ``_Plan``, a
     ``SlideProblem`` (nothing to write) or the exception planning raised
     (SlideError and LabelError for the slide's own failures; anything else is
     re-raised by the caller).
