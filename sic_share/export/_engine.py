@@ -41,6 +41,7 @@ from sic_share.export._pipeline import (
     ExportProgress,
     WorkerStats,
     _is_url,
+    _drop_partial,
     _Job,
     _SlideExporter,
     _SlideResult,
@@ -437,7 +438,7 @@ class _ExportWorker:
 
         self.options = options
         self.where = f"{socket.gethostname()}:{os.getpid()}"
-        self.problem = ""  # why the models did not load: every slide handed here fails with it
+        self.problem = ""  # why the models did not load (the driver then hands this actor no slide)
         self.exporter: _SlideExporter | None = None
         try:
             self.exporter = _SlideExporter(options, [], classes, device)
@@ -457,9 +458,7 @@ class _ExportWorker:
         worker's node and uploaded under the prefix; ``folders`` then only give
         the number of models.
         """
-        options, exporter = self.options, self.exporter
-        if exporter is None:
-            return _SlideResult(job.slide_id, job.name, "failed", f"{job.source}: {self.problem}", device=self.where)
+        options, exporter = self.options, self.exporter  # loaded: the driver hands slides only once ready() is ""
         stager = out = None
         try:
             if options.via is not None:
@@ -585,13 +584,14 @@ class RaySession:
             self.connected = False
 
 
-def _drop_partial(folders: list[Path], job: _Job) -> None:
-    """Remove what a worker that died on ``job`` was writing (its hidden temporary files; a rerun would too)."""
-    from sic_share.dataset import SLIDES_DIR
+def _kill_and_wait(actors: list, timeout: float = 10) -> None:
+    """Kill Ray actors for good and wait (up to ``timeout`` s) until Ray has them dead: a call on each resolves
+    (as an error) only then, so what they were writing can be removed after this without a race."""
+    import ray
 
-    for folder in folders:
-        for partial in (folder / SLIDES_DIR).glob(f".{job.slide_id}.parquet.*.tmp"):
-            partial.unlink(missing_ok=True)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    ray.wait([actor.ready.remote() for actor in actors], num_returns=len(actors), timeout=timeout)
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -925,10 +925,11 @@ class EngineRun:
                     if ref in starting:
                         actor = starting.pop(ref)
                         try:
-                            problem = ray.get(ref)
+                            reason = ray.get(ref)
                         except ray.exceptions.RayError as exc:
-                            problem = f"a Ray worker could not start ({type(exc).__name__})"
-                        if problem:  # its models did not load there (that node's GPU, say): the others go on
+                            reason = f"a Ray worker could not start ({type(exc).__name__})"
+                        if reason:  # its models did not load there (that node's GPU, say): the others go on
+                            problem = reason
                             ray.kill(actor, no_restart=True)
                         else:
                             idle.append(actor)
@@ -943,11 +944,11 @@ class EngineRun:
                                               f"{job.source}: {describe_failure(cause)}", device="ray")
                         idle.append(actor)
                     except ray.exceptions.RayError as exc:  # its worker died on it more often than it is retried
-                        ray.kill(actor, no_restart=True)  # whatever state it is in: a fresh one replaces it
-                        ray.wait([ref], timeout=10)
+                        _kill_and_wait([actor])  # whatever state it is in
                         _drop_partial(self.folders, job)
-                        replacement = session.replace(actor)
-                        starting[replacement.ready.remote()] = replacement
+                        if todo:  # a fresh one takes its place
+                            replacement = session.replace(actor)
+                            starting[replacement.ready.remote()] = replacement
                         result = _SlideResult(job.slide_id, job.name, "failed",
                                               f"{job.source}: its Ray worker was lost {options.retries + 1} time(s) "
                                               f"({type(exc).__name__}); run the export again to redo it",
@@ -961,9 +962,7 @@ class EngineRun:
                     self._record(result)
                 self._tell()
             if running:  # stopped early (--fail-fast): the slides under way are abandoned, whole
-                for _, actor in running.values():
-                    ray.kill(actor, no_restart=True)
-                ray.wait(list(running), num_returns=len(running), timeout=10)  # the kills take effect
+                _kill_and_wait([actor for _, actor in running.values()])
                 for job, _ in running.values():
                     _drop_partial(self.folders, job)
             if not self._stop():

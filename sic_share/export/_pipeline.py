@@ -636,6 +636,13 @@ class _SlideResult:
     uploaded: list[int] = field(default_factory=list)  # --via: bytes of each model's file put under the prefix
 
 
+def _drop_partial(folders: list[Path], job: _Job) -> None:
+    """Remove the hidden temporary files a worker that died on ``job`` was writing (its slide's only)."""
+    for folder in folders:
+        for partial in (folder / SLIDES_DIR).glob(f".{job.slide_id}.parquet.*.tmp"):
+            partial.unlink(missing_ok=True)
+
+
 class _SlideExporter:
     """Plan, read, embed and write slides on one device.
 
@@ -672,9 +679,7 @@ class _SlideExporter:
         from sic_share.slides import make_grid, open_slide
 
         options = self.options
-        for folder in self.folders:  # leftovers of a killed run on this slide (never another shard's)
-            for stale in (folder / SLIDES_DIR).glob(f".{job.slide_id}.parquet.*.tmp"):
-                stale.unlink(missing_ok=True)
+        _drop_partial(self.folders, job)  # leftovers of a killed run on this slide (never another shard's)
         with open_slide(path, mpp=job.mpp) as reader:
             grid = make_grid(reader, target_mpp=options.target_mpp, size_px=options.size_px,
                              stride_px=options.stride_px, min_tissue=options.min_tissue)
