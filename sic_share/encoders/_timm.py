@@ -293,7 +293,6 @@ def _feature_modules(name: str, reference: nn.Module) -> list[str]:
     return modules
 
 
-
 def native_bf16(device) -> bool:
     """Whether ``device`` is a GPU that computes in bf16 natively (compute capability 8.0, Ampere, or later).
 
@@ -305,6 +304,7 @@ def native_bf16(device) -> bool:
 
     device = torch.device(device)
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
 
 class TimmEncoder(Encoder):
     """A timm network as an encoder: global-pooled last features, or a pooled intermediate layer.
